@@ -1,0 +1,24 @@
+"""labkit: hardware-in-the-loop toolkit for time-domain analog floating-gate VMM chips."""
+
+from .backend import (
+    ArrayBackend,
+    BackendError,
+    Datasheet,
+    Geometry,
+    Identity,
+    SafeArray,
+    SafetyEnvelope,
+    SafetyError,
+    VmmSettings,
+    open_backend,
+    register_scheme,
+)
+from .units import Q_, ureg
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArrayBackend", "BackendError", "Datasheet", "Geometry", "Identity", "SafeArray",
+    "SafetyEnvelope", "SafetyError", "VmmSettings", "open_backend", "register_scheme",
+    "Q_", "ureg", "__version__",
+]

@@ -1,0 +1,1 @@
+"""One module per ``labkit`` sub-command (``sim_serve`` is ``labkit sim-serve``)."""
