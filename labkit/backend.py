@@ -246,7 +246,7 @@ class SafeArray:
         bad = (a[:, 0] < 0) | (a[:, 0] >= g.rows) | (a[:, 1] < 0) | (a[:, 1] >= g.cols)
         if np.any(bad):
             raise ValueError(
-                f"unknown cell {tuple(a[bad][0])}; expected row in [0, {g.rows}) and col in [0, {g.cols})"
+                f"unknown cell {tuple(a[bad][0].tolist())}; expected row in [0, {g.rows}) and col in [0, {g.cols})"
             )
         return a.astype(np.int64)
 

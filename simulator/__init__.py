@@ -1,0 +1,1 @@
+"""The emulated side: virtual silicon, EmulatedArray, board firmware and SCPI emulators."""

@@ -1,0 +1,325 @@
+"""Virtual silicon: the hidden physics of one emulated 16x16 floating-gate array.
+
+Each seed draws a different chip (PHYSICS.md sections 1-3): bit-line capacitances,
+per-cell drain coefficients and subthreshold slopes, a layout-dependent crosstalk map
+(systematic gradient, mirrored-row and shielded-column pattern, plus a random part),
+comparator offsets and delays, programming efficiencies, retention and telegraph noise.
+Nothing here is visible to labkit's model: it must learn the chip from measurements.
+
+Integration of one VMM is the emulator's own event-driven computation: the pulse
+widths are sorted, between two falling edges the active rows are constant and the
+bit-line ODE ``C dV/dt = -sum_i I_ij(V) - I_leak`` is integrated by RK4 with per-cell
+drain coefficients (a Taylor expansion of the per-cell spread around the column mean,
+exact to ~1e-6); each falling edge couples its crosstalk step onto every bit line.
+All units SI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from labkit.backend import Datasheet, VmmSettings
+
+K_B_OVER_Q = 8.617333262e-5  # V/K
+Q_E = 1.602176634e-19  # C
+T_NOMINAL = 300.0  # K
+READ_REFERENCE_V = 1.8  # gate voltage at which overdrive_v is defined
+
+
+@dataclass(frozen=True)
+class Switches:
+    """Which non-idealities the chip has (all on by default)."""
+
+    noise: bool = True  # telegraph, shot, kT/C, comparator jitter
+    crosstalk: bool = True
+    droop: bool = True  # drain dependence of the cell current
+    variability: bool = True  # cell-to-cell and column-to-column spreads
+    program_noise: bool = True  # granular injection and cycle-to-cycle efficiency
+    disturb: bool = True  # half-select disturb
+    leakage: bool = True  # off-cell leakage
+    retention: bool = True  # log-time drift of the floating gate
+
+    @classmethod
+    def preset(cls, name: str) -> "Switches":
+        presets = {
+            "default": cls(),
+            "ideal": cls(**{f.name: False for f in dataclasses.fields(cls)}),
+            "quiet": cls(noise=False, program_noise=False),
+            "linear": cls(crosstalk=False, droop=False),
+        }
+        if name not in presets:
+            raise ValueError(f"unknown chip preset {name!r}; expected one of {sorted(presets)}")
+        return presets[name]
+
+
+@dataclass
+class ChipParams:
+    """Hidden truth of one chip (arrays are (rows, cols) unless noted)."""
+
+    capacitance_f: np.ndarray  # (cols,)
+    precharge_v: np.ndarray  # (cols,)
+    eta_per_v: np.ndarray  # drain coefficient per cell
+    slope_n: np.ndarray  # subthreshold slope factor per cell
+    i_spec_a: np.ndarray  # specific current per cell
+    coupling_f: np.ndarray  # WL->BL crosstalk capacitance per cell
+    comparator_offset_v: np.ndarray  # (cols,)
+    comparator_delay_s: np.ndarray  # (cols,)
+    reference_current_a: np.ndarray  # (cols,)
+    leakage_a: np.ndarray  # off-cell leakage per cell
+    program_efficiency: np.ndarray  # relative injection efficiency per cell
+    retention_v_per_decade: np.ndarray
+    rtn_rel: np.ndarray  # relative telegraph-noise amplitude at 1 nA per cell
+    gate_coupling: float = 0.7  # control gate -> floating gate
+    erased_overdrive_v: float = 0.05
+    comparator_jitter_v: float = 0.4e-3
+    fg_capacitance_f: float = 4e-15
+    disturb_fraction: float = 0.004  # half-selected cells move this fraction of the pulse step
+
+
+def draw_params(seed: int, geometry_rows: int, geometry_cols: int, switches: Switches, sheet: Datasheet) -> ChipParams:
+    """Draw one chip's hidden parameters from ``seed``."""
+    rng = np.random.default_rng([seed, 0xC41])
+    R, C = geometry_rows, geometry_cols
+    var = 1.0 if switches.variability else 0.0
+    rows = np.arange(R)[:, None] / (R - 1)
+    cols = np.arange(C)[None, :] / (C - 1)
+
+    def spread(shape, rel):
+        return 1.0 + var * rel * rng.standard_normal(shape)
+
+    eta_col = rng.uniform(0.35, 0.7, size=C) if var else np.full(C, 0.5)
+    eta = eta_col[None, :] * np.clip(spread((R, C), 0.15), 0.5, 1.5)
+    # Layout-dependent coupling: grows away from the WL drivers (along the row),
+    # mirrored row pairs differ, every fourth column is shielded, plus a random part.
+    base = rng.uniform(0.2, 0.35) * 1e-15
+    gradient = 1.0 + 0.8 * cols + 0.3 * rows
+    mirror = np.where(np.arange(R)[:, None] % 2 == 0, 1.15, 0.85)
+    shield = np.where(np.arange(C)[None, :] % 4 == 3, 0.6, 1.0)
+    coupling = base * gradient * mirror * shield * np.clip(1.0 + 0.1 * rng.standard_normal((R, C)), 0.7, 1.3)
+    return ChipParams(
+        capacitance_f=sheet.bitline_capacitance_f * spread(C, 0.05),
+        precharge_v=sheet.precharge_v + var * 0.005 * rng.standard_normal(C),
+        eta_per_v=eta,
+        slope_n=np.clip(1.4 + var * 0.1 * rng.standard_normal((R, C)), 1.2, 1.6),
+        i_spec_a=sheet.erased_current_a * np.clip(spread((R, C), 0.1), 0.6, 1.4),
+        coupling_f=coupling,
+        comparator_offset_v=var * 0.015 * rng.standard_normal(C),
+        comparator_delay_s=(12e-9 + var * 4e-9 * rng.standard_normal(C)).clip(2e-9),
+        reference_current_a=sheet.reference_current_a * spread(C, 0.02),
+        leakage_a=2e-12 * rng.lognormal(0.0, 0.5 * var + 1e-9, size=(R, C)),
+        program_efficiency=np.clip(rng.lognormal(0.0, 0.25 * var + 1e-9, size=(R, C)), 0.3, 3.0),
+        retention_v_per_decade=1e-3 * np.clip(rng.lognormal(np.log(0.5), 0.5 * var + 1e-9, size=(R, C)), 0.1, 2.0),
+        rtn_rel=0.14 * rng.lognormal(0.0, 0.4 * var + 1e-9, size=(R, C)),
+    )
+
+
+class VirtualChip:
+    """State and physics of one emulated array (hidden truth + floating-gate state)."""
+
+    def __init__(self, seed: int = 0, switches: Switches = Switches(), rows: int = 16, cols: int = 16,
+                 datasheet: Datasheet = Datasheet()):
+        self.seed, self.switches, self.rows, self.cols, self.sheet = seed, switches, rows, cols, datasheet
+        self.params = draw_params(seed, rows, cols, switches, datasheet)
+        self.noise_rng = np.random.default_rng([seed, 0x5EED])
+        init = np.random.default_rng([seed, 0x1A7])
+        # As shipped: cells log-uniform in 3-15 nA at the nominal read point.
+        # overdrive_v is V_FG - V_th (V) at 300 K and READ_REFERENCE_V.
+        shipped_a = np.exp(init.uniform(np.log(3e-9), np.log(15e-9), size=(rows, cols)))
+        ut = K_B_OVER_Q * T_NOMINAL
+        self.overdrive_v = 2.0 * self.params.slope_n * ut * np.log(np.expm1(np.sqrt(shipped_a / self.params.i_spec_a)))
+        self.time_s = 0.0  # virtual clock
+        self.programmed_at_s = np.zeros((rows, cols))
+        self.temperature_k = T_NOMINAL
+        self.settings = VmmSettings()
+        self.pulses_applied = 0
+        self.substeps = 2  # RK4 substeps per slot
+        self._cache: dict[str, np.ndarray] = {}
+
+    # ------------------------------------------------------------ cell currents
+    def _invalidate(self) -> None:
+        self._cache.clear()
+
+    def effective_overdrive_v(self, gate_v: float) -> np.ndarray:
+        """Floating-gate overdrive (V) including read voltage, temperature and retention."""
+        p, s = self.params, self.switches
+        v = self.overdrive_v + p.gate_coupling * (gate_v - READ_REFERENCE_V)
+        v = v + 1.5e-3 * (self.temperature_k - T_NOMINAL)  # V_th falls ~1.5 mV/K
+        if s.retention:
+            age = np.maximum(self.time_s - self.programmed_at_s, 0.0)
+            hot = np.exp((self.temperature_k - T_NOMINAL) / 30.0)
+            v = v - p.retention_v_per_decade * hot * np.log10(1.0 + age / 1.0)
+        return v
+
+    def current_at_gate(self, gate_v: float) -> np.ndarray:
+        """EKV drain current I0 (A) of every cell at gate voltage ``gate_v``, drain at V_D0."""
+        p = self.params
+        ut = K_B_OVER_Q * self.temperature_k
+        x = self.effective_overdrive_v(gate_v) / (p.slope_n * ut)
+        return p.i_spec_a * np.logaddexp(0.0, x / 2.0) ** 2
+
+    def currents(self) -> np.ndarray:
+        """I0 (A) of every cell at the configured read voltage (cached)."""
+        if "i0" not in self._cache:
+            self._cache["i0"] = self.current_at_gate(self.settings.read_voltage_v)
+        return self._cache["i0"]
+
+    def _drain(self, v: np.ndarray) -> np.ndarray:
+        ut = K_B_OVER_Q * self.temperature_k
+        return -np.expm1(-np.maximum(v, 0.0) / ut)
+
+    def read_currents(self, cells: np.ndarray) -> np.ndarray:
+        """Read currents (A) of cells at precharge drain voltage, with read noise."""
+        i0 = self.currents()[cells[:, 0], cells[:, 1]]
+        if self.switches.noise:
+            rel = self.params.rtn_rel[cells[:, 0], cells[:, 1]] * np.sqrt(1e-9 / np.maximum(i0, 1e-12))
+            i0 = i0 * (1.0 + np.clip(rel, 1e-3, 0.1) * 0.05 * self.noise_rng.standard_normal(len(i0)))
+        return i0
+
+    # ------------------------------------------------------------ VMM integration
+    def _taylor_matrix(self) -> tuple[np.ndarray, np.ndarray]:
+        """(eta_mean per column, M (rows, 4*cols)): I0 * delta^k / k! for k = 0..3."""
+        if "taylor" not in self._cache:
+            i0 = self.currents()
+            if self.switches.droop:
+                eta = self.params.eta_per_v
+                mean = eta.mean(axis=0)
+                delta = eta - mean
+            else:
+                mean, delta = np.zeros(self.cols), np.zeros_like(i0)
+            m = np.concatenate([i0 * delta**k / f for k, f in enumerate((1, 1, 2, 6))], axis=1)
+            self._cache["taylor"] = (mean, m)
+        return self._cache["taylor"]
+
+    def integrate(self, widths_s: np.ndarray, record_col: int | None = None, substeps: int | None = None):
+        """Bit-line voltages (V) at the end of integration, ``(B, cols)``.
+
+        With ``record_col`` also returns (times, voltages) of that column for sample 0.
+        """
+        p, s, st = self.params, self.switches, self.settings
+        T = st.integration_time_s
+        clock = T / 2**st.input_bits
+        d = np.clip(np.round(widths_s / clock) * clock, 0.0, T)
+        B, R = d.shape
+        n_sub = substeps or self.substeps
+        order = np.argsort(d, axis=1, kind="stable")
+        ds = np.take_along_axis(d, order, axis=1)
+        bounds = np.concatenate([np.zeros((B, 1)), ds, np.full((B, 1), T)], axis=1)  # (B, R+2)
+        rank = np.argsort(order, axis=1)
+        mask = (rank[:, None, :] >= np.arange(R + 1)[None, :, None]).astype(float)  # (B, R+1, R)
+        eta_mean, m = self._taylor_matrix()
+        coeff = (mask.reshape(-1, R) @ m).reshape(B, R + 1, 4, self.cols)
+        cap = p.capacitance_f
+        v0_nominal = self.sheet.precharge_v
+        leak = p.leakage_a.sum(axis=0) if s.leakage else 0.0
+        droop = s.droop
+
+        def rate(v, c):
+            u = v - v0_nominal
+            poly = c[:, 0] + u * (c[:, 1] + u * (c[:, 2] + u * c[:, 3]))
+            i = poly * np.exp(eta_mean * u) * self._drain(v) if droop else poly
+            return -(i + leak) / cap
+
+        v = np.broadcast_to(p.precharge_v, (B, self.cols)).copy()
+        if s.noise:
+            v += np.sqrt(K_B_OVER_Q * Q_E * self.temperature_k / cap) * self.noise_rng.standard_normal(v.shape)
+        step_v = (p.coupling_f * st.read_voltage_v / cap) if s.crosstalk else None  # (R, C)
+        trace_t, trace_v = [0.0], [v[0, record_col]] if record_col is not None else None
+        for k in range(R + 1):
+            c = coeff[:, k]
+            h = ((bounds[:, k + 1] - bounds[:, k]) / n_sub)[:, None]
+            for _ in range(n_sub):
+                k1 = rate(v, c)
+                k2 = rate(v + 0.5 * h * k1, c)
+                k3 = rate(v + 0.5 * h * k2, c)
+                k4 = rate(v + h * k3, c)
+                v = np.maximum(v + h / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4), 0.0)
+                if record_col is not None:
+                    trace_t.append(trace_t[-1] + h[0, 0])
+                    trace_v.append(v[0, record_col])
+            if k < R and step_v is not None:
+                falling = order[:, k]
+                pulsed = (ds[:, k] > 0)[:, None]
+                v = np.maximum(v - pulsed * step_v[falling], 0.0)
+                if record_col is not None:
+                    trace_t.append(trace_t[-1])
+                    trace_v.append(v[0, record_col])
+        if s.noise:
+            v -= self._charge_noise(d) / cap
+        if record_col is not None:
+            return v, (np.array(trace_t), np.array(trace_v))
+        return v
+
+    def _charge_noise(self, d: np.ndarray) -> np.ndarray:
+        """Telegraph and shot noise of the integrated charge (C), ``(B, cols)``."""
+        i0 = self.currents()
+        rel = np.clip(self.params.rtn_rel * np.sqrt(1e-9 / np.maximum(i0, 1e-12)), 1e-3, 0.1)
+        var = (d**2) @ (i0 * rel) ** 2 + Q_E * (d @ i0)
+        return np.sqrt(var) * self.noise_rng.standard_normal(var.shape)
+
+    def readout_s(self, v: np.ndarray) -> np.ndarray:
+        """Comparator crossing times (s) on the TDC grid for bit-line voltages ``v``."""
+        p, st = self.params, self.settings
+        threshold = self.sheet.threshold_v + p.comparator_offset_v
+        if self.switches.noise:
+            threshold = threshold + p.comparator_jitter_v * self.noise_rng.standard_normal(v.shape)
+        t = np.maximum(v - threshold, 0.0) * p.capacitance_f / p.reference_current_a + p.comparator_delay_s
+        counts = np.clip(np.floor(t / st.tdc_lsb_s), 0, 2**st.tdc_bits - 1)
+        return counts * st.tdc_lsb_s
+
+    def vmm(self, widths_s: np.ndarray, chunk: int = 1024) -> np.ndarray:
+        out = np.empty((len(widths_s), self.cols))
+        for a in range(0, len(widths_s), chunk):
+            out[a : a + chunk] = self.readout_s(self.integrate(widths_s[a : a + chunk]))
+        return out
+
+    # ------------------------------------------------------------ programming
+    def program(self, cells: np.ndarray, voltage_v: np.ndarray, width_s: np.ndarray) -> None:
+        """Hot-electron injection pulses, one per cell, in order."""
+        p, s = self.params, self.switches
+        for (r, c), vp, w in zip(cells, voltage_v, width_s):
+            sat = np.exp(min(self.overdrive_v[r, c] - p.erased_overdrive_v, 0.0) / 0.4)
+            mean = 10e-3 * p.program_efficiency[r, c] * np.exp((vp - 5.0) / 0.35) * np.log1p(w / 100e-9) / np.log(11.0) * sat
+            dv = mean
+            if s.program_noise:
+                dv *= 1.0 + 0.05 * self.noise_rng.standard_normal()
+                electrons = max(dv, 0.0) * p.fg_capacitance_f / Q_E
+                dv = self.noise_rng.poisson(electrons) * Q_E / p.fg_capacitance_f
+            self.overdrive_v[r, c] -= dv
+            self.programmed_at_s[r, c] = self.time_s
+            if s.disturb:
+                hit = p.disturb_fraction * dv
+                self.overdrive_v[r, :] -= hit
+                self.overdrive_v[:, c] -= hit
+                self.overdrive_v[r, c] += 2 * hit
+            self.pulses_applied += 1
+        self._invalidate()
+
+    def erase(self, rows: np.ndarray, voltage_v: float, width_s: float) -> None:
+        """Fowler-Nordheim erase of whole rows: relax toward the erased state."""
+        rate = 1e3 * np.exp((voltage_v - 12.0) / 0.6)  # 1/s
+        keep = np.exp(-rate * width_s)
+        top = self.params.erased_overdrive_v
+        for r in rows:
+            v = self.overdrive_v[r]
+            v[:] = top - (top - v) * keep
+            if self.switches.program_noise:
+                v += 1e-3 * self.noise_rng.standard_normal(self.cols) * (1 - keep)
+            self.programmed_at_s[r] = self.time_s
+            self.pulses_applied += 1
+        self._invalidate()
+
+    # ------------------------------------------------------------ environment
+    def set_temperature_k(self, kelvin: float) -> None:
+        self.temperature_k = float(kelvin)
+        self._invalidate()
+
+    def advance_time_s(self, seconds: float) -> None:
+        self.time_s += float(seconds)
+        self._invalidate()
+
+    def configure(self, settings: VmmSettings) -> None:
+        self.settings = settings
+        self._invalidate()
