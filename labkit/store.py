@@ -497,6 +497,12 @@ class RunStore:
             raise StoreError(f"no run store at {self.path}")
         if self.path.is_dir():
             raise StoreError(f"run store {self.path} is a directory, expected a .sqlite file")
+        head = b""
+        with contextlib.suppress(OSError):  # never turn someone else's file into a store
+            with open(self.path, "rb") as f:
+                head = f.read(16)
+        if head and head != b"SQLite format 3\x00":
+                raise StoreError(f"run store {self.path} is not a labkit run store (not an SQLite file)")
         self._conn = self._connect()
         _STORES.add(self)
 
@@ -509,14 +515,25 @@ class RunStore:
         except sqlite3.Error as exc:
             raise _translate(exc, self.path, "open it") from None
         try:
+            names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if names and "meta" not in names:
+                raise StoreError(f"run store {self.path} is not a labkit run store "
+                                 f"(an SQLite file with tables {sorted(names)[:5]})")
             if not self.readonly:
                 mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
                 if mode.lower() != "wal":
                     raise StoreError(f"run store {self.path}: cannot switch to WAL mode (got {mode})")
                 conn.execute("PRAGMA synchronous=FULL")
-                conn.executescript(_SCHEMA)
-                conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
-                             (str(SCHEMA_VERSION),))
+                # Only a new file needs the tables: an existing one must open without
+                # waiting for the write lock another process may hold (up to 1 s).
+                if not names:
+                    conn.execute("BEGIN IMMEDIATE")
+                    for stmt in _SCHEMA.split(";"):
+                        if stmt.strip():
+                            conn.execute(stmt)
+                    conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                                 (str(SCHEMA_VERSION),))
+                    conn.execute("COMMIT")
             row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         except sqlite3.Error as exc:
             conn.close()
@@ -862,6 +879,8 @@ class RunStore:
 
         run = self.load(run_ref)
         path = Path(path)
+        if not path.parent.is_dir():
+            raise StoreError(f"cannot write HDF5 file {path}: directory {path.parent} does not exist")
         tmp = path.with_name(path.name + ".part")
         try:
             with h5py.File(tmp, "w", libver=("v108", "latest")) as f:
