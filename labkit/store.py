@@ -400,7 +400,7 @@ class Run:
     def __exit__(self, etype, exc, tb) -> bool:
         if not self.open:
             return False
-        if etype is None:
+        if etype is None or (issubclass(etype, SystemExit) and exc.code in (0, None)):
             self.finish("completed")
             return False
         if issubclass(etype, KeyboardInterrupt):
