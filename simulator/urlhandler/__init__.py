@@ -1,0 +1,1 @@
+"""pyserial URL handler package of labkit's emulators (``labkitemu://``)."""
