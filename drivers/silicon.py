@@ -1,0 +1,259 @@
+"""SiliconBackend: the test board and the bench instruments composed into an ArrayBackend.
+
+``labkit.open_backend("station:bench.yaml")`` reads the station file
+(:mod:`drivers.station`), opens the board (:class:`drivers.board.TestBoard`, any
+pyserial URL) and the instruments it names (pyvisa, pure-Python backend) and returns
+this backend behind ``SafeArray``. The same code runs against a real bench and against
+the virtual bench of ``labkit sim serve`` (loopback sockets).
+
+Optional capabilities exist only when their instrument does: with a source-measure unit
+the backend is a ``GateSweep``, with an oscilloscope a ``WaveformCapture``, with a
+temperature controller a ``TemperatureControl``. Each combination is its own composed
+class (``SiliconBackend(board, smu=...)`` picks it), so ``isinstance`` checks and
+``SafeArray.capability`` tell the truth.
+
+Bench wiring assumed (and emulated by the virtual bench):
+
+- the board's read path stays on the cell it last read (its row/column decoders stay
+  latched) and the SMU is tied to that path: for an Id-Vg sweep the backend first reads
+  the cell through the board, then the SMU forces the gate voltage and measures the
+  drain current;
+- each scope channel probes the bit line named in the station file
+  (``instruments.scope.columns``); the board's integration-start output drives the
+  scope's external trigger;
+- the temperature controller's input A sits on the chip socket, output 1 heats it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from labkit.backend import Identity, SafetyEnvelope, SafetyError, VmmSettings
+from labkit.units import si
+
+from .board import TestBoard
+from .scope import KeysightInfiniiVision
+from .smu import Keithley2400
+from .station import Station, load_station
+from .tempctl import LakeShore336
+
+DRIVERS = {
+    "keithley2400": Keithley2400,
+    "infiniivision": KeysightInfiniiVision,
+    "lakeshore336": LakeShore336,
+    "lakeshore335": LakeShore336,
+}
+SCOPE_POINTS = 1000  # points fetched per captured waveform
+
+
+class SiliconBackend:
+    """Raw ArrayBackend over a :class:`TestBoard` and optional instruments (SI units).
+
+    Programming and erase arm the board's high voltage for the pulses only. ``envelope``
+    is the board's limits tightened by the station's; the board is told to enforce it
+    too. ``station`` is the station description (text included) for provenance.
+    """
+
+    def __new__(cls, board, smu=None, scope=None, tempctl=None, **kw):
+        if cls is SiliconBackend:
+            cls = _composed(smu is not None, scope is not None, tempctl is not None)
+        return super().__new__(cls)
+
+    def __init__(self, board: TestBoard, smu: Keithley2400 | None = None, scope: KeysightInfiniiVision | None = None,
+                 tempctl: LakeShore336 | None = None, *, limits: dict | None = None,
+                 scope_columns: dict[int, int] | None = None, uri: str = "station:",
+                 station: Station | None = None):
+        self.board, self.smu, self.scope, self.tempctl = board, smu, scope, tempctl
+        self.station = station
+        info = board.info
+        self.geometry = info.geometry
+        self.datasheet = info.datasheet
+        envelope = board.limits()
+        if limits:
+            envelope = board.set_limits(envelope.tightened(**limits))
+        self.envelope: SafetyEnvelope = envelope
+        self.scope_columns = dict(scope_columns or {})
+        instruments = {}
+        for role, inst in (("smu", smu), ("scope", scope), ("tempctl", tempctl)):
+            if inst is not None:
+                instruments[role] = inst.idn
+        if smu is not None:
+            smu.max_compliance_a = envelope.max_compliance_a
+        self.identity = Identity(chip_id=info.chip_id, firmware=info.firmware, backend=uri,
+                                 board_serial=info.board_serial, instruments=instruments)
+
+    # -- operating point
+    @property
+    def settings(self) -> VmmSettings:
+        return self.board.settings
+
+    def configure(self, settings: VmmSettings) -> None:
+        self.board.configure(settings)
+
+    # -- primitives
+    def read_currents(self, cells: np.ndarray) -> np.ndarray:
+        return self.board.read_currents(cells)
+
+    def program_pulses(self, cells: np.ndarray, voltage_v: np.ndarray, width_s: np.ndarray) -> None:
+        self.board.arm(True)
+        try:
+            self.board.program_pulses(cells, voltage_v, width_s)
+        finally:
+            self.board.arm(False)
+
+    def erase_rows(self, rows: np.ndarray, voltage_v: float, width_s: float) -> None:
+        self.board.arm(True)
+        try:
+            self.board.erase_rows(rows, voltage_v, width_s)
+        finally:
+            self.board.arm(False)
+
+    def vmm(self, widths_s: np.ndarray) -> np.ndarray:
+        return self.board.vmm(widths_s)
+
+    def temperature_k(self) -> float | None:
+        return self.board.temperature_k()
+
+    def close(self) -> None:
+        for inst in (self.smu, self.scope, self.tempctl):
+            if inst is not None:
+                inst.close()
+        self.board.close()
+
+    # -- shared checks of the capability methods (SafeArray covers only the primitives)
+    def _cell(self, cell) -> tuple[int, int]:
+        g = self.geometry
+        try:
+            r, c = (int(v) for v in cell)
+            ok = (r, c) == tuple(cell) and 0 <= r < g.rows and 0 <= c < g.cols
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"cell {cell!r}; expected (row, col) with row in [0, {g.rows}) and col in [0, {g.cols})")
+        return r, c
+
+
+class _GateSweepPath:
+    """GateSweep through the source-measure unit on the board's read path."""
+
+    def id_vg(self, cell, gate_v, compliance_a) -> np.ndarray:
+        """Drain current (A) of ``cell`` at each gate voltage (V); the SMU clips at
+        ``compliance_a`` (A), which may not exceed the envelope's ``max_compliance_a``."""
+        r, c = self._cell(cell)
+        v = np.atleast_1d(np.asarray(si(gate_v, "V", "gate_v"), dtype=float))
+        comp = float(si(compliance_a, "A", "compliance_a"))
+        env = self.envelope
+        if v.ndim != 1 or v.size == 0 or not np.all(np.isfinite(v)):
+            raise ValueError(f"gate_v={gate_v!r}; expected a non-empty 1-D array of finite volts")
+        lo, hi = env.read_voltage_range_v
+        if v.min() < lo or v.max() > hi:
+            bad = v[(v < lo) | (v > hi)][0]
+            raise SafetyError(f"gate voltage {bad:g} V is outside the allowed [{lo:g}, {hi:g}] V")
+        if not (math.isfinite(comp) and 0 < comp <= env.max_compliance_a):
+            raise SafetyError(f"compliance_a={comp:g} A is outside the allowed (0, {env.max_compliance_a:g}] A")
+        self.board.read_currents(np.array([[r, c]]))  # latches the read path on the cell
+        return self.smu.sweep(v, comp)
+
+
+class _ScopeCapture:
+    """WaveformCapture through the oscilloscope probing chosen bit lines."""
+
+    def capture_bitline(self, widths_s, col: int) -> tuple[np.ndarray, np.ndarray]:
+        """Bit-line voltage (V) of column ``col`` against time (s) from the start of one
+        VMM with input pulse widths ``widths_s`` (s, one per row)."""
+        channels = {column: ch for ch, column in self.scope_columns.items()}
+        if isinstance(col, bool) or not isinstance(col, (int, np.integer)) or int(col) not in channels:
+            raise ValueError(f"col={col!r} is not probed by the scope; probed columns: {sorted(channels)}")
+        w = np.asarray(si(widths_s, "s", "widths_s"), dtype=float)
+        s = self.settings
+        if w.shape != (self.geometry.rows,):
+            raise ValueError(f"widths_s has shape {w.shape}; expected ({self.geometry.rows},)")
+        if not np.all(np.isfinite(w)) or w.min() < 0 or w.max() > s.integration_time_s:
+            bad = w[~np.isfinite(w) | (w < 0) | (w > s.integration_time_s)][0]
+            raise SafetyError(f"pulse width {bad:g} s is outside the allowed [0, {s.integration_time_s:g}] s")
+        ch = channels[int(col)]
+        v0 = self.datasheet.precharge_v
+        self.scope.arm_single(ch, window_s=s.integration_time_s + s.tdc_full_scale_s,
+                              volts_per_div=max(0.05, 1.25 * v0 / 8), offset_v=v0 / 2)
+        self.board.vmm(w[None, :])  # the board's integration start triggers the scope
+        return self.scope.fetch(ch, points=SCOPE_POINTS)
+
+
+class _ThermalControl:
+    """TemperatureControl through the temperature controller on the chip socket."""
+
+    settle_tolerance_k = 0.1
+    settle_timeout_s = 900.0
+
+    def set_temperature_k(self, kelvin) -> None:
+        """Regulate the chip at ``kelvin`` (K) and wait until it is there."""
+        k = float(si(kelvin, "K", "kelvin"))
+        if not (math.isfinite(k) and k > 0):
+            raise ValueError(f"kelvin={kelvin!r}; expected a finite temperature > 0 K")
+        self.tempctl.regulate(k)
+        self.tempctl.wait_stable(self.settle_tolerance_k, self.settle_timeout_s, poll_s=0.5)
+
+    def temperature_k(self) -> float | None:
+        return self.tempctl.temperature_k
+
+
+@functools.lru_cache(maxsize=None)
+def _composed(gate_sweep: bool, waveform: bool, thermal: bool) -> type:
+    mixins = tuple(m for m, on in ((_GateSweepPath, gate_sweep), (_ScopeCapture, waveform),
+                                   (_ThermalControl, thermal)) if on)
+    if not mixins:
+        return SiliconBackend
+    name = "SiliconBackend[" + ",".join(m.__name__.strip("_") for m in mixins) + "]"
+    return type(name, mixins + (SiliconBackend,), {"__module__": __name__})
+
+
+# ---------------------------------------------------------------- opening
+
+
+def open_station(uri: str, opts: dict[str, str]) -> SiliconBackend:
+    """Opener of the ``station`` scheme: ``station:PATH.yaml`` (no query options)."""
+    path = urlsplit(uri).path
+    if not path:
+        raise ValueError(f"backend URI {uri!r}; expected station:PATH to a station file")
+    if opts:
+        raise ValueError(f"unknown station option(s) {sorted(opts)} in {uri!r}; a station URI takes none")
+    return open_station_file(path, uri=uri)
+
+
+def open_station_file(path: str, uri: str | None = None) -> SiliconBackend:
+    """Open everything a station file names; on any failure nothing stays open."""
+    station = load_station(path)
+    opened = []
+    try:
+        board_kw = {}
+        if station.board_baud:
+            board_kw["baudrate"] = station.board_baud
+        if station.board_timeout_s:
+            board_kw["timeout"] = station.board_timeout_s
+        board = TestBoard(station.board_url, **board_kw)
+        opened.append(board)
+        inst = {}
+        for role, spec in station.instruments.items():
+            driver = DRIVERS[spec.model](spec.address, timeout_s=spec.timeout_s, name=f"{role} ({spec.model})",
+                                         read_termination=spec.read_termination,
+                                         write_termination=spec.write_termination)
+            opened.append(driver)
+            driver.errors()  # drain what an earlier session left behind
+            inst[role] = driver
+        if "smu" in inst:
+            inst["smu"].output = False  # a safe start whatever the last session did
+        scope_columns = station.instruments["scope"].columns if "scope" in station.instruments else None
+        return SiliconBackend(board, inst.get("smu"), inst.get("scope"), inst.get("tempctl"),
+                              limits=station.limits, scope_columns=scope_columns,
+                              uri=uri or f"station:{path}", station=station)
+    except BaseException:
+        for thing in reversed(opened):
+            try:
+                thing.close()
+            except Exception:
+                pass
+        raise
