@@ -9,7 +9,9 @@
   external trigger) and records the bit-line waveform of the column each channel
   probes (``Wiring.scope_columns``), via ``EmulatedArray.capture_bitline``.
 - :class:`LakeShore336Emulator`: ``KRDG?`` reads the chip temperature; closed-loop
-  control with the heater on settles the chip at the set point.
+  control with the heater on settles the chip at the set point at once (a cooled stage
+  with a heater: set points below ambient are reachable within the chip's 200-420 K;
+  others are an execution error); heater off returns it to ambient.
 
 Each handles lines of its instrument's real command set (see the drivers in
 ``drivers/``) through :class:`simulator.scpi_device.ScpiDevice`; unknown commands and
@@ -397,7 +399,7 @@ class LakeShore336Emulator(ScpiDevice):
         target = self.ambient_k
         for out in (1, 2):
             if self._controls_chip(out):
-                target = max(self.setpoint[out], self.ambient_k)  # a heater cannot cool
+                target = self.setpoint[out]  # a stage that heats and cools (cryostat + heater)
         if abs(target - self.array.temperature_k()) > 1e-9:
             try:
                 self.array.set_temperature_k(target)
@@ -454,7 +456,7 @@ class LakeShore336Emulator(ScpiDevice):
         if not self._controls_chip(out):
             return "+000.00"
         rise = self.array.temperature_k() - self.ambient_k
-        return f"+{min(100.0, 5.0 + rise * 1.5 / self.heater[out]):06.2f}"
+        return f"+{min(100.0, max(0.0, 5.0 + rise * 1.5 / self.heater[out])):06.2f}"
 
     def _rdgst(self, call: Call):
         return "000" if self._input(call) == "A" else "128"  # 128: sensor units overrange

@@ -209,6 +209,8 @@ def test_temperature_controller_regulates_the_chip(rig):
     log = received(rig.emu["tempctl"], rig.tempctl)
     assert log[log.index("OUTMODE 1,1,1,0") :][:6] == [
         "OUTMODE 1,1,1,0", "*ESR?", "SETP 1,323.15", "RANGE 1,2", "*ESR?", "*ESR?"]
+    rig.tempctl.regulate(290.0)  # the stage cools too
+    assert rig.array.temperature_k() == pytest.approx(290.0) and rig.tempctl.heater_percent >= 0
     rig.tempctl.heater_range = 0  # heater off: back to ambient
     assert rig.array.temperature_k() == pytest.approx(300.0)
 
