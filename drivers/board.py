@@ -376,16 +376,19 @@ class TestBoard:
                 if len(reasons) > self.retries:
                     self._give_up(req, reasons)
                 if not req.idempotent and reasons[-1] == "timeout":
-                    self._check_boot(req)
+                    self._check_boot(req, reasons)
                 self.stats["resent"] += 1
                 self._send(req, resend=True)
         finally:
             self._outstanding.pop(req.seq, None)
             self._inbox.pop(req.seq, None)
 
-    def _check_boot(self, req: _Request) -> None:
+    def _check_boot(self, req: _Request, reasons: list[str]) -> None:
         """Before re-sending a pulse: the board's reply cache must still be there."""
-        boot = self.status().boot_id
+        try:
+            boot = self.status().boot_id
+        except LinkError:
+            self._give_up(req, reasons + ["no answer to STATUS"])
         if boot != self.info.boot_id:
             raise LinkError(
                 f"the test board restarted while {req.command.name} (seq {req.seq}) was in flight; "
