@@ -653,10 +653,17 @@ def droop_sweep(backend: SafeArray, baseline: Baseline, levels: int = 16, repeat
         idx = np.flatnonzero(valid[:, j])
         if len(idx) < 3:
             continue
-        small = idx[xl[idx] <= fit_upto + 1e-12]
-        if len(small) < 2:
-            small = idx[:2]
-        b[j], a[j] = np.polyfit(xl[small], ym[small, j], 1)
+        # The tangent at small outputs: a quadratic through every valid level (its
+        # linear part is the extrapolation of the small outputs, with all points'
+        # averaging), or a straight line through the levels up to fit_upto when there
+        # are too few levels for a quadratic.
+        w = 1.0 / np.maximum(ystd[idx, j], 1e-12) if repeats > 2 else None
+        if len(idx) >= 5:
+            _, b[j], a[j] = np.polyfit(xl[idx], ym[idx, j], 2, w=w)
+        else:
+            small = idx[xl[idx] <= fit_upto + 1e-12]
+            small = small if len(small) >= 2 else idx[:2]
+            b[j], a[j] = np.polyfit(xl[small], ym[small, j], 1)
         last = idx[-1]
         lin = b[j] * xl[last]
         if lin > 0:
@@ -828,7 +835,7 @@ class SuiteConfig:
         small = dict(baseline_repeats=64, current_averages=1, idvg_cells=((0, 0), (7, 8), (15, 15)),
                      idvg_points=9, random_patterns=512, onehot_levels=(0.5, 1.0), onehot_repeats=2,
                      repeat_patterns=32, repeats=8, activation_patterns=128, crosstalk_repeats=32,
-                     droop_levels=8, droop_repeats=4, temperature_offsets_k=(-10.0, 0.0, 20.0),
+                     droop_levels=12, droop_repeats=8, temperature_offsets_k=(-10.0, 0.0, 20.0),
                      retention_checkpoints_s=(0.0, 100.0, 1e4))
         return cls(**{**small, **changes})
 

@@ -60,6 +60,8 @@ def noise_floor_ser(y_repeats, unbiased: bool = True) -> float:
     y = np.asarray(y_repeats, dtype=float)
     if y.ndim < 2 or y.shape[0] < 2:
         raise ValueError(f"y_repeats has shape {y.shape}; expected (R >= 2 repeats, patterns, ...)")
+    if np.all(y == y[:1]):  # identical repeats (exactly; a float mean would leave rounding)
+        return math.inf
     mean = y.mean(axis=0, keepdims=True)
     err = float(np.sum((y - mean) ** 2))
     if unbiased:

@@ -73,17 +73,17 @@ def run(args, out) -> dict:
     db = Path(args.out) if args.out else default_store_path()
     if args.report is not None and not Path(args.report).parent.is_dir():
         raise ValueError(f"--report {args.report}: directory {Path(args.report).parent} does not exist")
-    with RunStore(db) as store:  # a read-only or unopenable store fails here, before measuring
-        with open_backend(args.backend) as backend:
-            config.validate(backend)  # ranges against this backend's envelope
-            steps = config.steps(backend)
-            out.info(f"characterizing {backend.identity.chip_id} on {args.backend}: {', '.join(steps)}")
+    with open_backend(args.backend) as backend:  # opening measures nothing
+        config.validate(backend)  # ranges against this backend's envelope
+        with RunStore(db) as store:  # a read-only or unopenable store fails here, before measuring
             with sigterm_as_keyboard_interrupt(), store.run(
                     "characterize", backend_uri=args.backend, chip_id=backend.identity.chip_id,
                     settings=backend.settings, provenance=ch.provenance(backend, args.backend),
                     seeds={"patterns": config.seed, "repeats": config.seed + 1, "activations": config.seed},
             ) as run_:
                 run_.put_result({"config": dataclasses.asdict(config)})
+                out.info(f"run {run_.id}: characterizing {backend.identity.chip_id} on {args.backend}: "
+                         f"{', '.join(config.steps(backend))}")
                 result = ch.run_standard(backend, config, run=run_, progress=out.progress)
                 summary = result.summary()
                 report, report_error = None, None
