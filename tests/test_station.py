@@ -16,7 +16,7 @@ import yaml
 
 import labkit
 from labkit.backend import GateSweep, SafetyError, TemperatureControl, VirtualClock, WaveformCapture
-from drivers.station import StationError, load_station, parse_station
+from drivers.station import StationError, dump_station, load_station, parse_station
 from simulator.scpi_server import ScpiServer
 from tests.fixtures_bench import virtual_bench, virtual_bench_backend  # noqa: F401 (fixture)
 
@@ -87,6 +87,18 @@ def test_station_errors_name_the_key(text, match):
         parse_station(text, "bench.yaml")
     assert str(info.value).startswith("bench.yaml: ")
     assert isinstance(info.value, ValueError)
+
+
+def test_dump_station_writes_what_load_station_reads_and_refuses_bad_ones(tmp_path):
+    path = tmp_path / "bench.yaml"
+    dump_station(path, board_url="COM3", baud=115200, name="lab-1",
+                 instruments={"smu": {"address": "GPIB0::24::INSTR"}}, limits={"max_compliance_a": 1e-6})
+    st = load_station(path)
+    assert (st.name, st.board_url, st.board_baud) == ("lab-1", "COM3", 115200)
+    assert st.instruments["smu"].model == "keithley2400" and st.limits == {"max_compliance_a": 1e-6}
+    with pytest.raises(StationError, match="max_compliance_a=1.0 is looser"):
+        dump_station(tmp_path / "bad.yaml", board_url="COM3", instruments={}, limits={"max_compliance_a": 1.0})
+    assert not (tmp_path / "bad.yaml").exists()
 
 
 def test_missing_station_file_is_a_clear_error(tmp_path):
@@ -233,6 +245,17 @@ def test_link_faults_from_the_station_recover_and_never_pulse_twice():
         assert chip.pulses_applied - before == 12
         assert firmware.program_pulses == 12
         assert sum(firmware.faults.stats.values()) > 0  # faults really happened
+
+
+def test_a_station_may_name_the_in_process_board_emulator_with_faults_in_its_url(tmp_path):
+    import simulator.serial_handler  # noqa: F401 (registers labkitemu:// with pyserial)
+
+    path = tmp_path / "emu.yaml"
+    path.write_text('board: {url: "labkitemu://?seed=3&noise=0&drop=0.2&fault_seed=1", timeout_s: 0.05}\n')
+    with labkit.open_backend(f"station:{path}") as b:
+        assert b.identity.chip_id == "EMU-0003" and b.identity.instruments == {}
+        np.testing.assert_array_equal(b.read_currents(), b.read_currents())
+        assert b.capability(GateSweep) is None
 
 
 # ----------------------------------------------------------------- labkit sim serve
