@@ -180,7 +180,19 @@ def command_name(command: int) -> str:
 
 
 def cobs_encode(data: bytes) -> bytes:
-    """Byte-stuff ``data`` so that it contains no 0x00 (the frame delimiter)."""
+    """Byte-stuff ``data`` so that it contains no 0x00 (the frame delimiter).
+
+    Every 0x00 becomes the length code of the run after it, plus one code in front;
+    runs of 254 or more non-zero bytes are split into 0xFF blocks."""
+    arr = np.frombuffer(bytes(data), np.uint8)
+    zeros = np.flatnonzero(arr == 0)
+    codes = np.diff(np.concatenate(([-1], zeros, [len(arr)])))  # run length + 1
+    if codes.max() < 0xFF:  # no long runs: one code per run, vectorised
+        out = np.empty(len(arr) + 1, np.uint8)
+        out[0] = codes[0]
+        out[1:] = arr
+        out[zeros + 1] = codes[1:]
+        return out.tobytes()
     out = bytearray()
     for run in bytes(data).split(b"\x00"):
         view = memoryview(run)
@@ -195,21 +207,27 @@ def cobs_encode(data: bytes) -> bytes:
 
 def cobs_decode(data: bytes) -> bytes:
     """Inverse of :func:`cobs_encode`; ``PayloadError`` on a malformed block."""
-    out = bytearray()
-    i, n = 0, len(data)
-    while i < n:
-        code = data[i]
-        end = i + code
-        if code == 0 or end > n:
-            raise PayloadError(f"malformed COBS block (code {code} at {i} of {n})")
-        block = data[i + 1 : end]
-        if 0 in block:
-            raise PayloadError("malformed COBS: 0x00 inside a block")
-        out += block
-        i = end
-        if code < 0xFF and i < n:
-            out.append(0)
-    return bytes(out)
+    data = bytes(data)
+    n = len(data)
+    if data.find(0) >= 0:
+        raise PayloadError("malformed COBS: 0x00 inside a frame")
+    starts = []
+    i = 0
+    while i < n:  # walk the chain of block codes
+        starts.append(i)
+        i += data[i]
+    if i != n:
+        raise PayloadError(f"malformed COBS: last block runs {i - n} bytes past the end")
+    if not starts:
+        return b""
+    arr = np.frombuffer(data, np.uint8)
+    pos = np.array(starts)
+    out = arr.copy()
+    out[pos[1:]] = 0  # a code after a block shorter than 254 stands for a 0x00
+    keep = np.ones(n, bool)
+    keep[0] = False
+    keep[pos[1:][arr[pos[:-1]] == 0xFF]] = False  # after a full block: no 0x00
+    return out[keep].tobytes()
 
 
 def cobs_max_size(n: int) -> int:

@@ -19,12 +19,24 @@ import socket
 import sys
 import threading
 import time
+from collections import deque
 
 from .firmware import BoardFirmware
 
 BITS_PER_BYTE = 10
 PACE_CHUNK_S = 0.002  # paced replies go out in slices of this much wire time
 LOOPBACK = ("127.0.0.1", "localhost")
+
+
+def _frames_of(data: bytes) -> list[bytes]:
+    """``data`` cut after each delimiter, so that each frame is handled at its own time."""
+    pieces, start = [], 0
+    while (end := data.find(0, start)) >= 0:
+        pieces.append(data[start : end + 1])
+        start = end + 1
+    if start < len(data):
+        pieces.append(data[start:])
+    return pieces
 
 
 class _Connection:
@@ -85,44 +97,53 @@ class _Connection:
             if item is None or self.closed.is_set():
                 return
             received, data = item
-            if byte_s:
-                # the last byte of this chunk is on the board one wire time after the
-                # previous chunk (or after it was sent, whichever is later)
-                rx_free = max(received, rx_free) + len(data) * byte_s
-                wait = rx_free - time.monotonic()
-                if wait > 0:
-                    time.sleep(wait)
-            answer = self.fw.feed(data)
-            if answer:
-                self.outbox.put(answer)
-            if self.fw.disconnected:
-                return  # the emulated cable is pulled: drop the connection
+            for piece in _frames_of(data) if byte_s else (data,):
+                if byte_s:
+                    # the last byte of this piece is on the board one wire time after
+                    # the previous piece (or after it was sent, whichever is later)
+                    rx_free = max(received, rx_free) + len(piece) * byte_s
+                    wait = rx_free - time.monotonic()
+                    if wait > 0:
+                        time.sleep(wait)
+                answer = self.fw.feed(piece)
+                if answer:
+                    self.outbox.put(answer)
+                if self.fw.disconnected:
+                    return  # the emulated cable is pulled: drop the connection
 
     def _write(self) -> None:
+        """Sends answers; paced, each byte leaves at its wire time like from a UART FIFO
+        (a late wake-up sends the overdue bytes at once, so no wire time is lost)."""
         byte_s = self.server.byte_s
         tx_free = 0.0
+        fifo: deque[list] = deque()  # [data, bytes sent, start time]
         while not self.closed.is_set():
             due = self.fw.next_due()
-            wait = 0.05 if due is None else min(0.05, max(0.0, due - self.fw.clock()))
+            wait = PACE_CHUNK_S if fifo else 0.05
+            if due is not None:
+                wait = min(wait, max(0.0, due - self.fw.clock()))
             try:
                 data = self.outbox.get(timeout=wait)
             except queue.Empty:
                 data = b""
             data += self.fw.poll()
-            if not data:
-                continue
-            if not byte_s:
+            if data and not byte_s:
                 self.conn.sendall(data)
                 continue
-            step = max(1, int(PACE_CHUNK_S / byte_s))
-            for k in range(0, len(data), step):
-                piece = data[k : k + step]
-                start = max(time.monotonic(), tx_free)
-                tx_free = start + len(piece) * byte_s
-                self.conn.sendall(piece)
-                wait = tx_free - time.monotonic()
-                if wait > 0:
-                    time.sleep(wait)
+            now = time.monotonic()
+            if data:
+                start = max(now, tx_free)
+                tx_free = start + len(data) * byte_s
+                fifo.append([data, 0, start])
+            while fifo:
+                entry = fifo[0]
+                ready = min(len(entry[0]), int((now - entry[2]) / byte_s))
+                if ready > entry[1]:
+                    self.conn.sendall(entry[0][entry[1] : ready])
+                    entry[1] = ready
+                if entry[1] < len(entry[0]):
+                    break
+                fifo.popleft()
 
 
 class BoardServer:
