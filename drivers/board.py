@@ -23,6 +23,7 @@ Reliability rules:
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
@@ -102,6 +103,7 @@ class TestBoard:
         self._outstanding: dict[int, _Request] = {}
         self._inbox: dict[int, p.Frame] = {}
         self._garbled = 0
+        self._lock = threading.RLock()  # one transaction at a time (e.g. a live view thread)
         register_url_handlers()
         try:
             self.port = serial.serial_for_url(url, baudrate=self.baudrate, timeout=POLL_S, write_timeout=None)
@@ -213,9 +215,17 @@ class TestBoard:
             raise LinkError(f"board max payload {self.info.max_payload} cannot carry one VMM vector")
         # enough frames that the pipeline fills (both directions busy), full frames when long
         per = min(limit, max(VMM_MIN_CHUNK, -(-len(ticks) // (4 * self.window))))
-        starts = list(range(0, len(ticks), per))
-        results: list[np.ndarray | None] = [None] * len(starts)
+        if not len(ticks):
+            return np.zeros((0, g.cols), np.uint16)
         one_s = s.integration_time_s + s.tdc_full_scale_s + 1e-6  # board time per vector
+        with self._lock:
+            return np.concatenate(self._pipeline(ticks, per, one_s))
+
+    def _pipeline(self, ticks: np.ndarray, per: int, one_s: float) -> list[np.ndarray]:
+        """VMM frames of ``per`` vectors, ``window`` in flight; answers in order."""
+        g = self.info.geometry
+        starts = list(range(0, len(ticks), per))
+        results: list[np.ndarray] = [None] * len(starts)  # type: ignore[list-item]
         inflight: deque[tuple[int, _Request]] = deque()
         nxt = 0
         try:
@@ -242,9 +252,7 @@ class TestBoard:
             for _, req in inflight:  # on error: later answers are stale
                 self._outstanding.pop(req.seq, None)
                 self._inbox.pop(req.seq, None)
-        if not starts:
-            return np.zeros((0, g.cols), np.uint16)
-        return np.concatenate(results)
+        return results
 
     def arm(self, on: bool = True) -> bool:
         """Arm (or disarm) the programming high voltage; returns the board's state."""
@@ -303,9 +311,10 @@ class TestBoard:
         return _Request(seq, command, wire, command in p.IDEMPOTENT, deadline)
 
     def _call(self, command: Command, payload: bytes = b"", *, reply_size: int = 0, exec_s: float = 0.0) -> p.Frame:
-        req = self._request(command, payload, reply_size=reply_size, exec_s=exec_s)
-        self._send(req)
-        return self._complete(req)
+        with self._lock:
+            req = self._request(command, payload, reply_size=reply_size, exec_s=exec_s)
+            self._send(req)
+            return self._complete(req)
 
     def _send(self, req: _Request, resend: bool = False) -> None:
         self._outstanding[req.seq] = req
