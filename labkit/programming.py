@@ -494,23 +494,22 @@ class _Job:
         self.cells = cells
         self.n = len(cells)
         self.rc = (cells[:, 0], cells[:, 1])
-        self.i_s = float(backend.datasheet.erased_current_a)
         self.target = state.targets_a[self.rc]
-        self.t_u = to_u(self.target, self.i_s)
-        self.tol_u = to_u(self.target * (1 + cfg.tolerance), self.i_s) - self.t_u
         self.u = np.full(self.n, np.nan)
         self.sig = np.zeros(self.n)
+        self.read_ss = np.zeros(self.n)  # forgetting sums of squared read deviations (u^2) and dof
+        self.read_dof = np.zeros(self.n)
         self.i_meas = np.full(self.n, np.nan)
         self.pulses = np.zeros(self.n, dtype=int)
         self.status = np.full(self.n, "pending", dtype=object)
         self.full_erased = np.zeros(self.n, bool)
         erased = state.model.get("erased_a")
-        top = np.full(self.n, 1.2 * self.i_s)
+        top = np.full(self.n, float(backend.datasheet.erased_current_a))
         if erased is not None:
             g = np.array([[np.nan if x is None else x for x in row] for row in erased], dtype=float)
             if g.shape == (state.rows, state.cols):
-                top = np.where(np.isfinite(g[self.rc]), g[self.rc], top)
-        self.u_top = to_u(top, self.i_s)
+                top = np.where(np.isfinite(g[self.rc]) & (g[self.rc] > 0), g[self.rc], top)
+        self._set_scale(top)
         self.erase_rate = float(state.model.get("erase_rate_per_s", cfg.partial_erase_rate_per_s))
         self.partial = np.zeros(state.rows, dtype=int)
         self.block = np.zeros(state.rows, dtype=int)
@@ -518,12 +517,20 @@ class _Job:
         self.pending_erase: dict[int, tuple[float, np.ndarray, np.ndarray]] = {}
         self.rounds = 0
         self.final_reopened = 0
+        self.started = False
         env = backend.envelope
         self.v_range = (max(cfg.v_min, 0.0), min(cfg.v_max, env.max_program_voltage_v))
         lo, hi = env.program_width_range_s
         if not lo <= cfg.width_s <= hi:
             raise ValueError(f"width_s={cfg.width_s:g} s is outside the envelope's [{lo:g}, {hi:g}] s")
-        self.planner.start(cells, self.t_u, self.tol_u, self.v_range)
+
+    def _set_scale(self, erased_a: np.ndarray) -> None:
+        """Per-cell EKV scale I_s from the erased current (A): every cell is taken to erase
+        to the same normalized overdrive, so its erased current measures its I_s."""
+        self.i_s = np.asarray(erased_a, dtype=float).copy()
+        self.t_u = to_u(self.target, self.i_s)
+        self.tol_u = to_u(self.target * (1 + self.cfg.tolerance), self.i_s) - self.t_u
+        self.u_top = to_u(self.i_s, self.i_s)
 
     # -- bookkeeping
     def _key(self, j) -> str:
@@ -543,7 +550,8 @@ class _Job:
         st.achieved_a[self.rc] = self.i_meas
         st.pulses[self.rc] = self.base_pulses + self.pulses
         st.row_erases = [int(x) for x in np.asarray(st.row_erases)]
-        st.model.update(self.planner.export())
+        if self.started:
+            st.model.update(self.planner.export())
         st.model["erase_rate_per_s"] = self.erase_rate
         if self.path is not None:
             st.save(self.path)
@@ -554,28 +562,49 @@ class _Job:
 
     # -- chip access
     def _read(self, js: np.ndarray, reads: int) -> None:
-        """Averaged reads of job cells ``js`` (u, its standard error, current); cells whose
-        reads scatter (telegraph noise) get more reads, up to ``max_reads``, in one more call."""
+        """Averaged reads of job cells ``js``: u, its standard error and the current.
+
+        Each cell's read noise is estimated from the scatter of its repeated reads,
+        pooled over rounds (recent rounds weigh more) and shrunk toward the job's median;
+        cells whose noise needs it (telegraph noise at low currents) get more reads, up
+        to ``max_reads``, in one more call, until the standard error is ``read_se * tol``."""
         cfg = self.cfg
         cells = np.repeat(self.cells[js], reads, axis=0)
-        u = to_u(np.asarray(self.b.read_currents(cells), dtype=float).reshape(len(js), reads), self.i_s)
-        total, sq, n = u.sum(axis=1), (u**2).sum(axis=1), np.full(len(js), float(reads))
-        sd = u.std(axis=1, ddof=1) if reads > 1 else np.full(len(js), 3e-3)
+        i_s = self.i_s[js]
+        u = to_u(np.asarray(self.b.read_currents(cells), dtype=float).reshape(len(js), reads), i_s[:, None])
+        mean = u.mean(axis=1)
+        self.read_ss[js] = 0.5 * self.read_ss[js] + ((u - mean[:, None]) ** 2).sum(axis=1)
+        self.read_dof[js] = 0.5 * self.read_dof[js] + (reads - 1)
+        sd = self._read_sd(js)
         want = cfg.read_se * self.tol_u[js]
+        n = np.full(len(js), float(reads))
         extra = np.clip(np.ceil((sd / want) ** 2) - reads, 0, cfg.max_reads - reads).astype(int)
         if np.any(extra > 0):
             more = np.flatnonzero(extra > 0)
             cells = np.repeat(self.cells[js[more]], extra[more], axis=0)
-            u2 = to_u(np.asarray(self.b.read_currents(cells), dtype=float), self.i_s)
             owner = np.repeat(more, extra[more])
+            u2 = to_u(np.asarray(self.b.read_currents(cells), dtype=float), i_s[owner])
+            total = mean * n
             np.add.at(total, owner, u2)
-            np.add.at(sq, owner, u2**2)
             n[more] += extra[more]
-        mean = total / n
-        var = np.maximum(sq / n - mean**2, 0.0) * n / np.maximum(n - 1, 1)
+            mean = total / n
+            dev = np.zeros(len(js))
+            np.add.at(dev, owner, (u2 - mean[owner]) ** 2)
+            self.read_ss[js] += dev
+            self.read_dof[js] += extra
+            sd = self._read_sd(js)
         self.u[js] = mean
-        self.sig[js] = np.maximum(np.sqrt(var), 1e-4) / np.sqrt(n)
-        self.i_meas[js] = from_u(mean, self.i_s)
+        self.sig[js] = sd / np.sqrt(n)
+        self.i_meas[js] = from_u(mean, i_s)
+
+    def _read_sd(self, js: np.ndarray) -> np.ndarray:
+        """Read-noise standard deviation (in u) per cell, shrunk toward the job median."""
+        have = self.read_dof > 0
+        var = self.read_ss[have] / self.read_dof[have]
+        prior = float(np.median(var)) if len(var) else 1e-6
+        prior_dof = 4.0
+        v = (self.read_ss[js] + prior_dof * prior) / (self.read_dof[js] + prior_dof)
+        return np.maximum(np.sqrt(v), 1e-5)
 
     def _erase(self, rows: np.ndarray, volts: float, width: float) -> None:
         self.b.erase_rows(np.asarray(rows, dtype=np.int64), volts, width)
@@ -583,14 +612,15 @@ class _Job:
             self.st.row_erases[int(r)] += 1
         self.erases += len(rows)
 
-    def _block_erase(self, rows: np.ndarray) -> np.ndarray:
+    def _block_erase(self, rows: np.ndarray, notify: bool = True) -> np.ndarray:
         """Full erase of ``rows``; returns the job cells in them (re-opened, state unknown)."""
         self._erase(rows, self.cfg.erase_v, self.cfg.erase_width_s)
         js = np.flatnonzero(np.isin(self.cells[:, 0], rows) & (self.status != "failed"))
         self.status[js] = "pending"
         self.u[js] = np.nan
         self.full_erased[js] = True
-        self.planner.erased(js)
+        if notify:
+            self.planner.erased(js)
         return js
 
     # -- overshoot
@@ -648,15 +678,20 @@ class _Job:
         self.base_pulses = self.st.pulses[self.rc].copy()
         if erase:
             rows = np.unique(self.cells[:, 0])
-            self._block_erase(rows)
+            self._block_erase(rows, notify=False)
             self._sync()
             self._read(np.arange(self.n), cfg.reads)
-            self.u_top = self.u.copy()
+            self._set_scale(self.i_meas)
+            self.u = to_u(self.i_meas, self.i_s)
             grid = np.full((self.st.rows, self.st.cols), np.nan)
+            if erased := self.st.model.get("erased_a"):
+                grid = np.array([[np.nan if x is None else x for x in r] for r in erased], dtype=float)
             grid[self.rc] = self.i_meas
             self.st.model["erased_a"] = [[None if not np.isfinite(x) else float(x) for x in r] for r in grid]
         else:
             self._read(np.arange(self.n), cfg.final_reads)
+        self.planner.start(self.cells, self.t_u, self.tol_u, self.v_range)
+        self.started = True
         passes_left = cfg.final_passes
         prev: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         while self.rounds < cfg.max_rounds:
@@ -692,8 +727,9 @@ class _Job:
             prev = None
             err = self.i_meas[js] / self.target[js] - 1
             above = js[err > cfg.guard * cfg.tolerance]
-            over = js[err < -cfg.tolerance]
-            ok = js[(err >= -cfg.tolerance) & (err <= cfg.guard * cfg.tolerance)]
+            low = -cfg.final_guard * cfg.tolerance
+            over = js[err < low]
+            ok = js[(err >= low) & (err <= cfg.guard * cfg.tolerance)]
             self.status[ok] = "done"
             self.full_erased[ok] = False
             spent = above[self.pulses[above] >= cfg.max_pulses]
