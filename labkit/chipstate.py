@@ -3,13 +3,13 @@
 Written by program-and-verify after every round, atomically (temporary file in the same
 folder, fsync, ``os.replace``), so an interrupted run leaves a consistent record that
 says exactly which cells are done. Per cell (``(rows, cols)`` grids, ``null`` where
-not applicable): target current (A), last verified current (A), program pulses used,
+not applicable): target current (A), last verified current (A), program pulses completed,
 and a status:
 
 - ``untargeted``: not part of the programming job;
 - ``pending``: not yet within tolerance (or re-opened by a disturb / erase);
-- ``pulsing``: a pulse was being applied when the record was written; its current is
-  unknown until it is read again;
+- ``pulsing``: a pulse was being applied when the record was written (one more pulse
+  than ``pulses`` may have landed); its current is unknown until it is read again;
 - ``done``: read within tolerance at the last verify;
 - ``failed``: gave up (``reasons`` says why: unreachable, max pulses, overshoot).
 

@@ -17,7 +17,7 @@ cells all at ``I_max`` removes ``rows * I_max * T``. So::
 
 ``headroom`` (default 0.9) keeps ~10 % of the swing for crosstalk steps (~4 % at 16
 edges), comparator offsets and noise. A longer ``T`` shrinks the window; a window
-with ``I_max <= I_min`` is an error.
+with ``I_max < 2 I_min`` is an error (its weights would drown in the error at zero).
 
 **Schemes.** ``offset`` (default): zero is both branches at ``I_min`` and a weight only
 raises one branch, ``I+ = I_min + max(w, 0) I_scale``, ``I- = I_min + max(-w, 0) I_scale``.
@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 SCHEMES = ("offset", "balanced")
+MIN_RANGE = 2.0  # I_max must be at least this many times I_min (else weights drown in the zero error)
 
 
 class WeightRangeError(ValueError):
@@ -82,11 +83,11 @@ class WeightWindow:
         if not lo <= i_min <= hi:
             raise ValueError(f"i_min_a={i_min:g} A is outside the programmable [{lo:g}, {hi:g}] A")
         i_max = min(hi, headroom * datasheet.full_scale_charge_c / (rows * integration_time_s))
-        if i_max <= i_min:
+        if i_max < MIN_RANGE * i_min:
             raise ValueError(
                 f"no weight window: full scale {datasheet.full_scale_charge_c:g} C over {rows} rows and "
-                f"T = {integration_time_s:g} s allows at most {i_max:g} A per cell, below I_min = {i_min:g} A; "
-                "shorten the integration time")
+                f"T = {integration_time_s:g} s allows at most {i_max:g} A per cell, less than {MIN_RANGE:g} x "
+                f"I_min = {i_min:g} A; shorten the integration time")
         return cls(i_min, i_max, scheme)
 
     def currents(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

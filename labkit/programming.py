@@ -688,8 +688,10 @@ class _Job:
                 grid = np.array([[np.nan if x is None else x for x in r] for r in erased], dtype=float)
             grid[self.rc] = self.i_meas
             self.st.model["erased_a"] = [[None if not np.isfinite(x) else float(x) for x in r] for r in grid]
-        else:
+        else:  # a refresh: cells verified within tolerance stay as they are
             self._read(np.arange(self.n), cfg.final_reads)
+            err = self.i_meas / self.target - 1
+            self.status[np.abs(err) <= cfg.final_guard * cfg.tolerance] = "done"
         self.planner.start(self.cells, self.t_u, self.tol_u, self.v_range)
         self.started = True
         passes_left = cfg.final_passes
