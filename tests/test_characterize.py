@@ -477,3 +477,41 @@ def test_cli_subprocess_unknown_backend():
                           capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "unknown backend scheme" in proc.stderr
+
+
+def test_cli_unreachable_station_is_one_line_and_exit_2(tmp_path, capsys):
+    pytest.importorskip("drivers.silicon")
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    station = tmp_path / "station.yaml"
+    station.write_text(f"name: nowhere\nboard:\n  url: socket://127.0.0.1:{port}\n  timeout_s: 0.5\n")
+    db = tmp_path / "runs.sqlite"
+    code, out, err = run_cli(capsys, "characterize", "--quick", "--backend", f"station:{station}", "--out", str(db))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert str(port) in err
+    assert not db.exists()  # nothing was started
+
+
+def test_cli_on_the_virtual_bench_records_the_station(tmp_path, capsys):
+    bench = pytest.importorskip("tests.fixtures_bench")
+    from simulator.bench import VirtualBench
+
+    station = tmp_path / "station.yaml"
+    with VirtualBench(seed=7, station_out=station):
+        text = station.read_text()
+        code, out, err = run_cli(capsys, "characterize", "--quick", "--no-report", "--backend", f"station:{station}",
+                                 "--out", str(tmp_path / "runs.sqlite"), "--json")
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["chip_id"] == "EMU-0007" and np.array(d["crosstalk_v"]).shape == (16, 16)
+    with labkit.open_backend("sim://?seed=7") as b:  # the same chip, in process
+        np.testing.assert_allclose(np.array(d["cell_current_a"]), chip_of(b).currents(), rtol=0.02)
+    with RunStore(tmp_path / "runs.sqlite", create=False) as store:
+        r = store.load(d["run_id"])
+    assert r.provenance["station_file"]["text"] == text
+    assert set(r.provenance["identity"]["instruments"]) >= {"smu", "tempctl"}
+    assert "retention (no virtual clock; run retention_check over real time)" in r.result["skipped"]
+    del bench
