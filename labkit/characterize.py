@@ -15,20 +15,21 @@ bit-line capacitance and reference current (labkit knows nothing better).
 
 Point tables written to a run (columns; shapes per point):
 
-=================  ==============================================================
-``baseline``       ``t`` (cols,) s: zero-input VMMs
-``idvg``           ``cell`` (2,), ``gate_v``, ``current_a``
-``vmm_random``     ``x`` (rows,), ``t`` (cols,) s, ``y`` (cols,) s
-``vmm_onehot``     ``x``, ``t``, ``y``, ``row``
-``vmm_repeat``     ``x``, ``t``, ``y``, ``pattern``, ``repeat``
-``vmm_activations````x``, ``t``, ``y``
-``crosstalk``      ``x``, ``t``, ``probe_row`` (-1 for a reference), ``width_s``, ``repeat``
-``droop``          ``x``, ``t``, ``y``, ``level``
-``temperature``    ``set_k``, ``measured_k``, ``cell_current_a`` (rows, cols)
-``retention``      ``elapsed_s``, ``cell_current_a`` (rows, cols)
-=================  ==============================================================
+===================  ============================================================
+``baseline``         ``t`` (cols,) s: zero-input VMMs
+``idvg``             ``cell`` (2,), ``gate_v``, ``current_a``
+``vmm_random``       ``x`` (rows,), ``t`` (cols,) s, ``y`` (cols,) s
+``vmm_onehot``       ``x``, ``t``, ``y``, ``row``
+``vmm_repeat``       ``x``, ``t``, ``y``, ``pattern``, ``repeat``
+``vmm_activations``  ``x``, ``t``, ``y``
+``crosstalk``        ``x``, ``t``, ``probe_row`` (-1: reference), ``width_s``, ``repeat``
+``droop``            ``x``, ``t``, ``y``, ``level``
+``temperature``      ``set_k``, ``measured_k``, ``cell_current_a`` (rows, cols)
+``retention``        ``elapsed_s``, ``cell_current_a`` (rows, cols)
+===================  ============================================================
 
 and arrays ``cell_current_a``, ``crosstalk_step_s``, ``crosstalk_v``, ``droop_y_s`` ...
+:func:`load_dataset` reads a VMM table of a stored run back (e.g. for calibration).
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def quantize_inputs(x, input_bits: int) -> np.ndarray:
 
 
 def _check_int(name: str, value, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo or (hi is not None and value > hi):
+    integer = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not integer or value < lo or (hi is not None and value > hi):
         rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
         raise ValueError(f"{name}={value!r}; expected an integer {rng}")
     return int(value)
@@ -984,6 +986,28 @@ def run_standard(backend: SafeArray, config: SuiteConfig = SuiteConfig(), run=No
     if run is not None:
         run.put_result(result.summary())
     return result
+
+
+def load_dataset(run, table: str = "vmm_random") -> VmmData | RepeatData:
+    """A VMM dataset of a stored run (``RunStore.load(id)``) as measured: ``VmmData``,
+    or ``RepeatData`` (repeat, pattern, cols) for ``vmm_repeat``. ``y`` is recomputed
+    from the run's ``baseline`` table, so it equals what was stored."""
+    pts = run.points(table)
+    if not {"x", "t"} <= set(pts):
+        raise ValueError(f"table {table!r} of run {run.id} is not a VMM dataset (columns {sorted(pts)})")
+    t0 = run.points("baseline")["t"].mean(axis=0)
+    x, t = pts["x"], pts["t"]
+    if table != "vmm_repeat":
+        return VmmData(x, t, t0 - t)
+    reps, pats = int(pts["repeat"].max()) + 1, int(pts["pattern"].max()) + 1
+    n = reps * pats
+    if len(x) < n:  # an interrupted run: keep whole repeats only
+        reps = len(x) // pats
+        n = reps * pats
+    if reps < 1:
+        raise ValueError(f"run {run.id} holds no complete repeat of its {pats} patterns")
+    cols = t.shape[1]
+    return RepeatData(x[:pats], t[:n].reshape(reps, pats, cols), (t0 - t[:n]).reshape(reps, pats, cols))
 
 
 def provenance(backend: SafeArray, uri: str) -> dict:

@@ -5,8 +5,6 @@ Tests read the hidden chip (``chip_of``); labkit code never does.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -288,6 +286,14 @@ def test_routines_store_their_datasets(tmp_path):
         np.testing.assert_array_equal(r.arrays["cell_current_a"], res.cell_current_a)
         np.testing.assert_array_equal(r.arrays["crosstalk_v"], res.crosstalk.volts)
         assert r.result["noise_floor_ser_db"] == pytest.approx(res.repeats.noise_floor_ser_db)
+        # read back for calibration
+        rnd = ch.load_dataset(r, "vmm_random")
+        np.testing.assert_array_equal(rnd.y_s, res.random.y_s)
+        again = ch.load_dataset(r, "vmm_repeat")
+        np.testing.assert_array_equal(again.y_s, res.repeats.y_s)
+        assert again.noise_floor_ser_db == pytest.approx(res.repeats.noise_floor_ser_db)
+        with pytest.raises(ValueError, match="not a VMM dataset"):
+            ch.load_dataset(r, "temperature")
 
 
 def test_network_activations_are_digit_images():
