@@ -190,7 +190,7 @@ class _SlotIntegral(torch.autograd.Function):
         enter = torch.nn.functional.pad((idx[..., :-1] + 1) * (s[..., :-1] > 0), (1, 0))
         if n > 1:
             enter = enter + (torch.arange(n, device=d.device) * (R + 1)).view(n, 1, 1)
-        ex = rho.view(n * (R + 1), C).index_select(0, enter.view(-1)).view(n, B, R, C)
+        ex = rho.view(n * (R + 1), C).index_select(0, enter.reshape(-1)).view(n, B, R, C)
         ex = torch.cumprod(ex, dim=2)  # E
         w.mul_(ex)  # W = S E
         z = (w * dt.unsqueeze(-1)).sum(-2)
@@ -382,7 +382,7 @@ class ArrayModel(nn.Module):
         if x.dim() < len(tail) or tuple(x.shape[-len(tail):]) != tail:
             raise ValueError(f"x has shape {tuple(x.shape)}; expected (..., {', '.join(map(str, tail))})")
         lead = tuple(x.shape[: x.dim() - len(tail)])
-        x = x.reshape(-1, self._n, self.rows).transpose(0, 1)  # (n, B, R)
+        x = x.reshape(-1, self._n, self.rows).transpose(0, 1).contiguous()  # (n, B, R)
         x = x.clamp(0.0, 1.0)
         if self.quantize:
             levels = self.input_levels
