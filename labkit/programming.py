@@ -6,11 +6,16 @@ repeats, averaged) and gives every cell that still needs charge one pulse in one
 
 The job, cell by cell::
 
-    erase the rows (block erase) -> read -> within [target (1 - tol), target (1 + guard tol)]? done
-                                         -> above? one program pulse, planned by the planner
-                                         -> below (overshoot)? partial erase of the row, retry
+    block-erase the rows -> read -> in [target (1 - 0.9 tol), target (1 + 0.75 tol)]? done
+                                 -> above? one program pulse, voltage from the planner
+                                 -> below (overshoot)? partial erase of its row, retry the row
     ... until no cell is pending -> final verify pass over every cell (catches disturb of
     cells finished earlier by their neighbours' later pulses) -> re-open and fix, bounded
+
+The acceptance band is asymmetric (``guard``, ``final_guard``): half-select disturb only
+ever pulls finished cells down, and fixing a cell below target costs an erase of its
+whole row. Reads are averaged; a cell whose reads scatter (telegraph noise at nA) gets
+more of them (up to ``max_reads``) until its standard error is 7 % of the tolerance.
 
 Bounded: at most ``max_pulses`` program pulses per cell, ``max_partial_erases`` partial
 and ``max_block_erases`` full erases per row, ``final_passes`` verify passes; cells that
@@ -28,9 +33,10 @@ Planners (what voltage the next pulse gets):
   above target, shrinking the step by the model's uncertainty so an overshoot stays rare.
 
 Internally currents are mapped to the EKV normalized overdrive
-``u = 2 ln(exp(sqrt(I / I_s)) - 1)`` with ``I_s`` = the datasheet's erased current:
-``u = ln(I / I_s)`` in subthreshold, and linear in floating-gate charge everywhere,
-so a pulse moves ``u`` by an amount that does not depend on the current level.
+``u = 2 ln(exp(sqrt(I / I_s)) - 1)``, with ``I_s`` per cell = its measured erased current
+(every cell is taken to erase to the same normalized overdrive): ``u = ln(I / I_s)`` in
+subthreshold and linear in floating-gate charge everywhere, so a pulse moves ``u`` by an
+amount that does not depend on where the cell is in moderate or weak inversion.
 Units: A, V, s; ``u`` and steps are dimensionless (nats of current in subthreshold).
 """
 
@@ -58,7 +64,7 @@ class ProgramConfig:
     max_pulses: int = 150  # program pulses per cell in one job
     reads: int = 4  # reads averaged per verify
     final_reads: int = 8  # reads averaged in the final verify pass
-    read_se: float = 0.1  # noisy cells get more reads until the standard error is read_se*tol
+    read_se: float = 0.07  # noisy cells get more reads until the standard error is read_se*tol
     max_reads: int = 32
     final_passes: int = 3  # final verify passes (each may re-open cells)
     final_guard: float = 0.9  # the final pass re-opens cells beyond +-final_guard*tol
@@ -186,12 +192,15 @@ class AdaptivePlanner:
     pulses adds process noise ``drift * step``), ``b`` and ``c`` pooled over all cells from
     consecutive pulses of the same cell (ridge toward the priors), ``delta`` from cells
     read while a neighbour in their row or column was pulsed. The step variance is
-    ``var(a_cell) + sigma_m**2 + granule / step`` (cycle-to-cycle spread and the
-    granularity of injected charge); a pulse aims at ``target + aim * tol`` but never
-    further than ``(distance + tol) * exp(-z * sigma)``, so overshoot stays rare.
+    multiplicative ``var(a_cell) + sigma_m**2`` (model and cycle-to-cycle spread) plus an
+    additive ``granule * step`` (injected charge comes in electrons; ``granule`` is
+    learned from the residuals of small steps). A pulse aims at ``target + aim * tol``,
+    minus the disturb its neighbours' planned pulses will add, but is shrunk until its
+    ``z``-sigma landing stays above ``target - 0.8 tol``: overshoot stays rare.
 
-    Before anything is known about the chip, a few pilot cells (one per row) pulse first
-    with the prior; the rest hold one round and start from the population they measured.
+    Before anything is known about the chip, a few pilot cells (about one per row) pulse
+    first with the prior; the rest hold one round (their reads measure the disturb) and
+    then start from the population the pilots measured.
     The priors are the chip family's nominal values; ``model`` (from a chip-state file)
     restores what an earlier job learned.
     """
@@ -323,8 +332,7 @@ class AdaptivePlanner:
         k = idx[use]
         s_obs = np.where(ok, own, np.maximum(own, sd))[use]
         r = np.where(ok[use], self.sigma_m**2 + self.granule / s_obs + (sd[use] / s_obs) ** 2, 0.5)
-        pulsed = use
-        for key, val in (("cell", k), ("v", volts[pulsed]), ("u0", u_before[pulsed]), ("s", s_obs), ("r", r),
+        for key, val in (("cell", k), ("v", volts[use]), ("u0", u_before[use]), ("s", s_obs), ("r", r),
                          ("seg", self.seg[k])):
             self.obs[key].extend(np.asarray(val).tolist())
         self._refit()
@@ -346,8 +354,8 @@ class AdaptivePlanner:
         y = np.log(s)
         # pooled b, c from consecutive observations of the same cell (same erase segment)
         order = np.lexsort((np.arange(len(cell)), cell))
-        c_o, same = cell[order], None
-        same = (c_o[1:] == c_o[:-1]) & (seg[order][1:] == seg[order][:-1])
+        c_o, s_o = cell[order], seg[order]
+        same = (c_o[1:] == c_o[:-1]) & (s_o[1:] == s_o[:-1])
         if np.any(same):
             i1, i0 = order[1:][same], order[:-1][same]
             dv, du, dy = v[i1] - v[i0], u0[i1] - u0[i0], y[i1] - y[i0]
@@ -391,9 +399,12 @@ class AdaptivePlanner:
             self.known_pop = True
 
     def export(self) -> dict:
+        shape = tuple(self.cells.max(axis=0) + 1) if len(self.cells) else (0, 0)
+        grid = np.full(shape, np.nan)
+        grid[self.cells[:, 0], self.cells[:, 1]] = self.a
         return {"planner": self.name, "b": self.b, "c": self.c, "delta": self.delta, "a_pop": self.a_pop,
-                "sigma_m": self.sigma_m, "granule": self.granule,
-                "var_pop": self.var_pop, "v_ref": self.v_ref}
+                "var_pop": self.var_pop, "sigma_m": self.sigma_m, "granule": self.granule, "v_ref": self.v_ref,
+                "a": [[None if not np.isfinite(x) else float(x) for x in row] for row in grid]}
 
 
 PLANNERS: dict[str, Callable[[], Planner]] = {"adaptive": AdaptivePlanner, "ispp": IsppPlanner}
@@ -766,6 +777,7 @@ class _Job:
         else:
             left = np.flatnonzero(self.status == "pending")
             self._fail(left, "round limit reached")
+        self._report("verified")
 
 
 def program_array(backend, targets_a, *, config: ProgramConfig | None = None, algorithm: str | Planner = "adaptive",

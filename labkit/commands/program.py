@@ -11,6 +11,7 @@ first pulse.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from ..backend import open_backend
 from ..chipstate import ChipState
 from ..mapping import SCHEMES, WeightWindow, map_weights, precision, unmap_currents
 from ..programming import PLANNERS, ProgramConfig, program_array, refresh
+from ..store import RunStore
 
 HELP = "program signed weights onto the array (program-and-verify), or --refresh a programmed chip"
 
@@ -99,7 +101,15 @@ def run(args, out) -> dict:
                 ChipState.load(state_path).check_chip(ident)
             what = f"programming {g.rows * g.cols} cells to +-{config.tolerance:g}"
         out.info(f"{ident.chip_id} on {args.backend}: {what} ({args.algorithm}); chip state -> {state_path}")
-        with out.progress("refreshing" if args.refresh else "programming", total=g.rows * g.cols) as bar:
+        with contextlib.ExitStack() as stack:
+            run_ = None
+            if args.out:  # the job as a run in the run store: marked failed/aborted if it dies
+                store = stack.enter_context(RunStore(args.out))
+                run_ = stack.enter_context(store.run("program", backend_uri=args.backend, chip_id=ident.chip_id,
+                                                     settings=backend.settings))
+            bar = stack.enter_context(out.progress("refreshing" if args.refresh else "programming",
+                                                   total=g.rows * g.cols))
+
             def progress(done: int, total: int, text: str) -> None:
                 bar.total = max(total, 1)
                 bar.advance(done - bar.done, status=text)
@@ -111,10 +121,13 @@ def run(args, out) -> dict:
                 result = program_array(backend, targets, config=config, algorithm=args.algorithm,
                                        state_path=state_path, progress=progress, weights=weights,
                                        window=window.to_dict())
-        summary = result.summary()
-        final = ChipState.load(state_path)
-        if args.out:
-            _record(args, backend, result, final, summary)
+            summary = result.summary()
+            final = ChipState.load(state_path)
+            if run_ is not None:
+                run_.put_array("targets_a", final.targets_a)
+                run_.put_array("achieved_a", final.achieved_a)
+                run_.put_array("pulses", final.pulses)
+                run_.put_result({**summary, "state": str(state_path)})
     info = {"backend": args.backend, "state": str(state_path), "refresh": bool(args.refresh), **summary}
     if window is not None:
         info["window"] = window.to_dict()
@@ -131,17 +144,6 @@ def _checked(raw, geometry, clip: bool) -> np.ndarray:
     from ..mapping import check_weights
 
     return check_weights(raw, geometry, clip=clip)
-
-
-def _record(args, backend, result, state, summary) -> None:
-    from ..store import RunStore
-
-    with RunStore(args.out) as store, store.run("program", backend_uri=args.backend,
-                                                chip_id=backend.identity.chip_id, settings=backend.settings) as r:
-        r.put_array("targets_a", state.targets_a)
-        r.put_array("achieved_a", state.achieved_a)
-        r.put_array("pulses", state.pulses)
-        r.put_result({k: v for k, v in summary.items() if k != "failed"} | {"failed": summary["failed"]})
 
 
 def _print(out, info: dict) -> None:
