@@ -61,19 +61,30 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         raise
     if args.json:
-        json.dump(result or {}, sys.stdout, default=_jsonable)
+        json.dump(strict_json(result or {}), sys.stdout, allow_nan=False)
         sys.stdout.write("\n")
     return 0
 
 
-def _jsonable(obj):
+def strict_json(obj):
+    """Plain JSON values: numpy to lists/scalars, non-finite floats (an unbounded SER) to null."""
+    import math
+
     import numpy as np
 
+    if isinstance(obj, dict):
+        return {str(k): strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return obj.tolist()
+        return strict_json(obj.tolist())
     if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    return str(obj)
 
 
 if __name__ == "__main__":

@@ -389,7 +389,9 @@ def test_cli_without_noise_reports_an_unbounded_noise_floor(tmp_path, capsys):
     code, out, _ = run_cli(capsys, "characterize", "--backend", "sim://?noise=0", "--quick", "--no-report",
                            "--no-temperature", "--no-retention", "--out", str(tmp_path / "r.sqlite"), "--json")
     assert code == 0
-    assert json.loads(out)["noise_floor_ser_db"] == math.inf
+    assert "Infinity" not in out  # strict JSON: an unbounded SER is null
+    data = json.loads(out)
+    assert data["noise_floor_ser_db"] is None and data["noise_floor_ser"] is None
 
 
 def _unwritable_store(tmp_path) -> str:
