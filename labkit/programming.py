@@ -442,6 +442,12 @@ class ProgramResult:
     final_reopened: int = 0  # cells the final verify passes found out of tolerance
     elapsed_s: float = 0.0
 
+    def grid(self, name: str, rows: int, cols: int) -> np.ndarray:
+        """A per-cell array of this result (e.g. ``achieved_a``) as a ``(rows, cols)`` grid (NaN elsewhere)."""
+        out = np.full((rows, cols), np.nan)
+        out[self.cells[:, 0], self.cells[:, 1]] = getattr(self, name)
+        return out
+
     @property
     def rel_error(self) -> np.ndarray:
         return self.achieved_a / self.targets_a - 1.0
@@ -534,6 +540,13 @@ class _Job:
         lo, hi = env.program_width_range_s
         if not lo <= cfg.width_s <= hi:
             raise ValueError(f"width_s={cfg.width_s:g} s is outside the envelope's [{lo:g}, {hi:g}] s")
+        for name in ("erase_v", "partial_erase_v"):
+            if getattr(cfg, name) > env.max_erase_voltage_v:
+                raise ValueError(f"{name}={getattr(cfg, name):g} V is above the envelope's "
+                                 f"{env.max_erase_voltage_v:g} V; lower it in the ProgramConfig")
+        lo, hi = env.erase_width_range_s
+        if not lo <= cfg.erase_width_s <= hi:
+            raise ValueError(f"erase_width_s={cfg.erase_width_s:g} s is outside the envelope's [{lo:g}, {hi:g}] s")
 
     def _set_scale(self, erased_a: np.ndarray) -> None:
         """Per-cell EKV scale I_s from the erased current (A): every cell is taken to erase
@@ -805,6 +818,26 @@ def program_array(backend, targets_a, *, config: ProgramConfig | None = None, al
     return _execute(backend, state, cfg, planner, state_path, progress, erase=erase, event="program")
 
 
+def program_weights(backend, weights, *, window=None, headroom: float = 0.9, scheme: str = "offset",
+                    clip: bool = False, pad: bool = False, config: ProgramConfig | None = None,
+                    algorithm: str | Planner = "adaptive", state_path: str | Path | None = None,
+                    progress: Progress | None = None):
+    """Map a signed weight matrix ``(rows, signed outputs)`` onto dual-branch currents
+    and program it (one tile = one array). Returns ``(result, window, achieved)``:
+    the ProgramResult, the WeightWindow used (default: the backend's, see
+    labkit.mapping) and the weights the verified currents represent, ``(rows, pairs)``.
+    ``pad`` accepts a smaller tile (zeros elsewhere); ``clip`` clips |w| > 1."""
+    from .mapping import WeightWindow, check_weights, map_weights, unmap_currents
+
+    g = backend.geometry
+    win = window or WeightWindow.for_backend(backend, headroom=headroom, scheme=scheme)
+    w = check_weights(weights, g, clip=clip, pad=pad)
+    targets = map_weights(w, win, g)
+    result = program_array(backend, targets, config=config, algorithm=algorithm, state_path=state_path,
+                           progress=progress, weights=w, window=win.to_dict())
+    return result, win, unmap_currents(result.grid("achieved_a", g.rows, g.cols), win, g)
+
+
 def refresh(backend, state: ChipState | str | Path, *, config: ProgramConfig | None = None,
             algorithm: str | Planner | None = None, state_path: str | Path | None = None,
             progress: Progress | None = None) -> ProgramResult:
@@ -867,4 +900,4 @@ def _execute(backend, state, cfg, planner, state_path, progress, *, erase: bool,
 
 
 __all__ = ["ProgramConfig", "ProgramResult", "AdaptivePlanner", "IsppPlanner", "Planner", "make_planner",
-           "program_array", "refresh", "check_targets", "to_u", "from_u"]
+           "program_array", "program_weights", "refresh", "check_targets", "to_u", "from_u"]

@@ -12,7 +12,7 @@ import labkit
 from labkit.backend import Datasheet, Geometry
 from labkit.mapping import (WeightRangeError, WeightWindow, check_weights, map_weights, precision,
                             unmap_currents)
-from labkit.programming import ProgramConfig, program_array
+from labkit.programming import ProgramConfig, program_weights
 
 G = Geometry()
 SHEET = Datasheet()
@@ -122,10 +122,11 @@ def test_precision_and_snapping_of_the_smallest_weights():
 def test_programmed_weights_drive_signed_vmm_outputs():
     """End to end on the emulated chip: weights -> currents -> programmed -> VMM outputs follow w."""
     with labkit.open_backend("sim://?seed=7") as backend:
-        win = WeightWindow.for_backend(backend)
         weights = np.random.default_rng(3).uniform(-1, 1, (16, 8))
-        result = program_array(backend, map_weights(weights, win, backend.geometry), config=ProgramConfig())
+        result, win, achieved = program_weights(backend, weights, config=ProgramConfig())
         assert result.summary()["within_tolerance_fraction"] >= 0.99
+        assert win == WeightWindow.for_backend(backend)
+        assert np.max(np.abs(achieved - weights)) <= precision(win, 0.01)["full_scale_error"]
         # one-hot rows, repeated: y_j = t_j(x=0) - t_j(x) is column j's charge; signed = plus - minus
         eye = np.repeat(np.eye(16), 8, axis=0)
         t = backend.vmm_x(eye).reshape(16, 8, 16).mean(axis=1)
@@ -137,3 +138,14 @@ def test_programmed_weights_drive_signed_vmm_outputs():
         # and the full-scale column stays readable (no output clipped at the TDC zero)
         full = backend.vmm_x(np.ones((4, 16)))
         assert np.all(full > 0)
+
+
+def test_a_small_tile_is_padded_with_zero_weights():
+    with labkit.open_backend("sim://?seed=8") as backend:
+        tile = np.random.default_rng(1).uniform(-1, 1, (5, 3))
+        with pytest.raises(ValueError, match="shape"):
+            program_weights(backend, tile)
+        result, win, achieved = program_weights(backend, tile, pad=True)
+        assert result.summary()["cells"] == 256 and result.summary()["failed_cells"] == 0
+        assert np.max(np.abs(achieved[:5, :3] - tile)) < 0.015
+        assert np.max(np.abs(achieved[5:])) < 0.005 and np.max(np.abs(achieved[:, 3:])) < 0.005

@@ -271,6 +271,10 @@ def test_bad_targets_fail_before_anything_touches_the_chip(tmp_path):
             program_array(backend, good, algorithm="magic")
         with pytest.raises(ValueError, match="width_s"):
             program_array(backend, good, config=ProgramConfig(width_s=1.0))
+        # a station whose envelope forbids the recipe's erase voltage: refused up front
+        backend.inner.envelope = backend.envelope.tightened(max_erase_voltage_v=12.0)
+        with pytest.raises(ValueError, match="erase_v=13 V is above the envelope's 12 V"):
+            program_array(backend, good)
         assert chip.pulses_applied == 0 and not (tmp_path / "s.json").exists()
 
 
