@@ -400,3 +400,12 @@ def test_clip_is_allowed_when_asked(tmp_path, capsys, spy_scheme, monkeypatch):
     st = ChipState.load(tmp_path / "s.json")
     win = WeightWindow.from_dict(st.window)
     assert st.targets_a[0, 0] == pytest.approx(win.i_max_a) and st.targets_a[1, 3] == pytest.approx(win.i_max_a)
+
+
+def test_refresh_keeps_the_tolerance_on_record(tmp_path, capsys, spy_scheme, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    np.savez(tmp_path / "w.npz", weights=np.random.default_rng(5).uniform(-1, 1, (16, 8)))
+    code, out, err = run_cli(capsys, "program", "--backend", "spy://?seed=5", "w.npz", "--tolerance", "0.03", "--json")
+    assert code == 0 and json.loads(out)["tolerance"] == 0.03
+    code, out, err = run_cli(capsys, "program", "--backend", "spy://?seed=5", "--refresh", "--json")
+    assert code == 0 and json.loads(out)["tolerance"] == 0.03 and json.loads(out)["pulses_total"] == 0

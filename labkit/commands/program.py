@@ -12,6 +12,7 @@ first pulse.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 from pathlib import Path
 
@@ -30,8 +31,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("weights", nargs="?", metavar="WEIGHTS.npz",
                         help="npz file holding one array named 'weights' (rows x signed outputs, e.g. 16x8)")
     parser.add_argument("--backend", default="sim://", help="backend URI (default: sim://)")
-    parser.add_argument("--tolerance", type=float, default=0.01,
-                        help="relative current tolerance per cell (default 0.01 = 1 %%)")
+    parser.add_argument("--tolerance", type=float, default=None,
+                        help="relative current tolerance per cell (default 0.01 = 1 %%; "
+                             "with --refresh: the one on record)")
     parser.add_argument("--algorithm", choices=sorted(PLANNERS), default="adaptive",
                         help="pulse planner: adaptive (learns each cell) or ispp (baseline); default adaptive")
     parser.add_argument("--state", metavar="FILE", default=None,
@@ -71,7 +73,7 @@ def default_state_path(chip_id: str) -> Path:
 
 
 def run(args, out) -> dict:
-    overrides = {"tolerance": args.tolerance}
+    overrides = {} if args.tolerance is None else {"tolerance": args.tolerance}
     if args.max_pulses is not None:
         overrides["max_pulses"] = args.max_pulses
     config = ProgramConfig(**overrides)  # bad tolerance / budget: before anything opens
@@ -90,6 +92,8 @@ def run(args, out) -> dict:
                 raise ValueError(f"no chip-state file {state_path} for chip {ident.chip_id}; pass --state FILE")
             state = ChipState.load(state_path)
             state.check_chip(ident)  # another chip's record: an error before the first pulse
+            if args.tolerance is None:
+                config = dataclasses.replace(config, tolerance=state.tolerance)
             window = WeightWindow.from_dict(state.window) if state.window else None
             weights = state.weights
             what = f"re-verifying {int(np.sum(np.isfinite(state.targets_a)))} cells"
