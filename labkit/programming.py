@@ -715,7 +715,9 @@ class _Job:
         else:  # a refresh: cells verified within tolerance stay as they are
             self._read(np.arange(self.n), cfg.final_reads)
             err = self.i_meas / self.target - 1
-            self.status[np.abs(err) <= cfg.final_guard * cfg.tolerance] = "done"
+            self.status[np.abs(err) <= cfg.tolerance] = "done"
+        # the final pass of a refresh re-opens only cells out of tolerance (not the guard band)
+        reopen = cfg.tolerance * (cfg.final_guard if erase else 1.0)
         self.planner.start(self.cells, self.t_u, self.tol_u, self.v_range)
         self.started = True
         passes_left = cfg.final_passes
@@ -729,7 +731,7 @@ class _Job:
                 js = np.flatnonzero(self.status == "done")
                 self._read(js, cfg.final_reads)
                 err = self.i_meas[js] / self.target[js] - 1
-                bad = js[np.abs(err) > cfg.tolerance * cfg.final_guard]
+                bad = js[np.abs(err) > reopen]
                 self.final_reopened += len(bad)
                 self._sync()
                 if len(bad) == 0:
