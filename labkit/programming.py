@@ -277,19 +277,31 @@ class AdaptivePlanner:
         spread = np.exp(self.z * np.sqrt(p + self.sigma_m**2))  # multiplicative: model + cycle-to-cycle
         gran = self.z * np.sqrt(self.granule)  # additive: granular charge, std sqrt(granule * step)
 
-        def size(disturb):
-            want = d - self.aim * self.tol[idx] - disturb
-            room = np.maximum(d + 0.8 * self.tol[idx] - disturb, 0.0)
+        tol = self.tol[idx]
+
+        def size(disturb, coming):
+            want = d - self.aim * tol - coming
+            room = np.maximum(d + 0.8 * tol - disturb, 0.0)
             # largest s with s * spread + gran * sqrt(s) <= room (z-sigma landing above target - 0.8 tol)
             x = (-gran + np.sqrt(gran**2 + 4 * spread * room)) / (2 * spread)
             return np.minimum(want, x**2)
 
-        s = size(0.0)
+        s = size(0.0, 0.0)
+        hold = np.zeros(len(idx), bool)
         if self.delta > 0:
-            s = size(self.delta * self._neighbour_sum(idx, np.maximum(s, 0.0)))
+            # neighbours' pulses pull each cell down by delta * (their steps): this round's
+            # must not overshoot it, and all still to come (they have d - aim tol to go) are
+            # left for the disturb to do; cells the disturb alone brings to their aim point hold
+            coming = self.delta * self._neighbour_sum(idx, np.maximum(d - self.aim * tol, 0.0))
+            for _ in range(2):
+                now = self.delta * self._neighbour_sum(idx, np.where(hold, 0.0, np.maximum(s, 0.0)))
+                s = size(now, np.maximum(coming, now))
+                hold = s < 0.1 * tol
+            if hold.all():
+                s, hold = size(0.0, 0.0), np.zeros(len(idx), bool)
         s = np.maximum(s, 1e-6)
         v = self.v_ref + (np.log(s) - a - self.c * u) / self.b
-        v = np.clip(v, *self.v_range)
+        v = np.where(hold, np.nan, np.clip(v, *self.v_range))
         if not self.known_pop and self.pilot and len(idx) > 4:
             # pilots spread over the job (a diagonal on a full array); the rest hold a round
             n_pilot = min(len(idx), max(4, len(np.unique(self.cells[idx, 0]))))
@@ -313,7 +325,9 @@ class AdaptivePlanner:
             x, y = np.array(self.dist_x), np.array(self.dist_y)
             self.delta = float(np.clip(np.sum(x * y) / np.sum(x * x), 0.0, 0.05))
         own = step - self.delta * nsum
-        sd = np.sqrt(2.0) * sigma
+        # uncertainty of a step: two reads, plus the disturb subtracted (delta and the
+        # neighbours' steps are known to ~25 %): a step buried in either teaches nothing
+        sd = np.sqrt(2.0 * sigma**2 + (0.25 * self.delta * nsum) ** 2)
         a, _ = self._cell_prior(idx)
         expected = np.exp(a + self.b * (np.nan_to_num(volts) - self.v_ref) + self.c * u_before)
         ok = pulsed & (own > 3 * sd)
@@ -393,7 +407,8 @@ class AdaptivePlanner:
             aa = a[seen]
             med = float(np.median(aa))
             mad = 1.4826 * float(np.median(np.abs(aa - med)))
-            spread = max(mad, 0.05) if len(aa) >= 8 else 0.3
+            # a spread measured on few cells (the pilots) is widened: first pulses rely on it
+            spread = max(mad, 0.15) * (1 + 1.5 / np.sqrt(len(aa))) if len(aa) >= 8 else 0.3
             self.a_pop = med
             self.var_pop = spread**2 + float(np.median(p[seen]))
             self.known_pop = True
