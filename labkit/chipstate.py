@@ -126,6 +126,7 @@ class ChipState:
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; a record is for the lab to read
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):

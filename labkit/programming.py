@@ -194,9 +194,10 @@ class AdaptivePlanner:
     read while a neighbour in their row or column was pulsed. The step variance is
     multiplicative ``var(a_cell) + sigma_m**2`` (model and cycle-to-cycle spread) plus an
     additive ``granule * step`` (injected charge comes in electrons; ``granule`` is
-    learned from the residuals of small steps). A pulse aims at ``target + aim * tol``,
-    minus the disturb its neighbours' planned pulses will add, but is shrunk until its
-    ``z``-sigma landing stays above ``target - 0.8 tol``: overshoot stays rare.
+    learned from the residuals of small steps). A pulse aims at ``target + aim * tol``
+    less the disturb its row and column neighbours' remaining steps will still add (a
+    cell the disturb alone brings home holds), and is shrunk until its ``z``-sigma landing,
+    this round's disturb included, stays above ``target - 0.8 tol``: overshoot stays rare.
 
     Before anything is known about the chip, a few pilot cells (about one per row) pulse
     first with the prior; the rest hold one round (their reads measure the disturb) and
