@@ -35,7 +35,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -43,7 +43,8 @@ from torch.func import functional_call
 
 from . import characterize as ch
 from .backend import Datasheet, Geometry, SafeArray, VmmSettings
-from .calibration_file import Calibration, LinearFit, load_calibration, read_calibration, save_calibration
+from .calibration_file import (Calibration, CalibrationMismatch, LinearFit, load_calibration, load_calibrations,
+                               read_calibration, save_calibration)
 from .characterize import Baseline, OneHotData, RepeatData, VmmData, no_progress
 from .metrics import noise_floor_ser, ser, to_db
 from .model import ArrayModel
@@ -52,7 +53,8 @@ __all__ = [
     "CalibrationConfig", "CalibrationSet", "Calibration", "LinearFit", "FitInfo",
     "activation_like_patterns", "measure_calibration_set", "load_calibration_set",
     "fit_naive", "fit_linear", "fit_model", "predict_mean_s", "ser_report", "fit_calibration",
-    "calibrate", "load_calibration", "read_calibration", "save_calibration",
+    "calibrate", "load_calibration", "load_calibrations", "read_calibration", "save_calibration",
+    "CalibrationMismatch",
 ]
 
 METHODS = ("naive", "linear", "model")
@@ -530,6 +532,7 @@ def calibrate(backend: SafeArray, config: CalibrationConfig = CalibrationConfig(
     config.validate()
     cs = measure_calibration_set(backend, config, run, progress)
     cal = fit_calibration(cs, config)
+    cal.report["temperature_k"] = backend.temperature_k()
     if run is not None:
         run.put_result({"calibration": cal.report})
         for key in ("currents_a", "eta_per_v", "crosstalk_c", "offset_s", "gain_s_per_c"):

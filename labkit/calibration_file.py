@@ -25,7 +25,6 @@ unquantized output (:func:`labkit.calibration.predict_mean_s` applies that shift
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 import zipfile
@@ -38,7 +37,7 @@ import numpy as np
 from .model import ArrayModel
 
 __all__ = ["FORMAT", "Calibration", "CalibrationMismatch", "LinearFit", "load_calibration",
-           "read_calibration", "save_calibration"]
+           "load_calibrations", "read_calibration", "save_calibration"]
 
 FORMAT = "labkit.Calibration/1"
 _MODEL = "model/"
@@ -173,11 +172,40 @@ def load_calibration(path, chip_id: str | None = None, *, quantize: bool = True,
     return read_calibration(path, chip_id).array_model(quantize=quantize, **switches)
 
 
+_PARAMS = ("currents_a", "eta_per_v", "crosstalk_c", "offset_s", "gain_s_per_c")
+
+
+def load_calibrations(paths, chip_ids=None, *, quantize: bool = True, **switches) -> ArrayModel:
+    """One tiled :class:`ArrayModel` (``n_tiles = len(paths)``) from several calibration
+    files, tile ``k`` from ``paths[k]`` (checked against ``chip_ids[k]`` if given). The
+    files must share geometry and operating point; ``switches`` as in :func:`load_calibration`."""
+    paths = list(paths)
+    if not paths:
+        raise ValueError("load_calibrations needs at least one calibration file, got none")
+    ids = [None] * len(paths) if chip_ids is None else list(chip_ids)
+    if len(ids) != len(paths):
+        raise ValueError(f"{len(ids)} chip ids for {len(paths)} calibration files; expected one per file")
+    models = [read_calibration(p, c).model for p, c in zip(paths, ids)]
+    first = models[0]
+    for p, m in zip(paths[1:], models[1:]):
+        for key in first:
+            if key in _PARAMS:
+                continue
+            if key not in m or not np.array_equal(np.asarray(m[key]), np.asarray(first[key])):
+                raise ValueError(f"calibration file {p} differs from {paths[0]} in {key!r}; tiles must share "
+                                 "geometry and operating point")
+        if int(np.asarray(m["n_tiles"])) != 0:
+            raise ValueError(f"calibration file {p} is already tiled; expected one array per file")
+    stacked = dict(first)
+    for key in _PARAMS:
+        stacked[key] = np.stack([np.asarray(m[key]) for m in models])
+    stacked["n_tiles"] = np.array(len(models))
+    return ArrayModel.from_dict(stacked, quantize=quantize, **switches)
+
+
 def _jsonable(obj):
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     if isinstance(obj, np.generic):
         return obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return obj
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")

@@ -6,6 +6,7 @@ keep the whole file well under a minute and a half.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -55,7 +56,8 @@ def test_model_based_extraction_beats_naive_by_more_than_3_db(default_chip):
     assert set(ser) == {"naive", "linear", "model"}
     assert ser["model"] - ser["naive"] >= 3.0, ser  # the paper: a doubling of the SER
     assert act["model"] - act["naive"] >= 3.0, act
-    assert ser["model"] > ser["linear"] > ser["naive"]
+    assert ser["model"] > ser["linear"] + 1.5 and ser["linear"] > ser["naive"]
+    assert rep["fit"]["loss_end"] < 0.8 * rep["fit"]["loss_start"]  # the fit moved well past its start
     # the goal beyond the paper: within 1 dB of the noise floor, on both pattern families
     assert floor - ser["model"] < 1.0, (ser, floor)
     assert rep["noise_floor_activations_ser_db"] - act["model"] < 1.0, (act, rep["noise_floor_activations_ser_db"])
@@ -170,6 +172,35 @@ def test_calibration_file_refuses_another_chip_and_bad_files(default_chip, tmp_p
     assert not marker.exists()
     with pytest.raises(ValueError, match="directory"):
         default_chip.result.save(tmp_path / "no" / "such" / "dir.npz")
+
+
+def test_tiled_model_from_several_calibration_files(default_chip, tmp_path):
+    a = default_chip.result.save(tmp_path / "a.npz")
+    tiles = cal.load_calibrations([a, a], chip_ids=["EMU-0000", "EMU-0000"])
+    single = cal.load_calibration(a)
+    assert tiles.n_tiles == 2
+    x = torch.tensor(ch.random_patterns(16, seed=3), dtype=torch.float32)
+    t = tiles(torch.stack([x, x], dim=1)).detach()  # (B, tiles, rows) -> (B, tiles, cols)
+    torch.testing.assert_close(t[:, 0], single(x).detach())
+    torch.testing.assert_close(t[:, 1], t[:, 0])
+    other = dict(default_chip.result.model, input_bits=np.array(6))
+    b = dataclasses.replace(default_chip.result, model=other).save(tmp_path / "b.npz")
+    with pytest.raises(ValueError, match="input_bits"):
+        cal.load_calibrations([a, b])
+    with pytest.raises(CalibrationMismatch):
+        cal.load_calibrations([a, a], chip_ids=["EMU-0000", "EMU-0005"])
+
+
+def test_calibration_through_the_virtual_bench():
+    """The same code over real loopback sockets: board protocol and SCPI instruments."""
+    bench = pytest.importorskip("tests.fixtures_bench")
+    with bench.virtual_bench_backend(seed=0) as b:
+        result = cal.calibrate(b, cal.CalibrationConfig.quick(fit_patterns=1024, holdout_patterns=256,
+                                                             activation_patterns=256))
+        assert result.chip_id == b.identity.chip_id == "EMU-0000"
+    ser, floor = result.report["ser_db"], result.report["noise_floor_ser_db"]
+    assert ser["model"] - ser["naive"] >= 3.0 and floor - ser["model"] < 1.0, (ser, floor)
+    assert result.backend_uri.startswith("station:")
 
 
 class _Payload:
