@@ -1,49 +1,16 @@
-"""The hardware-aware model of a 16x16 time-domain array (PHYSICS.md section 4).
-
-:class:`ArrayModel` predicts the comparator crossing times of one array (or of many
-arrays, "tiles", at once) from normalized inputs ``x`` in [0, 1] with a few learned,
-physically meaningful parameters, and is differentiable in PyTorch so networks can
-train through it and calibration can fit it to measurements.
-
-Equations (all tiles and samples in one batched computation):
-
-* Row ``i`` is active while ``t < d_i = x_i T`` (all pulses start at ``t = 0``).
-* Removed bit-line charge ``q_j = C (V_D0 - V_j)`` obeys
-  ``dq_j/dt = sum_{i active} I0_ij exp(-eta'_j q_j)`` with ``eta'_j = eta_j / C``
-  (drain droop, eta in 1/V).
-* Each falling word-line edge of a pulsed row (``x_i > 0``) at ``t = d_i`` steps
-  ``q_j += k_ij`` (crosstalk, charge per edge, sign free); later current sees the step.
-* Readout: ``t_j = t0_j - g_j q_j(T)`` (offset and gain per column, ``g ~ 1/I_ref``),
-  TDC quantization (floor to the LSB, straight-through gradient) and clip to
-  ``[0, t_fs]``.
-
-With a common eta per column ``w = (exp(eta' q) - 1)/eta'`` grows linearly in time
-(``dw/dt = S``, the summed active current) and a crosstalk step ``K`` maps
-``w -> w exp(eta' K) + (exp(eta' K) - 1)/eta'``. Over the adaptive time slots between
-sorted falling edges this affine recurrence has the closed form
-
-    q(T) = K_tot + ln(1 + eta' Z) / eta',   Z = sum_k S_k dt_k exp(-eta' K_before,k)
-
-where the slot currents ``S`` (and the crosstalk charge ``K_before`` fallen before each
-slot) are one batched matrix product of the thermometer-coded active masks with
-``I0`` (and ``k``). No Python loop over samples, tiles or slots. Without crosstalk the
-slot structure drops out: ``Z = I0^T d``. With per-cell eta (option) a few RK4 substeps
-per slot integrate the same ODE (loop over the 16 slots, batched over everything else).
-
-Internal units keep gradient-based fits well conditioned: currents nA, time us,
-charge fC (= nA us), capacitance fF. Getters return SI values.
-"""
+"""ArrayModel: the learned, differentiable model of one array or of many tiles (see the
+package docstring for the equations)."""
 
 from __future__ import annotations
 
-import math
 from typing import Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
-from .backend import Datasheet, Geometry, VmmSettings
+from ..backend import Datasheet, Geometry, VmmSettings
+from .kernels import ChargeFn, InputQuantize, Readout, StraightThrough, fine_step_charge, per_cell_charge
 
 __all__ = ["ArrayModel", "FORMAT"]
 
@@ -51,87 +18,6 @@ FORMAT = "labkit.ArrayModel/1"
 
 # scaled internal units
 _NA, _US, _FC, _FF = 1e-9, 1e-6, 1e-15, 1e-15
-
-_TAYLOR_ORDER = 4  # per-cell eta: exp(-delta q) expanded to this order around the column mean
-
-
-# ---------------------------------------------------------------- small differentiable helpers
-
-
-def _log1p_over(z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-    """``ln(1 + e z) / e``, smooth through ``e -> 0`` (limit ``z``); argument floored at 1e-6."""
-    ez = e * z
-    small = ez.abs() < 1e-3
-    safe = torch.where(small, torch.ones_like(ez), ez)
-    big = torch.log1p(safe.clamp_min(-1.0 + 1e-6)) / safe * z
-    series = z * (1.0 - ez * (0.5 - ez * (1.0 / 3.0 - ez * 0.25)))
-    return torch.where(small, series, big)
-
-
-def _expm1_over(q: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-    """``(exp(e q) - 1) / e``, smooth through ``e -> 0`` (limit ``q``)."""
-    eq = e * q
-    small = eq.abs() < 1e-3
-    safe = torch.where(small, torch.ones_like(eq), eq)
-    big = torch.expm1(safe) / safe * q
-    series = q * (1.0 + eq * (0.5 + eq * (1.0 / 6.0 + eq / 24.0)))
-    return torch.where(small, series, big)
-
-
-def _ste(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``y`` forward, identity gradient with respect to ``x`` (straight-through)."""
-    return x + (y - x).detach()
-
-
-class _StraightThrough(torch.autograd.Function):
-    """``fn(x)`` forward, identity gradient (one graph node for quantize + clip)."""
-
-    @staticmethod
-    def forward(ctx, x, fn):
-        return fn(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        return g, None
-
-
-def _series_or(y: torch.Tensor, direct, coeffs, cut: float) -> torch.Tensor:
-    """``direct(y)`` where ``|y| >= cut``, else the power series ``sum c_k y^k``."""
-    small = y.abs() < cut
-    safe = torch.where(small, torch.full_like(y, cut), y)
-    acc = torch.full_like(y, coeffs[-1])
-    for c in coeffs[-2::-1]:
-        acc = acc * y + c
-    return torch.where(small, acc, direct(safe))
-
-
-def _log1p_curv(y):  # (log1p(y) - y / (1 + y)) / y^2, series where the difference cancels
-    return _series_or(y, lambda v: (torch.log1p(v) - v / (1.0 + v)) / (v * v),
-                      tuple((-1) ** k * (k + 1) / (k + 2) for k in range(6)), 0.05)
-
-
-class _LogCompress(torch.autograd.Function):
-    """Droop compression ``q = ln(1 + e z) / e`` (limit ``z`` as e -> 0), with a
-    numerically stable hand-written gradient. z (n, B, C), e (n, 1, C); the argument
-    ``1 + e z`` is floored at 1e-6 (a fully discharged line)."""
-
-    @staticmethod
-    def forward(ctx, z, e):
-        y = (e * z).clamp_min(-1.0 + 1e-6)
-        ctx.save_for_backward(z, y)
-        ratio = torch.log1p(y) / y  # log1p is accurate for small y; only y == 0 needs care
-        return z * torch.where(y == 0, 1.0, ratio)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        z, y = ctx.saved_tensors
-        g_z = g / (1.0 + y) if ctx.needs_input_grad[0] else None
-        g_e = None
-        if ctx.needs_input_grad[1]:
-            g_e = -(g * z * z * _log1p_curv(y)).sum(-2, keepdim=True)
-        return g_z, g_e
-
 
 def _as_tensor(value, shape, name: str) -> np.ndarray:
     a = np.asarray(value, dtype=float)
@@ -142,86 +28,6 @@ def _as_tensor(value, shape, name: str) -> np.ndarray:
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{name} contains non-finite values; expected finite numbers")
     return np.array(a)
-
-
-def _slot_masks(d: torch.Tensor, pulsed: torch.Tensor):
-    """Thermometer masks of the adaptive slots for widths ``d`` (n, B, R).
-
-    Slot k ends at the k-th smallest width ``s_k``. Returns float masks
-    ``active`` (n, B*K, R) (row i on during slot k: ``d_i >= s_k``) and ``fallen``
-    (n, B*K, R) (pulsed row i fell before slot k: ``d_i < s_k``), the slot lengths
-    ``dt`` (n, B, K) and the sort indices (n, B, K). K = R; ties give empty slots.
-    """
-    n, B, R = d.shape
-    with torch.no_grad():
-        s, idx = torch.sort(d.detach(), dim=-1)
-        a = torch.empty(n, B, R, R, dtype=d.dtype, device=d.device)
-        torch.ge(d.detach().unsqueeze(-2), s.unsqueeze(-1), out=a)
-        f = torch.empty_like(a)
-        d_fall = torch.where(pulsed, d.detach(), torch.full_like(d, math.inf))
-        torch.lt(d_fall.unsqueeze(-2), s.unsqueeze(-1), out=f)
-    s = torch.gather(d, -1, idx)  # differentiable when d requires grad (per-cell path)
-    dt = torch.diff(s, dim=-1, prepend=torch.zeros_like(s[..., :1]))
-    return a.reshape(n, B * R, R), f.reshape(n, B * R, R), dt, idx
-
-
-class _SlotIntegral(torch.autograd.Function):
-    """``Z = sum_k dt_k S_k E_k`` over the adaptive slots, (n, B, C), with the slot
-    currents ``S = active @ I0`` (one batched matrix product of the thermometer masks)
-    and the droop factor of the crosstalk fallen before slot k,
-    ``E_k = exp(-e K_before,k) = prod_{rows fallen before k} exp(-e k_row)`` (a cumulative
-    product over the sorted edges). Hand-written backward: two matrix products and a
-    few elementwise passes, no autograd graph over the (n, B, K, C) intermediates.
-
-    Inputs: widths d (n, B, R), pulsed (n, B, R) bool, i0 and kxt (n, R, C), e (n, 1, C).
-    """
-
-    @staticmethod
-    def forward(ctx, d, pulsed, i0, kxt, e):
-        n, B, R = d.shape
-        C = i0.shape[-1]
-        s, idx = torch.sort(d, dim=-1)
-        dt = torch.diff(s, dim=-1, prepend=torch.zeros_like(s[..., :1]))
-        a = torch.empty(n, B * R, R, dtype=d.dtype, device=d.device)
-        torch.ge(d.unsqueeze(-2), s.unsqueeze(-1), out=a.view(n, B, R, R))  # row i on in slot k
-        w = torch.bmm(a, i0).view(n, B, R, C)  # slot currents S
-        # factor entering slot k: exp(-e k) of the pulsed row that fell at the end of slot k-1
-        rho = torch.cat([torch.ones_like(e), torch.exp(-e * kxt)], dim=1)  # (n, R+1, C); 0: none
-        enter = torch.nn.functional.pad((idx[..., :-1] + 1) * (s[..., :-1] > 0), (1, 0))
-        if n > 1:
-            enter = enter + (torch.arange(n, device=d.device) * (R + 1)).view(n, 1, 1)
-        ex = rho.view(n * (R + 1), C).index_select(0, enter.reshape(-1)).view(n, B, R, C)
-        ex = torch.cumprod(ex, dim=2)  # E
-        w.mul_(ex)  # W = S E
-        z = (w * dt.unsqueeze(-1)).sum(-2)
-        ctx.save_for_backward(a, pulsed, dt, idx, w, ex, z, kxt, e)
-        return z
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, gz):
-        a, pulsed, dt, idx, w, ex, z, kxt, e = ctx.saved_tensors
-        n, B, R, C = w.shape
-        g_d = g_i0 = g_kxt = g_e = None
-        gz = gz.contiguous()
-        if ctx.needs_input_grad[0]:
-            g_dt = torch.bmm(w.view(n * B, R, C), gz.view(n * B, C, 1)).view(n, B, R)
-            g_s = g_dt - torch.nn.functional.pad(g_dt[..., 1:], (0, 1))
-            g_d = torch.zeros_like(g_s).scatter_(-1, idx, g_s)
-        need_i0, need_k = ctx.needs_input_grad[2], ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
-        if need_i0 or need_k:
-            gw = (dt.unsqueeze(-1) * gz.unsqueeze(-2)).view(n, B * R, C)  # dZ/dW
-            rhs = torch.empty(n, B * R, 2 * C, dtype=w.dtype, device=w.device)
-            torch.mul(gw, ex.view(n, B * R, C), out=rhs[..., :C])  # dZ/dS
-            torch.mul(gw, w.view(n, B * R, C), out=rhs[..., C:])  # -dZ/d(e K_before)
-            m = torch.bmm(a.transpose(1, 2), rhs)  # (n, R, 2C)
-            g_i0 = m[..., :C]
-        if need_k:
-            # fallen = pulsed and not active (zero-width rows only meet empty slots, where gw = 0)
-            h = torch.bmm(pulsed.to(w.dtype).transpose(1, 2), gz * z) - m[..., C:]
-            g_kxt = -e * h if ctx.needs_input_grad[3] else None
-            g_e = -(kxt * h).sum(-2, keepdim=True) if ctx.needs_input_grad[4] else None
-        return g_d, None, g_i0 if need_i0 else None, g_kxt, g_e
 
 
 # ---------------------------------------------------------------- the model
@@ -238,14 +44,25 @@ class ArrayModel(nn.Module):
     * ``t0`` (cols,): crossing time at zero charge, us.
     * ``gain`` (cols,): readout gain relative to the nominal ``1/I_ref``.
 
+    Constructor values are SI (``currents_a`` A, ``eta_per_v`` 1/V, ``crosstalk_c`` C per
+    edge, ``offset_s`` s, ``gain_s_per_c`` s/C), broadcast to the shapes above; defaults:
+    half of full scale at all-ones input, eta 0.5/V, no crosstalk, nominal readout.
+    The operating point (T, C, I_ref, input bits, TDC) comes from ``datasheet`` and
+    ``settings`` and is fixed; the model is fitted per operating point.
+
     Switches (attributes, changeable at any time): ``droop``, ``crosstalk``,
+    ``edge_timing`` (crosstalk steps at their edge times through the adaptive slots;
+    False adds them after the integration: no slots, ~3x cheaper, misses only the
+    droop-crosstalk interaction, ~3e-4 rms / 1e-3 max of full scale on the emulated chip),
     ``quantize`` (inputs to ``2**input_bits`` steps of T, outputs to the TDC LSB, both
     straight-through), ``noise_std_s`` (Gaussian output noise in s, only in training
     mode), ``clip`` (``"ste"``: clip to [0, t_fs] with straight-through gradient,
-    ``"hard"``: plain clamp, ``None``: no clip).
+    ``"hard"``: plain clamp, ``None``: no clip). ``eta_per_cell`` (constructor) selects
+    a drain coefficient per cell, integrated by ``substeps`` RK4 steps per slot (slower).
 
     ``forward(x)``: ``x`` (..., rows) for one array or (..., n_tiles, rows) when tiled,
-    in [0, 1] (clamped) -> crossing times in s, same leading shape with ``cols`` last.
+    in [0, 1] (clamped, zero gradient outside) -> crossing times in s, same leading
+    shape with ``cols`` last. Runs on any device/dtype of its parameters (``.to()``).
     """
 
     def __init__(
@@ -263,10 +80,11 @@ class ArrayModel(nn.Module):
         eta_per_cell: bool = False,
         droop: bool = True,
         crosstalk: bool = True,
+        edge_timing: bool = True,
         quantize: bool = True,
         noise_std_s: float = 0.0,
         clip: str | None = "ste",
-        substeps: int = 2,
+        substeps: int = 1,
         dtype: torch.dtype | None = None,
         device=None,
     ):
@@ -283,6 +101,7 @@ class ArrayModel(nn.Module):
         self.n_tiles = n_tiles
         self.eta_per_cell = bool(eta_per_cell)
         self.droop, self.crosstalk, self.quantize = bool(droop), bool(crosstalk), bool(quantize)
+        self.edge_timing = bool(edge_timing)
         self.noise_std_s, self.clip, self.substeps = float(noise_std_s), clip, substeps
 
         R, C = self.rows, self.cols
@@ -383,11 +202,7 @@ class ArrayModel(nn.Module):
             raise ValueError(f"x has shape {tuple(x.shape)}; expected (..., {', '.join(map(str, tail))})")
         lead = tuple(x.shape[: x.dim() - len(tail)])
         x = x.reshape(-1, self._n, self.rows).transpose(0, 1).contiguous()  # (n, B, R)
-        x = x.clamp(0.0, 1.0)
-        if self.quantize:
-            levels = self.input_levels
-            x = _StraightThrough.apply(x, lambda v: torch.round(v * levels) / levels)
-        return x, lead
+        return InputQuantize.apply(x, self.input_levels if self.quantize else 0), lead
 
     def _finish(self, y: torch.Tensor, lead: tuple[int, ...]) -> torch.Tensor:
         """(n, B, k) -> (*lead, [n,] k)."""
@@ -406,81 +221,20 @@ class ArrayModel(nn.Module):
     # ------------------------------------------------------------ integration
     def _charge_fc(self, x: torch.Tensor) -> torch.Tensor:
         """Removed charge q(T) in fC, (n, B, cols), for prepared inputs (n, B, rows)."""
-        n, B, R = x.shape
-        Ccols = self.cols
-        i0 = self._tiled(self.log_i0, 2).exp()
-        d = x * self.T_us
-        per_cell = self.droop and self.eta_per_cell
-        kxt = k_tot = None
-        if self.crosstalk:
-            kxt = self._tiled(self.k_xt, 2)
-            k_tot = torch.bmm((x > 0).to(x.dtype), kxt)  # (n, B, C)
-        if not self.droop:
-            q = torch.bmm(d, i0)
-            return q + k_tot if self.crosstalk else q
         pulsed = x > 0
-        if not per_cell:
-            e = self._eta_prime().unsqueeze(1)  # (n, 1, C)
-            if not self.crosstalk:  # droop alone: a per-column compression of I0^T d
-                return _LogCompress.apply(torch.bmm(d, i0), e)
-            z = _SlotIntegral.apply(d, pulsed, i0, kxt, e)  # closed form over the slots
-            return k_tot + _LogCompress.apply(z, e)
-        a, fallen, dt, _ = _slot_masks(d, pulsed)
-        k_before = torch.bmm(fallen, kxt).reshape(n, B, R, Ccols) if self.crosstalk else None
-        return self._per_cell_slots(a, i0, dt, k_before, k_tot if self.crosstalk else None, (n, B, R, Ccols))
-
-    def _per_cell_slots(self, a, i0, dt, k_before, k_tot, dims):
-        """Per-cell eta: RK4 per slot in ``w = expm1(e q)/e`` (e = column mean of eta')."""
-        n, B, R, C = dims
-        ep = self._eta_prime()  # (n, R, C)
-        e = ep.mean(-2, keepdim=True)  # (n, 1, C)
-        delta = ep - e
-        # slot moments S_m = sum_i a_i I0_ij delta_ij^m / m!  (one matmul for all m)
-        mom = torch.cat([i0 * delta**m / math.factorial(m) for m in range(_TAYLOR_ORDER + 1)], dim=-1)
-        S = torch.bmm(a, mom).reshape(n, B, R, _TAYLOR_ORDER + 1, C)
-        if k_before is not None:
-            k_next = torch.cat([k_before[:, :, 1:], k_tot.unsqueeze(2)], dim=2)
-            steps = k_next - k_before  # (n, B, K, C) crosstalk at the end of slot k
-        q = torch.zeros(n, B, C, dtype=dt.dtype, device=dt.device)
-        w = torch.zeros_like(q)
-
-        def rate(w, Sk):  # dw/dt = sum_i a_i I0_ij exp(-delta_ij q)
-            q = _log1p_over(w, e)
-            acc = Sk[..., _TAYLOR_ORDER, :]
-            for m in range(_TAYLOR_ORDER - 1, -1, -1):
-                acc = Sk[..., m, :] - q * acc
-            return acc
-
-        for k in range(R):
-            Sk = S[:, :, k]
-            h = (dt[:, :, k] / self.substeps).unsqueeze(-1)
-            for _ in range(self.substeps):
-                k1 = rate(w, Sk)
-                k2 = rate(w + 0.5 * h * k1, Sk)
-                k3 = rate(w + 0.5 * h * k2, Sk)
-                k4 = rate(w + h * k3, Sk)
-                w = w + h / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
-            if k_before is not None:
-                w = _expm1_over(_log1p_over(w, e) + steps[:, :, k], e)
-        return _log1p_over(w, e)
+        log_i0 = self._tiled(self.log_i0, 2)
+        kxt = self._tiled(self.k_xt, 2) if self.crosstalk else None
+        if self.droop and self.eta_per_cell:
+            return per_cell_charge(x, pulsed, log_i0.exp(), kxt, self._eta_prime(), self.T_us, self.substeps)
+        eta = self._tiled(self.eta, 1).unsqueeze(1)
+        return ChargeFn.apply(x, pulsed, log_i0, kxt, eta, self.T_us, self.C_ff, self.droop, self.edge_timing)
 
     # ------------------------------------------------------------ readout
     def _readout_us(self, q: torch.Tensor) -> torch.Tensor:
         """Crossing times (us) from charge (fC), with noise, TDC quantization and clip."""
-        t = self._tiled(self.t0, 1).unsqueeze(1) - self._tiled(self._gain_us_per_fc(), 1).unsqueeze(1) * q
-        if self.training and self.noise_std_s > 0:
-            t = t + torch.randn_like(t) * (self.noise_std_s / _US)
-        lsb, tfs, quantize, clip = self.lsb_us, self.tfs_us, self.quantize, self.clip
-
-        def tdc(v):
-            v = torch.floor(v / lsb) * lsb if quantize else v
-            return v.clamp(0.0, tfs) if clip == "ste" else v
-
-        if quantize or clip == "ste":
-            t = _StraightThrough.apply(t, tdc)
-        if clip == "hard":
-            t = t.clamp(0.0, tfs)
-        return t
+        noise = self.noise_std_s / _US if (self.training and self.noise_std_s > 0) else 0.0
+        return Readout.apply(q, self._tiled(self.t0, 1).unsqueeze(1), self._tiled(self.gain, 1).unsqueeze(1),
+                             self.iref_na, self.lsb_us, self.tfs_us, self.quantize, self.clip, noise)
 
     # ------------------------------------------------------------ public outputs
     def forward(self, x) -> torch.Tensor:
@@ -507,12 +261,20 @@ class ArrayModel(nn.Module):
         normalized to ``(q+ - q-) / (I_scale T)``, i.e. ``w x`` for ``w = (I+ - I-)/I_scale``."""
         xp, lead = self._prepare(x)
         q = self._charge_fc(xp)
-        t = self._readout_us(q)
-        g = self._tiled(self._gain_us_per_fc(), 1).unsqueeze(1)
-        q_read = (self._tiled(self.t0, 1).unsqueeze(1) - t) / g
-        plus = [p for p, _ in self.geometry.pairs]
-        minus = [m for _, m in self.geometry.pairs]
-        y = q_read[..., plus] - q_read[..., minus]
+        noisy = self.training and self.noise_std_s > 0
+        if self.quantize or self.clip is not None or noisy:  # read back through the TDC
+            with torch.no_grad():
+                t0 = self._tiled(self.t0, 1).unsqueeze(1)
+                g = self._tiled(self._gain_us_per_fc(), 1).unsqueeze(1)
+                t = self._readout_us(q)
+                q_read = (t0 - t) / g
+            q_st = StraightThrough.apply(q, lambda v: q_read)
+            q = torch.where((t > 0) & (t < self.tfs_us), q_st, q_st.detach()) if self.clip == "hard" else q_st
+        pairs = self.geometry.pairs
+        if pairs == tuple((2 * k, 2 * k + 1) for k in range(len(pairs))):
+            y = q[..., 0 : 2 * len(pairs) : 2] - q[..., 1 : 2 * len(pairs) : 2]
+        else:
+            y = q[..., [p for p, _ in pairs]] - q[..., [m for _, m in pairs]]
         if i_scale_a is None:
             return self._finish(y, lead) * _FC
         return self._finish(y / ((i_scale_a / _NA) * self.T_us), lead)
@@ -541,35 +303,13 @@ class ArrayModel(nn.Module):
         times (s), or the removed charge (C) with ``charge=True``.
         """
         xp, lead = self._prepare(x, dtype=torch.float64)
-        n, B, R = xp.shape
-        dev = xp.device
-        i0 = self._tiled(self.log_i0, 2).double().exp()  # (n, R, C)
+        i0 = self._tiled(self.log_i0, 2).double().exp()
         ep = self._eta_prime().double()
         ep = ep if self.eta_per_cell else ep.unsqueeze(-2).expand_as(i0)
         if not self.droop:
             ep = torch.zeros_like(ep)
         kxt = self._tiled(self.k_xt, 2).double() if self.crosstalk else torch.zeros_like(i0)
-        d = xp * self.T_us
-        grid = torch.linspace(0.0, self.T_us, steps + 1, dtype=torch.float64, device=dev)
-        times, _ = torch.sort(torch.cat([grid.expand(n, B, -1), d], dim=-1), dim=-1)  # (n, B, N)
-        pulsed = xp > 0
-        q = torch.zeros(n, B, self.cols, dtype=torch.float64, device=dev)
-
-        def rate(q, on):  # on (n, B, R)
-            cur = i0.unsqueeze(1) * torch.exp(-ep.unsqueeze(1) * q.unsqueeze(-2))  # (n, B, R, C)
-            return (on.unsqueeze(-1) * cur).sum(-2)
-
-        for j in range(times.shape[-1] - 1):
-            t_a, t_b = times[..., j], times[..., j + 1]
-            h = (t_b - t_a).unsqueeze(-1)
-            on = (d > (0.5 * (t_a + t_b)).unsqueeze(-1)).double()
-            k1 = rate(q, on)
-            k2 = rate(q + 0.5 * h * k1, on)
-            k3 = rate(q + 0.5 * h * k2, on)
-            k4 = rate(q + h * k3, on)
-            q = q + h / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
-            falls = pulsed & (d > t_a.unsqueeze(-1)) & (d <= t_b.unsqueeze(-1))
-            q = q + torch.bmm(falls.double(), kxt)
+        q = fine_step_charge(xp, xp > 0, i0, kxt, ep, self.T_us, steps)
         if charge:
             return self._finish(q, lead) * _FC
         t0 = self._tiled(self.t0, 1).double().unsqueeze(1)
