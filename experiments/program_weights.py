@@ -37,6 +37,7 @@ import numpy as np
 
 from labkit import open_backend
 from labkit.backend import VirtualClock
+from labkit.characterize import cell_current_map
 from labkit.chipstate import ChipState
 from labkit.commands.program import load_weights
 from labkit.console import Console
@@ -133,7 +134,7 @@ def main(argv=None) -> dict:
                 state = ChipState.load(state_path)
                 if state.window is None or state.weights is None:
                     raise SystemExit(f"{state_path} holds currents, not weights; use labkit program --refresh")
-                before = backend.read_currents() / state.targets_a - 1
+                before = cell_current_map(backend, averages=config.final_reads) / state.targets_a - 1
                 jobs["drift"] = {"aged_s": aged, "max_rel_error": float(np.nanmax(np.abs(before))),
                                  "out_of_tolerance": int(np.nansum(np.abs(before) > state.tolerance))}
                 out.info(f"refreshing {chip}: {jobs['drift']['out_of_tolerance']} cells out of tolerance")
