@@ -24,11 +24,20 @@ sorted falling edges this affine recurrence has the closed form
 
     q(T) = K_tot + ln(1 + eta' Z) / eta',   Z = sum_k S_k dt_k exp(-eta' K_before,k)
 
-where the slot currents ``S`` (and the crosstalk charge ``K_before`` fallen before each
-slot) are one batched matrix product of the thermometer-coded active masks with
-``I0`` (and ``k``). No Python loop over samples, tiles or slots. Without crosstalk the
-slot structure drops out: ``Z = I0^T d``. With per-cell eta (option) a few RK4 substeps
-per slot integrate the same ODE (loop over the 16 slots, batched over everything else).
+where the slot currents ``S`` are one batched matrix product of the thermometer-coded
+active masks with ``I0``, and ``exp(-eta' K_before,k)`` is a cumulative product over
+the sorted edges. No Python loop over samples or tiles; the whole charge computation
+is one autograd node with a hand-written backward (``kernels.ChargeFn``). Without
+crosstalk the slot structure drops out: ``Z = I0^T d`` (droop alone is a per-column
+compression of the ideal dot product); ``edge_timing=False`` uses that cheap form with
+all crosstalk steps added after the integration. With per-cell eta (option) RK4
+substeps per slot integrate the same ODE (a loop over the 16 slots).
+
+Outputs: ``forward`` (crossing times, s), ``crossing_us``, ``charge`` / ``charge_fc``,
+``signed`` (dual-branch ``q+ - q-``, or normalized ``w x``), ``ideal`` (``W x + b``),
+``fine_step_reference`` (slow RK4 check of the same equations). Persistence:
+``to_dict`` / ``from_dict`` with plain numpy arrays. For CPU training,
+:func:`keep_freed_memory` avoids re-faulting the MB-sized intermediates every step.
 
 Internal units keep gradient-based fits well conditioned: currents nA, time us,
 charge fC (= nA us), capacitance fF. Getters return SI values.

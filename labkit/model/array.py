@@ -382,5 +382,6 @@ class ArrayModel(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"rows={self.rows}, cols={self.cols}, n_tiles={self.n_tiles}, droop={self.droop}, "
-                f"crosstalk={self.crosstalk}, quantize={self.quantize}, eta_per_cell={self.eta_per_cell}, "
+                f"crosstalk={self.crosstalk}, edge_timing={self.edge_timing}, quantize={self.quantize}, "
+                f"eta_per_cell={self.eta_per_cell}, "
                 f"noise_std_s={self.noise_std_s:g}, clip={self.clip!r}")

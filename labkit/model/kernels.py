@@ -136,7 +136,7 @@ class LogCompress(torch.autograd.Function):
 # ---------------------------------------------------------------- adaptive slots
 
 
-def slot_masks(d: torch.Tensor, pulsed: torch.Tensor):
+def slot_masks(d: torch.Tensor):
     """Sorted widths and thermometer masks of the adaptive slots.
 
     Returns ``s`` (n, B, K) sorted widths, ``idx`` their rows, ``dt`` (n, B, K) slot
@@ -196,12 +196,12 @@ class ChargeFn(torch.autograd.Function):
         slots = droop and kxt is not None and timing
         saved = [x, pf, i0, kxt, e]
         if slots:
-            s, idx, dt, a = slot_masks(d, pulsed)
+            s, idx, dt, a = slot_masks(d)
             w = torch.bmm(a, i0).view(n, B, R, C)  # slot currents S
             ex = _droop_factors(s, idx, kxt, e)
             w.mul_(ex)  # W = S E
             z = (w * dt.unsqueeze(-1)).sum(-2)
-            saved += [d, s, idx, dt, a, w, ex]
+            saved += [idx, dt, a, w, ex]
         else:
             z = torch.bmm(d, i0)
         if droop:
@@ -239,7 +239,7 @@ class ChargeFn(torch.autograd.Function):
             if need_i0:
                 g_i0 = torch.bmm((x * t_us).transpose(1, 2), g_z)
         else:
-            d, s, idx, dt, a, w, ex = saved[5:12]
+            idx, dt, a, w, ex = saved[5:10]
             if need_x:
                 g_dt = torch.bmm(w.view(n * B, R, C), g_z.view(n * B, C, 1)).view(n, B, R)
                 g_s = g_dt - F.pad(g_dt[..., 1:], (0, 1))
@@ -280,7 +280,7 @@ def per_cell_charge(x, pulsed, i0, kxt, ep, t_us, substeps: int) -> torch.Tensor
     C = i0.shape[-1]
     d = x * t_us
     with torch.no_grad():
-        s, idx, _, a = slot_masks(d, pulsed)
+        s, idx, _, a = slot_masks(d)
     s = torch.gather(d, -1, idx)  # differentiable sorted widths
     dt = torch.diff(s, dim=-1, prepend=torch.zeros_like(s[..., :1]))
     e = ep.mean(-2, keepdim=True)
