@@ -645,9 +645,13 @@ class AnalogLayer(nn.Module):
 
     def _outputs(self, x: torch.Tensor, neg: bool) -> torch.Tensor:
         """(N, K) pulse inputs -> (N, n) layer outputs before bias and ReLU, scaled back."""
-        y = self.tile_outputs(x)
-        if self.measure is not None:
-            y = y + (self.measure(self, x.detach()) - y).detach()
+        if self.measure is not None and not (torch.is_grad_enabled() and x.requires_grad or self.weight.requires_grad
+                                             and torch.is_grad_enabled()):
+            y = self.measure(self, x.detach()).to(x.dtype)  # inference on chips: no model needed
+        else:
+            y = self.tile_outputs(x)
+            if self.measure is not None:  # chip in the loop: measured value, model gradient
+                y = y + (self.measure(self, x.detach()).to(y.dtype) - y).detach()
         if neg:
             half = y.shape[0] // 2
             y = y[:half] - y[half:]
