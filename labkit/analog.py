@@ -69,7 +69,7 @@ from .mapping import WeightWindow
 
 __all__ = [
     "AnalogConfig", "TileParams", "ChipSpread", "AnalogLinear", "AnalogConv2d", "AnalogLayer",
-    "convert", "analog_layers", "tile_plan", "count_tiles", "input_scales", "set_noise", "set_compile",
+    "convert", "analog_layers", "tile_plan", "count_tiles", "input_scales", "set_noise", "set_compile", "resample_tiles",
 ]
 
 _NA, _US, _FC, _FF = 1e-9, 1e-6, 1e-15, 1e-15
@@ -931,3 +931,13 @@ def set_noise(model: nn.Module, noise_std_s: float) -> None:
     """Change the training readout noise of every analog layer of ``model``."""
     for _, m in analog_layers(model):
         m.config = dataclasses.replace(m.config, noise_std_s=float(noise_std_s))
+
+
+def resample_tiles(model: nn.Module, spread: ChipSpread, seed: int) -> None:
+    """Give every tile of ``model`` new parameters drawn from ``spread`` (hardware-aware
+    training for chips that are not calibrated: a new draw per epoch makes the network
+    robust to the chip-to-chip spread instead of fitting one draw)."""
+    i = 0
+    for _, m in analog_layers(model):
+        m.set_tiles([spread.sample(m.config, seed=int(seed) * 1_000_003 + i + k) for k in range(m.n_tiles)])
+        i += m.n_tiles

@@ -106,14 +106,15 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None, epochs: 
           lr: float = 1e-3, batch_size: int = 64, seed: int = 0,
           progress: ProgressFn | None = None, weight_decay: float = 0.0,
           step_hook: Callable[[], None] | None = None, epoch_hook: Callable[[int], None] | None = None,
-          final_train_accuracy: bool = True) -> dict:
+          final_train_accuracy: bool = True, lr_schedule: str | None = None) -> dict:
     """Train ``model`` with Adam on cross-entropy; the model is updated in place.
 
     Works for plain and analog networks alike. In a distributed run (see
     :func:`init_distributed`) each rank trains on its shard of ``train_ds`` with
     ``batch_size`` examples per rank and gradients averaged across ranks.
     ``step_hook()`` runs after every optimizer step, ``epoch_hook(epoch)`` after every
-    epoch (before the test accuracy is taken).
+    epoch (before the test accuracy is taken). ``lr_schedule="cosine"`` anneals the
+    learning rate to zero over the run (steadier final weights for fine-tuning).
 
     Returns ``{"accuracy": final test accuracy (None without test_ds),
     "train_accuracy": final accuracy on train_ds, "history": [per-epoch dicts with
@@ -138,6 +139,10 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None, epochs: 
     else:
         loader = DataLoader(train_ds, batch_size=int(batch_size), shuffle=True, generator=generator)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if lr_schedule not in (None, "cosine"):
+        raise ValueError(f"lr_schedule={lr_schedule!r}: expected None or 'cosine'")
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, int(epochs) * max(len(loader), 1))
+                 if lr_schedule == "cosine" else None)
     loss_fn = nn.CrossEntropyLoss()
     history = []
     with torch.random.fork_rng(devices=[]):
@@ -157,6 +162,8 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None, epochs: 
                                              f"lower lr={lr}")
                 loss.backward()
                 optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
                 if step_hook is not None:
                     step_hook()
                 loss_sum += float(loss.detach()) * len(y)

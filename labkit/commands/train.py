@@ -145,8 +145,14 @@ def run(args, out) -> dict:
                 raise ValueError("--calibration with an analog checkpoint: start --from an ideal checkpoint")
             net = hardware_aware(base, split.train, _tiles(args, base, config), config, seed=args.seed)
         epochs = args.epochs or max(1, defaults["epochs"] // 2)
+        hook = None
+        if not args.calibration:  # no chip known: a new draw of the spread every epoch
+            from ..analog import ChipSpread, resample_tiles
+
+            def hook(epoch):
+                resample_tiles(net, ChipSpread(), seed=args.seed * 1000 + epoch)
         res = train(net, split.train, split.test, epochs, lr=args.lr or defaults["lr"] / 3, batch_size=batch,
-                    seed=args.seed, progress=progress("hw"))
+                    seed=args.seed, progress=progress("hw"), epoch_hook=hook, lr_schedule="cosine")
         history += [dict(h, mode="hw") for h in res["history"]]
         accuracy = evaluate(net, split.test)
         extra = {"tiles": sum(m.n_tiles for _, m in analog_layers(net)),

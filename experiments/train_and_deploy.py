@@ -1,0 +1,170 @@
+"""Acceptance experiment: ideal vs hardware-aware networks deployed on (emulated) chips.
+
+For each network (MLP on 4x4 digits, LeNet-5 on MNIST; VGG on CIFAR-10 when its files
+are in --data):
+
+1. train the network ideally (floating point): the *software* accuracy;
+2. open one chip per tile (``--backend sim://?seed=N``: emulated chips N, N+1, ...) and
+   calibrate every chip (labkit.calibration: measured VMM datasets, model fit), reading
+   its cell currents alongside so programmed currents predict right;
+3. deploy the ideal network (nominal tile parameters) onto the chips: program every tile
+   by program-and-verify, run the test set through the chips' VMMs: *ideal deployed*;
+4. convert the ideal network with each tile's model built from its chip's calibration,
+   fine-tune it hardware-aware (tile physics in the forward pass, noise and quantization
+   on), deploy it onto the same chips: *hw-aware deployed*;
+5. optionally (--in-loop N) fine-tune the deployed hw network N epochs with the chips in
+   the loop.
+
+Deployed accuracies are the mean of --passes measurements of the test set (readout noise
+makes every pass different). Prints a table; --json FILE writes every figure.
+
+    python experiments/train_and_deploy.py --backend 'sim://?seed=100'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from labkit.analog import AnalogConfig, TileParams, tile_plan
+from labkit.calibration import CalibrationConfig, calibrate
+from labkit.datasets import DatasetNotFoundError
+from labkit.deploy import deploy, open_chips
+from labkit.networks import DEFAULTS, build, dataset_for
+from labkit.training import evaluate, hardware_aware, train, train_in_loop
+
+HW = {  # hardware-aware fine-tuning from the ideal network: epochs, learning rate
+    "mlp": (100, 1e-3),
+    "lenet5": (8, 3e-4),
+    "vgg": (5, 3e-4),
+}
+
+
+def log(*parts) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
+def calibrate_chips(chips, iterations: int) -> tuple[list[TileParams], dict]:
+    """Calibrate every chip; per tile the model of its chip (with the read currents)."""
+    tiles, sers, noise = [], [], []
+    t0 = time.monotonic()
+    cfg = CalibrationConfig.quick(fit_iterations=iterations)
+    for i, b in enumerate(chips):
+        cal = calibrate(b, cfg)
+        read = np.mean([b.read_currents() for _ in range(4)], axis=0)
+        tiles.append(TileParams.from_model(cal.array_model(), read, chip_id=cal.chip_id))
+        sers.append(cal.report["ser_db"]["model"])
+        noise.append(cal.report["noise_std_s"])
+        if (i + 1) % 25 == 0 or i + 1 == len(chips):
+            log(f"  calibrated {i + 1}/{len(chips)} chips ({time.monotonic() - t0:.0f} s)")
+    return tiles, {"model_ser_db_median": float(np.median(sers)), "noise_std_s_median": float(np.median(noise)),
+                   "seconds": time.monotonic() - t0}
+
+
+def deployed_accuracy(model, chips, test, passes: int) -> tuple[float, list[float], dict, object]:
+    t0 = time.monotonic()
+    dep = deploy(model, chips)
+    prog = time.monotonic() - t0
+    accs = [dep.evaluate(test) for _ in range(passes)]
+    summary = dep.summary()
+    summary.pop("chips")
+    summary.update(program_seconds=prog, inference_seconds=time.monotonic() - t0 - prog, vmms=dep.vmm_count)
+    return float(np.mean(accs)), accs, summary, dep
+
+
+def run_network(name: str, args) -> dict:
+    torch.manual_seed(args.seed)
+    split = dataset_for(name, args.data, seed=args.seed, subset=args.subset)
+    res: dict = {"model": name, "dataset": split.source, "train_samples": len(split.train),
+                 "samples": len(split.test)}
+    d = DEFAULTS[name]
+    t0 = time.monotonic()
+    net = build(name)
+    train(net, split.train, split.test, args.ideal_epochs or d["epochs"], lr=d["lr"], batch_size=d["batch_size"],
+          seed=args.seed)
+    res["ideal_software"] = evaluate(net, split.test)
+    res["ideal_train_seconds"] = time.monotonic() - t0
+    log(f"{name}: ideal software accuracy {res['ideal_software']:.4f}")
+    n = sum(k for _, k in tile_plan(net))
+    res["tiles"] = n
+    with open_chips(args.backend, n) as chips:
+        res["chips"] = [chips[0].identity.chip_id, chips[-1].identity.chip_id]
+        log(f"{name}: calibrating {n} chips")
+        tiles, res["calibration"] = calibrate_chips(chips, args.cal_iterations)
+        # ideal network on the chips (datasheet tile parameters)
+        ideal_analog = hardware_aware(net, split.train, None, AnalogConfig(), seed=args.seed)
+        res["ideal_model_nominal"] = evaluate(ideal_analog, split.test)
+        acc, accs, summ, _ = deployed_accuracy(ideal_analog, chips, split.test, args.passes)
+        res.update(ideal_deployed=acc, ideal_deployed_passes=accs, ideal_programming=summ)
+        log(f"{name}: ideal network deployed {acc:.4f} {accs}")
+        # hardware-aware fine-tuning with each tile's calibrated model
+        hw = hardware_aware(net, split.train, tiles, AnalogConfig(noise_std_s=res["calibration"]["noise_std_s_median"]),
+                            seed=args.seed)
+        res["ideal_model_calibrated"] = evaluate(hw, split.test)
+        epochs, lr = HW[name]
+        epochs = args.hw_epochs or epochs
+        t1 = time.monotonic()
+        train(hw, split.train, split.test, epochs, lr=lr, batch_size=d["batch_size"], seed=args.seed,
+              lr_schedule="cosine", progress=lambda e, E, h: log(f"  hw epoch {e}/{E}: test accuracy (model) {h['test_accuracy']:.4f}"))
+        res["hw_train_seconds"] = time.monotonic() - t1
+        res["hw_software"] = evaluate(hw, split.test)
+        acc, accs, summ, dep = deployed_accuracy(hw, chips, split.test, args.passes)
+        res.update(hw_deployed=acc, hw_deployed_passes=accs, hw_programming=summ)
+        log(f"{name}: hw-aware network deployed {acc:.4f} {accs}")
+        if args.in_loop:
+            r = train_in_loop(dep, split.train, split.test, args.in_loop, lr=lr / 3, batch_size=d["batch_size"],
+                              seed=args.seed)
+            accs = [r["accuracy"]] + [dep.evaluate(split.test) for _ in range(args.passes - 1)]
+            res.update(in_loop_deployed=float(np.mean(accs)), in_loop_deployed_passes=accs)
+            log(f"{name}: after {args.in_loop} in-loop epochs {res['in_loop_deployed']:.4f}")
+    res["loss_ideal_pp"] = 100 * (res["ideal_software"] - res["ideal_deployed"])
+    res["gap_hw_pp"] = 100 * (res["ideal_software"] - res["hw_deployed"])
+    res["seconds"] = time.monotonic() - t0
+    return res
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backend", default="sim://?seed=100", help="chips: sim://?seed=N or comma-separated URIs")
+    p.add_argument("--models", nargs="+", default=["mlp", "lenet5", "vgg"], choices=["mlp", "lenet5", "vgg"])
+    p.add_argument("--data", default=None, help="directory with MNIST IDX / CIFAR-10 files (VGG needs CIFAR-10)")
+    p.add_argument("--subset", type=int, default=None, help="at most N train and test examples")
+    p.add_argument("--passes", type=int, default=3, help="test-set measurements averaged per deployment")
+    p.add_argument("--cal-iterations", type=int, default=60, help="L-BFGS iterations of each chip's model fit")
+    p.add_argument("--ideal-epochs", type=int, default=None)
+    p.add_argument("--hw-epochs", type=int, default=None)
+    p.add_argument("--in-loop", type=int, default=0, help="epochs of chip-in-the-loop fine-tuning (0: none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--json", default=None, help="write the results here")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = []
+    for name in args.models:
+        try:
+            results.append(run_network(name, args))
+        except DatasetNotFoundError as exc:
+            log(f"{name}: skipped ({exc})")
+            results.append({"model": name, "skipped": str(exc)})
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1))
+    print(f"{'model':8} {'tiles':>5} {'samples':>7} {'ideal sw':>9} {'ideal dep':>9} {'hw sw':>9} {'hw dep':>9} "
+          f"{'loss pp':>8} {'gap pp':>7}")
+    for r in results:
+        if "skipped" in r:
+            print(f"{r['model']:8} skipped: {r['skipped'][:80]}")
+            continue
+        print(f"{r['model']:8} {r['tiles']:5d} {r['samples']:7d} {r['ideal_software']:9.4f} {r['ideal_deployed']:9.4f} "
+              f"{r['hw_software']:9.4f} {r['hw_deployed']:9.4f} {r['loss_ideal_pp']:8.2f} {r['gap_hw_pp']:7.2f}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

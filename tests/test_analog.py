@@ -1,0 +1,200 @@
+"""Analog layers: tile physics against ArrayModel's exact slot integration, tiling and
+partial sums, convolution paths, gradients, signed inputs, noise, conversion."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from labkit.analog import (AnalogConfig, AnalogConv2d, AnalogLinear, ChipSpread, TileParams, _TileBmm,
+                           analog_layers, convert, input_scales, tile_plan)
+from labkit.mapping import map_weights
+from labkit.model import ArrayModel
+
+CFG = AnalogConfig()
+IS = CFG.window().i_scale_a
+# one TDC LSB of one column in the layers' output unit (w x, i.e. I_scale T)
+LSB = CFG.tdc_lsb_s * CFG.reference_current_a / (IS * CFG.integration_time_s)
+
+
+def strong_tile(seed: int) -> TileParams:
+    """A tile with large drain coefficients and doubled crosstalk (harder than the chips)."""
+    t = ChipSpread().sample(CFG, seed=seed)
+    t.eta_per_v = np.random.default_rng(seed).uniform(0.3, 1.4, CFG.cols)
+    t.crosstalk_c = 2 * t.crosstalk_c
+    return t
+
+
+@torch.no_grad()
+def reference(layer: AnalogLinear, x: torch.Tensor, **switches) -> torch.Tensor:
+    """Sum over row tiles of ArrayModel.signed (exact adaptive slots) for every tile."""
+    w = layer.tile_weights()
+    rt, ct = layer.row_tiles, layer.col_tiles
+    R, P = CFG.rows, CFG.outputs_per_tile
+    xp = F.pad(x, (0, rt * R - x.shape[1])).double()
+    y = torch.zeros(x.shape[0], ct * P, dtype=torch.float64)
+    for r in range(rt):
+        for c in range(ct):
+            tp = layer.tile_params(r * ct + c)
+            m = ArrayModel(CFG.datasheet(), currents_a=map_weights(w[r, c], CFG.window(), CFG.geometry()),
+                           eta_per_v=tp.eta_per_v, crosstalk_c=tp.crosstalk_c, offset_s=tp.offset_s,
+                           gain_s_per_c=tp.gain_s_per_c, dtype=torch.float64, **switches).eval()
+            y[:, c * P:(c + 1) * P] += m.signed(xp[:, r * R:(r + 1) * R], i_scale_a=IS)
+    return y[:, : layer.out_features]
+
+
+def patterns(n: int, k: int, seed: int = 0) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, k)) * (rng.random((n, k)) > 0.4)
+    x[: n // 4] = np.clip(x[: n // 4] * 1.6, 0, 1)  # some saturated pulses
+    return torch.tensor(np.round(x * 256) / 256, dtype=torch.float32)
+
+
+def test_tile_physics_matches_array_model_within_a_fraction_of_an_lsb():
+    cfg = dataclasses.replace(CFG, quantize=False)
+    torch.manual_seed(0)
+    layer = AnalogLinear(40, 20, config=cfg, tiles=[strong_tile(i) for i in range(3 * 3)]).eval()
+    x = patterns(600, 40)
+    with torch.no_grad():
+        y = layer.tile_outputs(x).double()
+    ref = reference(layer, x, quantize=False, clip=None)
+    rms = float((y - ref).pow(2).mean().sqrt().detach()) / LSB
+    signal = float(ref.pow(2).mean().sqrt()) / LSB
+    assert signal > 30  # the comparison is not trivial
+    assert rms < 0.4, f"tile physics deviates {rms:.3f} LSB rms from ArrayModel"
+    # without the edge-order term (crosstalk seen by later current) it is clearly worse
+    plain = AnalogLinear(40, 20, config=dataclasses.replace(cfg, edge_order=False),
+                         tiles=[layer.tile_params(i) for i in range(9)]).eval()
+    plain.load_state_dict(layer.state_dict())
+    with torch.no_grad():
+        rms_plain = float((plain.tile_outputs(x).double() - ref).pow(2).mean().sqrt()) / LSB
+    assert rms_plain > 1.5 * rms
+    # and the physics is far from the ideal dot product (so the test can fail)
+    ideal = x.double() @ layer.normalized_weights().double().t()
+    assert float((ideal - ref).pow(2).mean().sqrt()) / LSB > 10 * rms
+
+
+def test_quantized_outputs_match_array_model_with_tdc():
+    torch.manual_seed(1)
+    layer = AnalogLinear(16, 8, tiles=[strong_tile(5)]).eval()
+    x = patterns(400, 16, seed=2)
+    with torch.no_grad():
+        y = layer.tile_outputs(x).double()
+    ref = reference(layer, x)
+    # both floor to the TDC grid: differences are whole LSBs at floor boundaries
+    assert float((y - ref).abs().mean()) / LSB < 0.35
+
+
+def test_tiles_partial_sums_and_output_scale_reproduce_a_linear_layer_without_physics():
+    cfg = dataclasses.replace(CFG, droop=False, crosstalk=False, quantize=False, noise_std_s=0.0)
+    torch.manual_seed(0)
+    ref = nn.Linear(37, 19)
+    layer = convert(nn.Sequential(ref), None, cfg)[0]
+    assert (layer.row_tiles, layer.col_tiles, layer.n_tiles) == (3, 3, 9)
+    x = torch.rand(50, 37)
+    with torch.no_grad():
+        assert torch.allclose(layer(x), ref(x), atol=1e-4, rtol=1e-4)
+        layer.input_scale.fill_(2.0)  # inputs up to 2 map onto full pulses
+        assert torch.allclose(layer(2 * x), ref(2 * x), atol=2e-4, rtol=1e-4)
+        # beyond the input scale a pulse saturates at T
+        assert not torch.allclose(layer(3 * x), ref(3 * x), atol=1e-2)
+
+
+@pytest.mark.parametrize("cin,cout,k,stride,pad", [(1, 6, 5, 1, 2), (6, 16, 5, 1, 0), (3, 10, 3, 2, 1)])
+def test_convolution_equals_the_linear_layer_on_unfolded_patches(cin, cout, k, stride, pad):
+    torch.manual_seed(0)
+    tiles = ChipSpread()
+    conv = AnalogConv2d(cin, cout, k, stride, pad, tiles=tiles).eval()
+    lin = AnalogLinear(cin * k * k, cout, tiles=[conv.tile_params(i) for i in range(conv.n_tiles)]).eval()
+    with torch.no_grad():
+        lin.weight.copy_(conv.weight.reshape(cout, -1))
+        lin.bias.copy_(conv.bias)
+    x = torch.rand(3, cin, 12, 12) * (torch.rand(3, cin, 12, 12) > 0.3)
+    with torch.no_grad():
+        y = conv(x)
+        cols = F.unfold(x, k, padding=pad, stride=stride)  # (B, K, L)
+        ref = lin(cols.transpose(1, 2).reshape(-1, cin * k * k))
+        ho = (12 + 2 * pad - k) // stride + 1
+        ref = ref.reshape(3, ho, ho, cout).permute(0, 3, 1, 2)
+    assert y.shape == ref.shape
+    assert torch.allclose(y, ref, atol=1e-4), float((y - ref).abs().max())
+
+
+def test_custom_backward_is_the_derivative_of_the_tile_physics():
+    torch.manual_seed(0)
+    rt, n, R = 2, 6, 16
+    # pulsed rows only: a row switching on is a step of the crosstalk (no derivative there)
+    x = (0.05 + 0.95 * torch.rand(rt, 5, R, dtype=torch.float64)).requires_grad_(True)
+    i0t = (1.0 + 10 * torch.rand(rt, R, 2 * n, dtype=torch.float64)).requires_grad_(True)
+    kx = 0.5 + torch.rand(rt, R, 2 * n, dtype=torch.float64)
+    e = torch.full((rt, 1, 2 * n), 1.4e-3, dtype=torch.float64)
+    t0c = torch.full((rt, 1, 2 * n), 800.0, dtype=torch.float64)
+    gc = torch.full((rt, 1, 2 * n), 0.2, dtype=torch.float64)
+    # no TDC floor (piecewise constant) and no edge-order term (a forward-only correction)
+    opts = (True, False, 0.0, 1e9, 3, True, False)
+    assert torch.autograd.gradcheck(lambda a, b: _TileBmm.apply(a, b, kx, e, t0c, gc, opts), (x, i0t))
+
+
+def test_signed_inputs_are_split_into_two_vmms_or_refused():
+    torch.manual_seed(0)
+    layer = AnalogLinear(20, 5, tiles=ChipSpread()).eval()
+    x = torch.rand(8, 20) * 2 - 1
+    with torch.no_grad():
+        y = layer(x)
+        pos, neg = layer(x.clamp_min(0)), layer((-x).clamp_min(0))
+        assert torch.allclose(y, pos - neg + layer.bias, atol=1e-5)
+    strict = AnalogLinear(20, 5, config=dataclasses.replace(CFG, signed_inputs="error"))
+    with pytest.raises(ValueError, match="negative inputs"):
+        strict(x)
+
+
+def test_readout_noise_only_in_training_with_the_configured_spread():
+    torch.manual_seed(0)
+    layer = AnalogLinear(16, 8, tiles=ChipSpread())
+    x = torch.rand(1, 16).repeat(4000, 1)
+    layer.eval()
+    with torch.no_grad():
+        quiet = layer.tile_outputs(x)
+        assert torch.equal(quiet, layer.tile_outputs(x))
+        assert float(quiet.std(0).max()) == 0.0
+        layer.train()
+        noisy = layer.tile_outputs(x)
+    # a signed output is the difference of two columns: sqrt(2) * sigma in charge
+    sigma = CFG.noise_std_s * CFG.reference_current_a * np.sqrt(2) / (IS * CFG.integration_time_s)
+    assert float(noisy.std(0).mean()) == pytest.approx(sigma, rel=0.15)
+
+
+def test_convert_fuses_relu_keeps_parameter_names_and_orders_tiles():
+    from labkit.networks import lenet5
+
+    torch.manual_seed(0)
+    net = lenet5()
+    an = convert(net, ChipSpread())
+    assert sum(isinstance(m, nn.ReLU) for m in an.modules()) == 0
+    assert [n for n, _ in analog_layers(an)] == ["0", "3", "7", "9", "11"]
+    assert [k for _, k in tile_plan(net)] == [2, 20, 375, 88, 12]
+    keys = set(an.state_dict())
+    assert set(net.state_dict()) <= keys
+    assert {k for k in keys - set(net.state_dict())} == {
+        f"{n}.{b}" for n in ("0", "3", "7", "9", "11")
+        for b in ("input_scale", "tile_eta", "tile_kxt", "tile_t0", "tile_gain")}
+    assert [m.relu for _, m in analog_layers(an)] == [True, True, True, True, False]
+    # every tile got its own draw of the spread
+    eta = torch.cat([m.tile_eta for _, m in analog_layers(an)])
+    assert len({tuple(r.tolist()) for r in eta}) == 497
+    with pytest.raises(ValueError, match="497"):
+        convert(net, [TileParams.nominal()] * 3)
+
+
+def test_input_scales_are_the_activation_percentiles():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    x = torch.rand(500, 4)
+    s = input_scales(net, x, percentile=100.0)
+    assert s["0"] == pytest.approx(float(x.max()), rel=1e-6)
+    assert s["2"] == pytest.approx(float(torch.relu(net[0](x)).max()), rel=1e-5)
