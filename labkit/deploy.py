@@ -28,7 +28,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import numpy as np
 import torch
@@ -59,8 +59,8 @@ def chip_uris(spec: str, n: int) -> list[str]:
             seed = int(opts.pop("seed", "0"))
         except ValueError:
             raise ValueError(f"sim:// option seed={opts.get('seed')!r}; expected an integer") from None
-        return [urlunsplit((u.scheme, u.netloc, u.path, urlencode({"seed": seed + i, **opts}), ""))
-                for i in range(n)]
+        base = parts[0].split("?", 1)[0]
+        return [f"{base}?{urlencode({'seed': seed + i, **opts})}" for i in range(n)]
     for p in parts:
         parse_uri(p)  # validates
     if len(parts) < n:

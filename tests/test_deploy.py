@@ -1,0 +1,126 @@
+"""Deployment onto emulated chips (one per tile): glue, chip lists, CLI, VGG end to end."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from labkit.analog import AnalogConfig, analog_layers, convert, tile_plan
+from labkit.cli import main as cli
+from labkit.deploy import chip_uris, deploy, open_chips
+from labkit.networks import mlp_lowres, vgg_small
+from labkit.training import evaluate, hardware_aware, save_checkpoint
+
+
+def test_chip_uris_one_emulated_chip_per_tile_or_the_named_ones():
+    assert chip_uris("sim://?seed=7&noise=0", 3) == [
+        "sim://?seed=7&noise=0", "sim://?seed=8&noise=0", "sim://?seed=9&noise=0"]
+    assert chip_uris("sim://", 2) == ["sim://?seed=0", "sim://?seed=1"]
+    assert chip_uris("station:a.yaml, station:b.yaml", 2) == ["station:a.yaml", "station:b.yaml"]
+    with pytest.raises(ValueError, match="needs 3 tiles, one chip each, but 'station:a.yaml' offers 1 chip"):
+        chip_uris("station:a.yaml", 3)
+    with pytest.raises(ValueError, match="seed"):
+        chip_uris("sim://?seed=x", 2)
+
+
+def test_on_ideal_chips_the_measured_network_is_the_modelled_one():
+    """With every non-ideality off, measured tile outputs equal the model's to the TDC."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(20, 12), nn.ReLU(), nn.Linear(12, 5))
+    x = torch.rand(64, 20)
+    model = hardware_aware(net, torch.utils.data.TensorDataset(x, torch.zeros(64, dtype=torch.long)),
+                           None, AnalogConfig(noise_std_s=0.0))
+    n = sum(k for _, k in tile_plan(net))
+    assert n == 2 * 2 + 1 * 1
+    with open_chips("sim://?seed=3&preset=ideal", n) as chips:
+        dep = deploy(model, chips)
+        assert dep.summary()["rms_rel_error"] < 0.01
+        measured = dep(x)
+        assert dep.vmm_count > 0
+    with torch.no_grad():
+        modelled = model.eval()(x)
+        ideal = net(x)
+    scale = float(ideal.abs().mean())
+    assert float((measured - modelled).abs().mean()) < 0.02 * scale
+    assert float((measured - ideal).abs().mean()) < 0.03 * scale
+
+
+def test_ideal_network_loses_accuracy_on_real_like_chips_but_measures_what_it_computes():
+    """The default emulated chips (crosstalk, droop, noise) move the outputs; the glue is
+    the same code path, so the drop is physics, not bookkeeping."""
+    torch.manual_seed(0)
+    from labkit.networks import dataset_for
+
+    split = dataset_for("mlp", subset=300)
+    net = mlp_lowres()
+    from labkit.training import train
+
+    train(net, split.train, None, 15, lr=3e-3, batch_size=32)
+    model = hardware_aware(net, split.train)
+    sw = evaluate(model, split.test)
+    with open_chips("sim://?seed=100", 8) as chips:
+        dep = deploy(model, chips)
+        chip = dep.evaluate(split.test)
+    with open_chips("sim://?seed=100&preset=ideal", 8) as chips:
+        clean = deploy(model, chips).evaluate(split.test)
+    assert abs(clean - sw) < 0.03
+    assert chip < sw - 0.05
+
+
+def _write_cifar(folder, n=6):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]:
+        batch = {b"batch_label": name.encode(), b"labels": [int(v) for v in rng.integers(0, 10, n)],
+                 b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"filenames": [f"{name}_{i}.png".encode() for i in range(n)]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+
+
+def test_vgg_trains_hardware_aware_and_runs_on_chips_end_to_end(tmp_path, capsys):
+    """The VGG network: ideal then hw training through the CLI on a tiny CIFAR-10 set (full
+    width), and a reduced-width VGG deployed tile by tile on emulated chips."""
+    data = tmp_path / "cifar"
+    _write_cifar(data / "cifar-10-batches-py")
+    ck = tmp_path / "vgg.pt"
+    assert cli(["train", "--model", "vgg", "--mode", "hw", "--data", str(data), "--subset", "6", "--epochs", "1",
+                "--out", str(ck), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["model"], out["mode"], out["samples"], out["tiles"]) == ("vgg", "hw", 6, 1602)
+    assert 0.0 <= out["accuracy"] <= 1.0
+    # reduced width (three blocks of 4 channels), so its 18 tiles fit a test's time
+    torch.manual_seed(0)
+    small = vgg_small(widths=(4, 4, 4), convs_per_block=1, hidden=16)
+    x = torch.rand(4, 3, 32, 32)
+    model = hardware_aware(small, torch.utils.data.TensorDataset(x, torch.zeros(4, dtype=torch.long)))
+    n = sum(m.n_tiles for _, m in analog_layers(model))
+    with open_chips("sim://?seed=500", n) as chips:
+        dep = deploy(model, chips)
+        y = dep(x)
+    assert y.shape == (4, 10) and torch.isfinite(y).all()
+    assert n == 18 and dep.vmm_count > 1000
+
+
+def test_deploy_cli_reports_accuracy_on_chips_and_refuses_too_few(tmp_path, capsys):
+    torch.manual_seed(0)
+    ck = tmp_path / "mlp.pt"
+    assert cli(["train", "--model", "mlp", "--mode", "ideal", "--epochs", "3", "--subset", "200",
+                "--out", str(ck), "--json"]) == 0
+    capsys.readouterr()
+    assert cli(["deploy", "--backend", "sim://?seed=40", str(ck), "--subset", "100", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["model"], out["mode"], out["samples"], out["tiles"]) == ("mlp", "ideal", 100, 8)
+    assert 0.0 <= out["accuracy"] <= 1.0
+    assert out["chips"][0] == "EMU-0040" and len(out["chips"]) == 8
+    assert out["programming"]["within_tolerance_fraction"] > 0.95
+    assert cli(["deploy", "--backend", "station:bench.yaml", str(ck), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "needs 8 tiles" in err and "offers 1 chip" in err and "Traceback" not in err
