@@ -6,11 +6,13 @@
     on activation-like patterns, next to the noise floor of repeated measurements. The
     paper's claim: model-based extraction about doubles the SER of the ideal-model
     (naive) extraction and comes close to the noise floor.
-(b) Accuracy per network and training mode (``--networks mlp lenet5``; none by default
-    in ``--quick``): each network trained in software, hardware-aware through the
-    calibrated chip model, and (where ``train_and_deploy.py`` offers it) chip-in-the-loop,
-    then deployed: programmed onto emulated chips, one per 16x8 tile, and measured there.
-    It calls :mod:`train_and_deploy` (the script beside this one).
+(b) Accuracy per network and training mode (only with ``--networks mlp lenet5 ...``:
+    minutes): each network trained in software (ideal), then deployed onto chips, one per
+    16x8 tile (programmed by program-and-verify, the test set run through their VMMs);
+    fine-tuned hardware-aware through each chip's calibrated model and deployed again;
+    then fine-tuned ``--in-loop`` epochs with the chips in the loop. It calls
+    ``main()`` of ``train_and_deploy.py`` (the script beside this one), on emulated chips
+    ``sim://?seed=100, 101, ...`` or the chips of ``--deploy-backend``.
 
 What it writes into ``--out-dir`` (default ``paper-figures/``):
 ``runs.sqlite`` (every measurement, one run per chip and step), ``calibration-CHIP.npz``
@@ -20,17 +22,20 @@ per chip, ``ser_per_method.png`` and ``ser_per_method.csv`` (one row per chip),
 How to run it::
 
     python experiments/paper_figures.py --quick                     # (a) on 2 chips, ~10 s
+    python experiments/paper_figures.py --quick --networks mlp      # and (b) for the MLP, ~30 s
     python experiments/paper_figures.py --seeds 0 1 2 3 4 --networks mlp lenet5
-    python experiments/paper_figures.py --backend "sim://?preset=default&noise=0"  # an ablation
-    python experiments/paper_figures.py --backend station:bench.yaml --networks none  # your chip
+    python experiments/paper_figures.py --backend "sim://?crosstalk=0"          # an ablation
+    python experiments/paper_figures.py --backend station:bench.yaml            # (a) on your chip
 
 ``--backend`` is a base URI: for ``sim://`` each seed is set on it; any other backend
-is one chip, measured once (``--seeds`` then only sets the input-pattern seed).
+is one chip, measured once (``--seeds`` then only sets the input-pattern seed). (b) on
+real chips: ``--deploy-backend station:a.yaml,station:b.yaml,...`` (one chip per tile).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import json
@@ -126,8 +131,69 @@ def ser_figure(rows: list[dict], path: Path) -> Path:
 # ------------------------------------------------------------------------------------ (b)
 
 
-def accuracy_figures(networks, args, ser_rows, store, out_dir: Path, out) -> dict:
-    raise SystemExit("(b) needs experiments/train_and_deploy.py; run with --networks none")
+MODES = {  # column -> (label, key in train_and_deploy's result)
+    "software": ("software\n(ideal training)", "ideal_software"),
+    "ideal_deployed": ("ideal training\non chips", "ideal_deployed"),
+    "hw_model": ("hardware-aware\n(model)", "hw_software"),
+    "hw_deployed": ("hardware-aware\non chips", "hw_deployed"),
+    "in_loop_deployed": ("chip-in-the-loop\non chips", "in_loop_deployed"),
+}
+DEPLOY_SEED = 100  # (b) deploys onto emulated chips 100, 101, ... (one per tile), apart from (a)'s chips
+QUICK_TRAINING = ["--subset", "300", "--ideal-epochs", "30", "--hw-epochs", "5", "--passes", "1",
+                  "--cal-iterations", "20", "--threads", "1"]
+
+
+def accuracy_per_network(networks, chips: str, in_loop: int, quick: bool, out) -> list[dict]:
+    """Train, calibrate the chips, deploy and measure each network through
+    ``train_and_deploy.py`` (beside this script); one row of accuracies per network.
+    ``chips``: ``sim://?seed=N`` (chips N, N+1, ...) or comma-separated URIs, one per tile."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import train_and_deploy  # noqa: E402  (the script beside this one)
+
+    argv = ["--backend", chips, "--models", *networks, "--in-loop", str(in_loop)] + (QUICK_TRAINING if quick else [])
+    out.info(f"(b) train_and_deploy.py {' '.join(argv)}")
+    with contextlib.redirect_stdout(sys.stderr):  # its own table goes with its log lines
+        results = train_and_deploy.main(argv)
+    rows = []
+    for r in results:
+        if "skipped" in r:
+            out.info(f"(b) {r['model']} skipped: {r['skipped']}")
+            continue
+        row = {"network": r["model"], "dataset": r["dataset"], "tiles": r["tiles"], "test_samples": r["samples"]}
+        row.update({col: float(r.get(key, math.nan)) for col, (_, key) in MODES.items()})
+        rows.append(row)
+    return rows
+
+
+def accuracy_figure(rows: list[dict], path: Path) -> Path:
+    """Grouped bars: test accuracy of each network in each training mode (software and on chips)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    modes = [m for m in MODES if any(math.isfinite(r[m]) for r in rows)]
+    fig = Figure(figsize=(max(7.0, 1.5 + 0.9 * len(rows) * len(modes)), 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    width = 0.8 / len(modes)
+    for k, m in enumerate(modes):
+        acc = [100 * r[m] for r in rows]
+        bars = ax.bar(np.arange(len(rows)) + (k - (len(modes) - 1) / 2) * width, acc, width,
+                      label=MODES[m][0].replace("\n", " "), color=f"C{k}")
+        ax.bar_label(bars, labels=[f"{a:.1f}" for a in acc], padding=2, fontsize=7)
+    ax.set_xticks(range(len(rows)), [f"{r['network']}\n({r['tiles']} tiles)" for r in rows])
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title("accuracy per network and training mode\n(deployed: one chip per 16x8 tile)")
+    return save_png(fig, path)
+
+
+def print_accuracy(out, rows: list[dict]) -> None:
+    out.print("(b) test accuracy per network and training mode (%)")
+    out.table([[r["network"], r["tiles"], r["test_samples"],
+                *("-" if math.isnan(r[m]) else f"{100 * r[m]:.1f}" for m in MODES)] for r in rows],
+              header=["network", "tiles", "samples", *(MODES[m][0].replace("\n", " ") for m in MODES)])
 
 
 # ------------------------------------------------------------------------------------ output
@@ -162,14 +228,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="chip seeds (default 0 1 2; --quick 0 1)")
     parser.add_argument("--out-dir", default="paper-figures", help="folder for every output (default paper-figures)")
     parser.add_argument("--quick", action="store_true", help="small datasets and short training (same code)")
-    parser.add_argument("--networks", nargs="+", default=None,
-                        help="(b) networks to train and deploy: mlp lenet5 vgg, or none "
-                             "(default mlp; none with --quick)")
+    parser.add_argument("--networks", nargs="+", default=[], choices=["mlp", "lenet5", "vgg"],
+                        help="(b) networks to train and deploy (default: none, (a) only)")
+    parser.add_argument("--deploy-backend", default=None,
+                        help="(b) chips, one per tile: URI,URI,... (default: --backend with seeds 100, 101, ...)")
+    parser.add_argument("--in-loop", type=int, default=1, help="(b) epochs of chip-in-the-loop fine-tuning (0: none)")
     args = parser.parse_args(argv)
 
     seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
-    networks = args.networks or (["none"] if args.quick else ["mlp"])
-    networks = [] if networks == ["none"] else networks
     chips = chip_uris(args.backend, seeds)
     config = (cal.CalibrationConfig.quick() if args.quick else cal.CalibrationConfig()).validate()
     out_dir = Path(args.out_dir)
@@ -182,8 +248,19 @@ def main(argv=None) -> dict:
         figures["ser_png"] = str(ser_figure(rows, out_dir / "ser_per_method.png"))
         figures["ser_csv"] = str(write_csv(rows, out_dir / "ser_per_method.csv"))
         print_ser(out, rows)
-        if networks:
-            figures.update(accuracy_figures(networks, args, rows, store, out_dir, out))
+    if args.networks:
+        deploy_chips = args.deploy_backend or (chip_uris(args.backend, [DEPLOY_SEED])[0][0]
+                                               if parse_uri(args.backend)[0] == "sim" else None)
+        if deploy_chips is None:
+            parser.error("(b) on a non-sim backend needs --deploy-backend URI,URI,... (one chip per tile)")
+        acc = accuracy_per_network(args.networks, deploy_chips, args.in_loop, args.quick, out)
+        figures["accuracy"] = acc
+        if acc:
+            figures["accuracy_png"] = str(accuracy_figure(acc, out_dir / "accuracy.png"))
+            figures["accuracy_csv"] = str(write_csv(acc, out_dir / "accuracy.csv"))
+            print_accuracy(out, acc)
+    else:
+        out.info("(b) skipped: add --networks mlp lenet5 for accuracy per network and training mode")
     (out_dir / "figures.json").write_text(json.dumps(strict_json(figures), indent=1))
     out.print(f"figures in {out_dir}/: " + ", ".join(
         Path(v).name for k, v in figures.items() if k.endswith(("_png", "_csv"))) + ", figures.json, runs.sqlite")

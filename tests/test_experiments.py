@@ -143,9 +143,11 @@ def test_calibrate_quick_and_refit(tmp_path):
         assert again.report["ser_db"][method] == pytest.approx(ser[method], abs=0.3)
 
 
-def test_paper_figures_ser_per_method(tmp_path):
-    proc = run_script("paper_figures.py", "--quick", "--seeds", "3", "4", "--networks", "none", "--out-dir", "figs",
-                      cwd=tmp_path)
+def test_paper_figures(tmp_path):
+    """(a) SER per method on two emulated chips and (b) the MLP in every training mode,
+    deployed on emulated chips (the smallest sizes: --quick)."""
+    proc = run_script("paper_figures.py", "--quick", "--seeds", "3", "4", "--networks", "mlp", "--out-dir", "figs",
+                      cwd=tmp_path, timeout=240)
     out = tmp_path / "figs"
     assert _is_png(out / "ser_per_method.png")
     with open(out / "ser_per_method.csv") as f:
@@ -158,8 +160,17 @@ def test_paper_figures_ser_per_method(tmp_path):
         assert float(r["model_over_naive"]) > 2.0  # the paper: model-based at least doubles the naive SER
         assert float(r["activations_model_db"]) > float(r["activations_naive_db"]) + 3
         assert (out / Path(r["calibration_file"]).name).is_file()
-    figures = json.loads((out / "figures.json").read_text())
-    assert figures["seeds"] == [3, 4] and len(figures["ser"]) == 2
     with RunStore(out / "runs.sqlite", create=False) as store:
         assert [r.kind for r in store.list_runs()] == ["calibrate", "calibrate"]
     assert "model/naive" in proc.stdout and "mean" in proc.stdout
+
+    # (b): accuracy per network and training mode, through train_and_deploy.py
+    assert _is_png(out / "accuracy.png")
+    with open(out / "accuracy.csv") as f:
+        (mlp,) = list(csv.DictReader(f))
+    assert mlp["network"] == "mlp" and int(mlp["tiles"]) == 8
+    acc = {k: float(mlp[k]) for k in ("software", "ideal_deployed", "hw_model", "hw_deployed", "in_loop_deployed")}
+    assert all(0.1 < v <= 1.0 for v in acc.values()), acc  # better than chance (10 classes)
+    assert acc["hw_deployed"] > acc["ideal_deployed"] + 0.05, acc  # hardware-aware training pays on chips
+    figures = json.loads((out / "figures.json").read_text())
+    assert figures["seeds"] == [3, 4] and len(figures["ser"]) == 2 and figures["accuracy"][0]["network"] == "mlp"
