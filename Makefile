@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(VENV)/bin/labkit characterize --backend sim://
+	$(VENV)/bin/labkit demo
 
 test: setup
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q
