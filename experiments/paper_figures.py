@@ -112,6 +112,7 @@ def ser_figure(rows: list[dict], path: Path) -> Path:
     colors = ["C3", "C1", "C2", "0.55"]
     for ax, (family, title) in zip(fig.subplots(1, 2, sharey=True), FAMILIES.items()):
         vals = np.array([[r[f"{family}_{n}_db"] for n in names] for r in rows], dtype=float)
+        vals[np.isinf(vals)] = np.nan  # no noise (noise=0): the floor is unbounded, not drawn
         mean = np.nanmean(vals, axis=0)
         spread = np.nanstd(vals, axis=0) if len(rows) > 1 else None
         bars = ax.bar(range(len(names)), mean, yerr=spread, color=colors, capsize=4)

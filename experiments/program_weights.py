@@ -154,8 +154,9 @@ def main(argv=None) -> dict:
     rows = []
     for name, s in jobs.items():
         if name == "drift":
-            rows.append([f"aged {s['aged_s']:g} s" if s["aged_s"] else "before refresh", f"{s['out_of_tolerance']} cells out of tolerance, "
-                                                  f"worst {100 * s['max_rel_error']:.1f} %", "", ""])
+            when = f"aged {s['aged_s']:g} s" if s["aged_s"] else "before refresh"
+            rows.append([when, f"{s['out_of_tolerance']} cells out of tolerance, worst {100 * s['max_rel_error']:.1f} %",
+                         "", ""])
             continue
         rows.append([name, f"{100 * s['within_tolerance_fraction']:.1f} % within +-{100 * s['tolerance']:g} %, "
                            f"rms {100 * s['rms_rel_error']:.2f} %, max {100 * s['max_rel_error']:.2f} %",
