@@ -307,12 +307,11 @@ def _readout(z, kt, ku, e, t0c, gc, opts):
     fC). ``y``: the row-tile sum of ``q_read(plus) - q_read(minus)`` (fC), dim 1 removed.
     """
     droop, quantize, noise_counts, cmax, col = opts
-    noise = None
-    if noise_counts > 0:
-        noise = _gaussian(z.numel(), z.dtype, z.device).view_as(z) * noise_counts
+    noise = _gaussian(z.numel(), z.dtype, z.device).view_as(z) if noise_counts > 0 else None
     if _COMPILE["on"]:
         try:
-            q, m = _compiled_core()(z, kt, ku, e, t0c, gc, noise, float(cmax), bool(quantize), bool(droop))
+            q, m = _compiled_core()(z, kt, ku, e, t0c, gc, None if noise is None else noise * noise_counts,
+                                    float(cmax), bool(quantize), bool(droop))
             s = q.sum(1)
             half = s.shape[col - 1] // 2
             return s.narrow(col - 1, 0, half) - s.narrow(col - 1, half, half), m
@@ -334,7 +333,7 @@ def _readout(z, kt, ku, e, t0c, gc, opts):
     if kt is not None:
         c.addcmul_(kt, -gc)
     if noise is not None:
-        c.add_(noise)
+        c.add_(noise, alpha=noise_counts)
     if quantize:
         c.floor_()
     c.clamp_(0.0, cmax)

@@ -139,14 +139,15 @@ def run(args, out) -> dict:
     elif mode == "hw":
         if args.compile:
             set_compile(True)
-        if not analog_layers(net) or args.calibration:
-            base = net if not analog_layers(net) else build(args.model)
-            if analog_layers(net):
-                raise ValueError("--calibration with an analog checkpoint: start --from an ideal checkpoint")
-            net = hardware_aware(base, split.train, _tiles(args, base, config), config, seed=args.seed)
+        spread = False
+        if analog_layers(net) and args.calibration:
+            raise ValueError("--calibration with an analog checkpoint: start --from an ideal checkpoint")
+        if not analog_layers(net):
+            spread = not args.calibration
+            net = hardware_aware(net, split.train, _tiles(args, net, config), config, seed=args.seed)
         epochs = args.epochs or max(1, defaults["epochs"] // 2)
         hook = None
-        if not args.calibration:  # no chip known: a new draw of the spread every epoch
+        if spread:  # no chip known: a new draw of the spread every epoch
             from ..analog import ChipSpread, resample_tiles
 
             def hook(epoch):

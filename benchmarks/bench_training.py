@@ -1,0 +1,117 @@
+"""Training speed: LeNet-5, batch 128, forward + backward on CPU, side by side in one run.
+
+- ``plain``: the torch LeNet-5 (``labkit.networks.lenet5``);
+- ``labkit``: the same network converted to analog tiles (16 rows x 8 signed outputs,
+  497 tiles, each with its own chip parameters from the datasheet spread) with the full
+  time-domain physics on: input clock, bit-line droop, per-cell crosstalk with the
+  edge-order term, readout noise, TDC quantization and clip, partial sums;
+- ``aihwkit-lightning`` (the peer, if installed: ``pip install .[bench]``): its analog
+  layers with 16-row tiles (``max_input_size=16``), 8-bit inputs, 10-bit outputs, output
+  noise and additive weight noise.
+
+Each figure is the median over interleaved steps (the three alternate, so a busy machine
+slows them alike) of one optimizer-free step (zero_grad, forward, cross-entropy,
+backward); ratios are to the plain network. ``--threads`` sets torch's CPU threads (the
+default is 1: on a shared machine a second thread mostly waits). The target is a ratio
+below 5; ``--compile`` also measures labkit with the readout fused by torch.compile.
+
+    python benchmarks/bench_training.py [--steps 15] [--threads 1] [--compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from labkit.analog import ChipSpread, convert, set_compile
+from labkit.networks import lenet5
+
+TARGET = 5.0
+
+
+def _step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    model.zero_grad(set_to_none=True)
+    nn.functional.cross_entropy(model(x), y).backward()
+
+
+def _peer(net: nn.Module) -> nn.Module | None:
+    try:
+        from aihwkit_lightning.nn.conversion import convert_to_analog
+        from aihwkit_lightning.simulator.configs import TorchInferenceRPUConfig
+        from aihwkit_lightning.simulator.parameters.enums import WeightNoiseInjectionType
+    except ImportError:
+        return None
+    cfg = TorchInferenceRPUConfig()
+    cfg.mapping.max_input_size = 16
+    cfg.forward.inp_res = 2**8 - 2
+    cfg.forward.out_res = 2**10 - 2
+    cfg.forward.out_noise = 0.02
+    cfg.forward.out_bound = 10.0
+    cfg.pre_post.input_range.enable = True  # output quantization needs the input range
+    cfg.modifier.noise_type = WeightNoiseInjectionType.ADD_NORMAL
+    cfg.modifier.std_dev = 0.02
+    return convert_to_analog(net, cfg)
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=15)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--compile", action="store_true", help="also time labkit with torch.compile'd readout")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    net = lenet5()
+    x = torch.rand(args.batch, 1, 28, 28)
+    y = torch.randint(0, 10, (args.batch,))
+    models = {"plain": net, "labkit": convert(net, ChipSpread()).train()}
+    peer = _peer(lenet5())
+    if peer is not None:
+        models["aihwkit-lightning"] = peer.train()
+    for m in models.values():  # warm up (allocations, first-call paths)
+        for _ in range(3):
+            _step(m, x, y)
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(args.steps):
+        for name, m in models.items():
+            t = time.perf_counter()
+            _step(m, x, y)
+            times[name].append(time.perf_counter() - t)
+    if args.compile:
+        set_compile(True)
+        m = models["labkit"]
+        for _ in range(3):
+            _step(m, x, y)
+        times["labkit (compiled)"] = []
+        for _ in range(args.steps):
+            for name in ("plain", "labkit (compiled)"):
+                mm = net if name == "plain" else m
+                t = time.perf_counter()
+                _step(mm, x, y)
+                times[name].append(time.perf_counter() - t)
+        set_compile(False)
+    base = statistics.median(times["plain"])
+    rows = []
+    print(f"LeNet-5, batch {args.batch}, forward+backward, {args.threads} CPU thread(s), median of {args.steps}")
+    print(f"{'network':22} {'ms/step':>9} {'ratio':>7}")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        ratio = med / base
+        print(f"{name:22} {med * 1e3:9.1f} {ratio:7.2f}")
+        if name != "plain":
+            rows.append({"name": f"lenet5_fwd_bwd_ratio_{name}", "value": ratio, "unit": "x plain torch",
+                         "target": TARGET if name.startswith("labkit") else None,
+                         "peer": None if name.startswith("aihwkit") else "aihwkit-lightning"})
+    rows.append({"name": "lenet5_fwd_bwd_plain_ms", "value": base * 1e3, "unit": "ms", "target": None, "peer": None})
+    if "aihwkit-lightning" not in times:
+        print("aihwkit-lightning not installed (pip install '.[bench]'): no peer figure")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
