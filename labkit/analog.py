@@ -38,11 +38,12 @@ then ``t = t0 - g q`` + readout noise (training only), floored to the TDC LSB, c
 the TDC range. ``X`` (current that flows after another row's edge has already stepped
 the bit line, so it sees that step through the droop) is the first-order term of the
 closed-form slot integral of ArrayModel in ``e' K`` (``e' K`` < 0.05 on these chips);
-its pairwise ``relu(d_i - d_l)`` kernel is approximated by the separable least-squares
-fit ``d_i (0.85 p_l - 0.9 x_l)`` (fitted over uniform, activation-like and saturating
-inputs), which turns it into one more matrix product. The whole term is below one TDC
-LSB for typical inputs (a few LSB at full scale); tests/test_analog.py checks the layer
-against ArrayModel's exact slot integration. Gradients: straight-through for the input
+its pairwise ``relu(d_i - d_l)`` kernel is approximated by the separable fit
+``d_i 0.9 (p_l - x_l)`` (least squares over uniform, activation-like and saturating
+inputs, constrained to be exact for equal pulses), and ``sum_l k_l x_l`` in it by
+``mean_l(k_l) sum_l x_l``, so the term costs no extra matrix product. The whole term
+is below one TDC LSB for typical inputs (a few LSB at full scale); tests/test_analog.py
+checks the layer against ArrayModel's exact slot integration (about 0.2 LSB rms). Gradients: straight-through for the input
 clock, the TDC and the clip; exact for the droop; the edge-order term is a forward-only
 correction (its gradient is second order).
 
@@ -302,7 +303,9 @@ def _readout(z, kt, ku, e, t0c, gc, opts):
     Tensors are 4-D with the row tiles on dim 1 and the columns (plus then minus) on dim
     ``col``; parameters broadcast against them. ``z``: removed charge without droop or
     crosstalk, ``Z0 = sum_i I0_i d_i`` (fC; used as scratch); ``kt``: crosstalk of the
-    pulsed rows (fC); ``ku``: ``sum_l k_l x_l`` (fC, edge-order term; overwritten).
+    pulsed rows (fC); ``ku``: ``(sum_l x_l, mean_l k_l)``, whose product approximates
+    ``sum_l k_l x_l`` in the edge-order term (a sub-LSB correction: its row-to-row
+    crosstalk spread is second order there).
     ``e``: eta/C (1/fC); ``t0c``: offsets (TDC counts); ``gc``: readout gain (counts per
     fC). ``y``: the row-tile sum of ``q_read(plus) - q_read(minus)`` (fC), dim 1 removed.
     """
@@ -321,8 +324,9 @@ def _readout(z, kt, ku, e, t0c, gc, opts):
     m = None
     c = z
     if droop:
-        if ku is not None:  # 1 - e' (A Kt + B Ku), in ku's storage
-            m = ku.mul_(-_EDGE_B * e).addcmul_(kt, -_EDGE_A * e).add_(1.0)
+        if ku is not None:  # 1 - e' (A Kt + B Ku)
+            sx, kbar = ku
+            m = torch.mul(kt, -_EDGE_A * e).add_(1.0).addcmul_(sx, (-_EDGE_B * e) * kbar)
             c.mul_(m)
         w = torch.mul(c, e, out=_work("w", z.shape, z)).add_(1.0)
         m = torch.reciprocal(w) if m is None else m.div_(w)  # dq/dZ0
@@ -350,7 +354,7 @@ def _core(z, kt, ku, e, t0c, gc, noise, cmax: float, quantize: bool, droop: bool
     if droop:
         m1 = None
         if ku is not None:
-            m1 = 1.0 - e * (_EDGE_A * kt + _EDGE_B * ku)
+            m1 = 1.0 - e * (_EDGE_A * kt + _EDGE_B * ku[0] * ku[1])
             z = z * m1
         w = 1.0 + e * z
         m = 1.0 / w if m1 is None else m1 / w
@@ -430,10 +434,9 @@ class _TileBmm(torch.autograd.Function):
         if crosstalk:
             kt = torch.bmm(torch.sign(x, out=_work("p", x.shape, x)), kx, out=_work("kt", shape, x)[0])
             if edge and opts[0]:
-                ku = torch.bmm(x, kx)  # becomes dq/dZ0 (saved): fresh storage
-        y, m = _readout(z.unsqueeze(0), None if kt is None else kt.unsqueeze(0),
-                        None if ku is None else ku.unsqueeze(0), e.unsqueeze(0), t0c.unsqueeze(0),
-                        gc.unsqueeze(0), opts)
+                ku = (x.sum(-1, keepdim=True).unsqueeze(0), kx.mean(1, keepdim=True).unsqueeze(0))
+        y, m = _readout(z.unsqueeze(0), None if kt is None else kt.unsqueeze(0), ku, e.unsqueeze(0),
+                        t0c.unsqueeze(0), gc.unsqueeze(0), opts)
         ctx.save_for_backward(x, i0t, m)
         return y[0]
 
@@ -740,7 +743,9 @@ class AnalogConv2d(AnalogLayer):
                 wk = self._conv_weights(kx)
                 kt = F.conv2d(torch.sign(xq), wk, **conv).view(shape)
                 if cfg.edge_order and cfg.droop:
-                    ku = F.conv2d(xq, wk, **conv).view(shape)
+                    ones = self._conv_weights(torch.ones_like(kx[..., :1]))  # (rt, C, kh, kw)
+                    sx = F.conv2d(xq, ones, **conv).view(B, self.row_tiles, 1, Ho * Wo)
+                    ku = (sx, kx.mean(1).unsqueeze(0).unsqueeze(-1))
         p = [v.transpose(1, 2).unsqueeze(0) for v in (e, t0c, gc)]  # (1, rt, 2n, 1)
         y = _Readout.apply(z.view(shape), kt, ku, *p, self._opts(2))
         return y.view(B, -1, Ho, Wo) / (self._i_scale_na * self._T_us)
