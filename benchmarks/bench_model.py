@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from labkit.model import ArrayModel, keep_freed_memory  # noqa: E402
+from labkit.model import ArrayModel, keep_freed_memory, native  # noqa: E402
 
 
 def _inputs(shape, seed=0) -> torch.Tensor:
@@ -120,7 +120,8 @@ def main() -> list[dict]:
                      peer=f"ideal tiled bmm {t_i * 1e3:.3f} ms"))
     rows.append(dict(name="  ratio to the ideal tiled layer", value=t_f / t_i, unit="x", target="-", peer="1"))
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    slot = "compiled C (labkit/model/slots.c)" if native.library() is not None else "torch (no C compiler)"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, slot kernel: {slot}")
     for r in rows:
         print(f"{r['name']:<60} {r['value']:>9.3f} {r['unit']:<3} target {r['target']:<5} peer {r['peer']}")
     return rows

@@ -52,7 +52,7 @@ class ArrayModel(nn.Module):
 
     Switches (attributes, changeable at any time): ``droop``, ``crosstalk``,
     ``edge_timing`` (crosstalk steps at their edge times through the adaptive slots;
-    False adds them after the integration: no slots, ~3x cheaper, misses only the
+    False adds them after the integration: no slots, cheaper, misses only the
     droop-crosstalk interaction, ~3e-4 rms / 1e-3 max of full scale on the emulated chip),
     ``quantize`` (inputs to ``2**input_bits`` steps of T, outputs to the TDC LSB, both
     straight-through), ``noise_std_s`` (Gaussian output noise in s, only in training

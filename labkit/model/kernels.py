@@ -4,7 +4,10 @@ Shapes: ``n`` tiles, ``B`` samples, ``R`` rows, ``C`` columns, ``K = R`` adaptiv
 slots. Widths ``d`` (n, B, R) in us, currents ``i0`` and crosstalk ``kxt`` (n, R, C) in
 nA and fC, droop ``e = eta / C`` (n, 1, C) in 1/fC. Everything is one batched
 computation over tiles and samples; the hot path (:class:`ChargeFn`) is a single
-autograd node with a hand-written backward.
+autograd node with a hand-written backward. On CPU (float32/float64, rows and columns
+multiples of 8 / 4) the adaptive-slot part runs in the compiled C kernel ``slots.c``
+(:mod:`.native`: one pass per sample, no (B, K, R) masks, exact same closed form);
+elsewhere, or without a C compiler, in the torch code below.
 
 The closed form over the slots (slot k ends at the k-th smallest width ``s_k``)::
 
@@ -20,6 +23,8 @@ import math
 
 import torch
 from torch.nn import functional as F
+
+from . import native
 
 # ---------------------------------------------------------------- straight-through pieces
 
@@ -195,7 +200,12 @@ class ChargeFn(torch.autograd.Function):
         e = eta / c_ff if droop else None
         slots = droop and kxt is not None and timing
         saved = [x, pf, i0, kxt, e]
-        if slots:
+        compiled = slots and native.usable(d, i0, kxt, e)
+        if compiled:  # the same closed form in one pass per sample (slots.c)
+            rho = torch.exp(-e * kxt)
+            z, idx = native.slots_forward(d, i0, rho)
+            saved += [d, rho, idx]
+        elif slots:
             s, idx, dt, a = slot_masks(d)
             w = torch.bmm(a, i0).view(n, B, R, C)  # slot currents S
             ex = _droop_factors(s, idx, kxt, e)
@@ -212,13 +222,13 @@ class ChargeFn(torch.autograd.Function):
         if kxt is not None:
             q = q + torch.bmm(pf, kxt)
         ctx.save_for_backward(*saved)
-        ctx.cfg = (t_us, c_ff, droop, slots, kxt is not None)
+        ctx.cfg = (t_us, c_ff, droop, slots, kxt is not None, compiled)
         return q
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gq):
-        t_us, c_ff, droop, slots, xt = ctx.cfg
+        t_us, c_ff, droop, slots, xt, compiled = ctx.cfg
         saved = list(ctx.saved_tensors)
         x, pf, i0, kxt, e = saved[:5]
         n, B, R = x.shape
@@ -238,6 +248,15 @@ class ChargeFn(torch.autograd.Function):
                 g_x = torch.bmm(g_z, i0.transpose(1, 2)) * t_us
             if need_i0:
                 g_i0 = torch.bmm((x * t_us).transpose(1, 2), g_z)
+        elif compiled:
+            d, rho, idx = saved[5:8]
+            gd, g_i0, h = native.slots_backward(d, i0, rho, idx, g_z)
+            if need_x:
+                g_x = gd * t_us
+            if need_k:
+                g_k = g_k - e * h
+            if need_eta:
+                g_e = g_e - (kxt * h).sum(-2, keepdim=True)
         else:
             idx, dt, a, w, ex = saved[5:10]
             if need_x:
