@@ -57,7 +57,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -326,9 +326,10 @@ def _readout(z, kt, ku, e, t0c, gc, opts):
     if droop:
         if ku is not None:  # 1 - e' (A Kt + B Ku)
             sx, kbar = ku
-            m = torch.mul(kt, -_EDGE_A * e).add_(1.0).addcmul_(sx, (-_EDGE_B * e) * kbar)
+            one = torch.ones((), dtype=z.dtype, device=z.device)
+            m = torch.addcmul(one, kt, -_EDGE_A * e).addcmul_(sx, (-_EDGE_B * e) * kbar)
             c.mul_(m)
-        w = torch.mul(c, e, out=_work("w", z.shape, z)).add_(1.0)
+        w = torch.addcmul(torch.ones((), dtype=z.dtype, device=z.device), c, e, out=_work("w", z.shape, z))
         m = torch.reciprocal(w) if m is None else m.div_(w)  # dq/dZ0
         c = torch.log(w, out=c)
         c = torch.addcmul(t0c, c, -gc / e, out=c)  # counts = t0 - g (ln(1 + e'Z) / e' + Kt)
@@ -376,7 +377,7 @@ _COMPILE: dict = {"on": False, "fn": None, "error": None}
 
 def _compiled_core():
     if _COMPILE["fn"] is None:
-        _COMPILE["fn"] = torch.compile(_core, dynamic=True)
+        _COMPILE["fn"] = torch.compile(_core, dynamic=False)
     return _COMPILE["fn"]
 
 
