@@ -9,7 +9,8 @@ Figures (forward + backward, CPU, float32, timed side by side in one run):
 - 32 tiles at batch 128 in one batched call vs the ideal tiled layer (the same 32
   16x16 weight blocks as one batched matmul) and vs a dense ``Linear(512, 512)``.
 
-Both sides run single-threaded (``torch.set_num_threads(1)``): on the shared two-core
+The header line says which slot kernel ran (the compiled C kernel, or the torch path
+with ``LABKIT_NATIVE=0`` / without a C compiler). Both sides run single-threaded (``torch.set_num_threads(1)``): on the shared two-core
 machine, two intra-op threads per process make every figure erratic. Timing: rounds alternate between the model and its peer; the best per-iteration time
 of each is kept (robust to other processes sharing the two cores). The single-array
 full-physics figure is measured twice: with glibc's default allocator thresholds and
