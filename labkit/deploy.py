@@ -24,8 +24,6 @@ anything is programmed.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit

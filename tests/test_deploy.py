@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 import pickle
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from labkit.analog import AnalogConfig, analog_layers, convert, tile_plan
+from labkit.analog import AnalogConfig, analog_layers, tile_plan
 from labkit.cli import main as cli
 from labkit.deploy import chip_uris, deploy, open_chips
 from labkit.networks import mlp_lowres, vgg_small
-from labkit.training import evaluate, hardware_aware, save_checkpoint
+from labkit.training import evaluate, hardware_aware
 
 
 def test_chip_uris_one_emulated_chip_per_tile_or_the_named_ones():

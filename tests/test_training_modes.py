@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
 
 from labkit.analog import AnalogConfig, AnalogLinear, TileParams, analog_layers, convert
 from labkit.calibration import CalibrationConfig, calibrate, save_calibration

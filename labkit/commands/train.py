@@ -15,7 +15,6 @@ training (gloo); rank 0 writes the checkpoint.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from pathlib import Path
