@@ -13,9 +13,9 @@ Each figure is the median over interleaved steps (the three alternate, so a busy
 slows them alike) of one optimizer-free step (zero_grad, forward, cross-entropy,
 backward); ratios are to the plain network. ``--threads`` sets torch's CPU threads (the
 default is 1: on a shared machine a second thread mostly waits). The target is a ratio
-below 5; ``--compile`` also measures labkit with the readout fused by torch.compile.
+below 5.
 
-    python benchmarks/bench_training.py [--steps 15] [--threads 1] [--compile]
+    python benchmarks/bench_training.py [--steps 15] [--threads 1]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import time
 import torch
 from torch import nn
 
-from labkit.analog import ChipSpread, convert, set_compile
+from labkit.analog import ChipSpread, convert
 from labkit.networks import lenet5
 
 TARGET = 5.0
@@ -62,7 +62,6 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--steps", type=int, default=15)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--compile", action="store_true", help="also time labkit with torch.compile'd readout")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -82,19 +81,6 @@ def main(argv=None) -> list[dict]:
             t = time.perf_counter()
             _step(m, x, y)
             times[name].append(time.perf_counter() - t)
-    if args.compile:
-        set_compile(True)
-        m = models["labkit"]
-        for _ in range(3):
-            _step(m, x, y)
-        times["labkit (compiled)"] = []
-        for _ in range(args.steps):
-            for name in ("plain", "labkit (compiled)"):
-                mm = net if name == "plain" else m
-                t = time.perf_counter()
-                _step(mm, x, y)
-                times[name].append(time.perf_counter() - t)
-        set_compile(False)
     base = statistics.median(times["plain"])
     rows = []
     print(f"LeNet-5, batch {args.batch}, forward+backward, {args.threads} CPU thread(s), median of {args.steps}")

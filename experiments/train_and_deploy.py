@@ -126,7 +126,8 @@ def run_network(name: str, args) -> dict:
         # hardware-aware fine-tuning with each tile's calibrated model
         noise = args.noise_scale * res["calibration"]["noise_std_s_median"]
         res["hw_noise_std_s"] = noise
-        hw = hardware_aware(net, split.train, tiles, AnalogConfig(noise_std_s=noise), args.percentile, seed=args.seed)
+        hw = hardware_aware(net, split.train, tiles, AnalogConfig(noise_std_s=noise, jitter=args.jitter),
+                            args.percentile, seed=args.seed)
         res["ideal_model_calibrated"] = evaluate(hw, split.test)
         epochs, lr = HW[name]
         epochs = args.hw_epochs or epochs
@@ -165,6 +166,8 @@ def main(argv=None) -> list[dict]:
                    help="hw training readout noise, in units of the chips' measured noise (margin for model error)")
     p.add_argument("--percentile", type=float, default=99.9,
                    help="input scale of each layer: this percentile of its activations (hw network)")
+    p.add_argument("--jitter", type=float, default=0.0,
+                   help="relative perturbation of the tile parameters in hw training (calibration margin)")
     p.add_argument("--cache", default=None, help="keep each chip's calibrated tile parameters here (CHIP_ID.npz)")
     p.add_argument("--skip-ideal-deploy", action="store_true", help="(iterating) do not deploy the ideal network")
     p.add_argument("--seed", type=int, default=0)

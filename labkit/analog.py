@@ -70,7 +70,7 @@ from .mapping import WeightWindow
 
 __all__ = [
     "AnalogConfig", "TileParams", "ChipSpread", "AnalogLinear", "AnalogConv2d", "AnalogLayer",
-    "convert", "analog_layers", "tile_plan", "count_tiles", "input_scales", "set_noise", "set_compile", "resample_tiles",
+    "convert", "analog_layers", "tile_plan", "count_tiles", "input_scales", "set_noise", "resample_tiles",
 ]
 
 _NA, _US, _FC, _FF = 1e-9, 1e-6, 1e-15, 1e-15
@@ -85,7 +85,11 @@ class AnalogConfig:
     """Operating point and switches of the analog layers (SI units).
 
     ``noise_std_s``: readout noise per column in training (the calibration's measured
-    ``noise_std_s`` is about 4 ns on the emulated chips). ``headroom``: of the weight
+    ``noise_std_s`` is about 4 ns on the emulated chips). ``jitter``: in training, every
+    forward pass perturbs the tile parameters by this relative spread (crosstalk and
+    drain coefficient by ``jitter``, readout gain by ``jitter / 5``, cell currents by
+    ``jitter / 10``, i.e. programming error), so the network does not rely on the
+    calibration being exact. ``headroom``: of the weight
     window (labkit.mapping). ``signed_inputs``: ``"split"`` (two VMMs) or ``"error"``.
     """
 
@@ -103,6 +107,7 @@ class AnalogConfig:
     rows: int = 16
     pairs: tuple[tuple[int, int], ...] = Geometry.pairs
     noise_std_s: float = 4e-9
+    jitter: float = 0.0
     quantize: bool = True
     droop: bool = True
     crosstalk: bool = True
@@ -112,6 +117,8 @@ class AnalogConfig:
     def __post_init__(self):
         if self.signed_inputs not in ("split", "error"):
             raise ValueError(f"signed_inputs={self.signed_inputs!r}; expected 'split' or 'error'")
+        if not (0 <= self.jitter < 1):
+            raise ValueError(f"jitter={self.jitter!r}; expected a relative spread in [0, 1)")
         if not (self.noise_std_s >= 0 and math.isfinite(self.noise_std_s)):
             raise ValueError(f"noise_std_s={self.noise_std_s!r}; expected a finite value >= 0 s")
         if self.rows < 1 or len(self.pairs) < 1:
@@ -311,16 +318,6 @@ def _readout(z, kt, ku, e, t0c, gc, opts):
     """
     droop, quantize, noise_counts, cmax, col = opts
     noise = _gaussian(z.numel(), z.dtype, z.device).view_as(z) if noise_counts > 0 else None
-    if _COMPILE["on"]:
-        try:
-            q, m = _compiled_core()(z, kt, ku, e, t0c, gc, None if noise is None else noise * noise_counts,
-                                    float(cmax), bool(quantize), bool(droop))
-            s = q.sum(1)
-            half = s.shape[col - 1] // 2
-            return s.narrow(col - 1, 0, half) - s.narrow(col - 1, half, half), m
-        except Exception as exc:  # no compiler on this machine: eager from now on
-            _COMPILE["on"] = False
-            _COMPILE["error"] = f"{type(exc).__name__}: {exc}"
     m = None
     c = z
     if droop:
@@ -346,53 +343,6 @@ def _readout(z, kt, ku, e, t0c, gc, opts):
     s = c.sum(1)
     half = s.shape[col - 1] // 2
     return s.narrow(col - 1, 0, half) - s.narrow(col - 1, half, half), m
-
-
-def _core(z, kt, ku, e, t0c, gc, noise, cmax: float, quantize: bool, droop: bool):
-    """Functional twin of :func:`_readout` (same equations, no in-place ops) for
-    ``torch.compile``: returns the charge read back per column (fC) and ``dq/dZ0``."""
-    m = None
-    if droop:
-        m1 = None
-        if ku is not None:
-            m1 = 1.0 - e * (_EDGE_A * kt + _EDGE_B * ku[0] * ku[1])
-            z = z * m1
-        w = 1.0 + e * z
-        m = 1.0 / w if m1 is None else m1 / w
-        c = t0c - (gc / e) * torch.log(w)
-    else:
-        c = t0c - gc * z
-    if kt is not None:
-        c = c - gc * kt
-    if noise is not None:
-        c = c + noise
-    if quantize:
-        c = torch.floor(c)
-    c = torch.clamp(c, 0.0, cmax)
-    return (t0c - c) / gc, m
-
-
-_COMPILE: dict = {"on": False, "fn": None, "error": None}
-
-
-def _compiled_core():
-    if _COMPILE["fn"] is None:
-        _COMPILE["fn"] = torch.compile(_core, dynamic=False)
-    return _COMPILE["fn"]
-
-
-def set_compile(on: bool = True) -> bool:
-    """Fuse the per-column readout arithmetic with ``torch.compile`` (needs a C++
-    compiler; the first call of each layer shape compiles for seconds). Falls back to the
-    eager path, for good, if compiling fails (``compile_error()`` says why). Returns the
-    new state. Results are the same either way (up to float rounding)."""
-    _COMPILE["on"] = bool(on)
-    return _COMPILE["on"]
-
-
-def compile_error() -> str | None:
-    """Why the compiled path was abandoned, if it was."""
-    return _COMPILE["error"]
 
 
 def _signed_grad(gy: torch.Tensor, col: int) -> torch.Tensor:
@@ -611,6 +561,21 @@ class AnalogLayer(nn.Module):
         self._wide_cache = (key, (kx, e, t0c, gc))
         return kx, e, t0c, gc
 
+    def _jittered(self, wide):
+        """The wide parameters, perturbed in training when ``config.jitter`` > 0."""
+        j = self.config.jitter
+        if not (self.training and j > 0):
+            return wide
+        kx, e, t0c, gc = wide
+        return (kx * (1 + j * torch.randn_like(kx)), e * (1 + j * torch.randn_like(e)), t0c,
+                gc * (1 + 0.2 * j * torch.randn_like(gc)))
+
+    def _jitter_currents(self, i0t: torch.Tensor) -> torch.Tensor:
+        j = self.config.jitter
+        if not (self.training and j > 0):
+            return i0t
+        return i0t * (1 + 0.1 * j * torch.randn_like(i0t))
+
     # -------------------------------------------------------------- forward pieces
     def pulse_inputs(self, a: torch.Tensor) -> torch.Tensor:
         """Activations -> inputs in [0, 1] on the input clock (straight-through)."""
@@ -631,9 +596,9 @@ class AnalogLayer(nn.Module):
         N = x.shape[0]
         pad = self.row_tiles * R - x.shape[1]
         xr = (F.pad(x, (0, pad)) if pad else x).reshape(N, self.row_tiles, R).transpose(0, 1).contiguous()
-        kx, e, t0c, gc = self._wide()
+        kx, e, t0c, gc = self._jittered(self._wide())
         opts = self._opts(3) + (cfg.crosstalk, cfg.edge_order)
-        y = _TileBmm.apply(xr, self._currents_t(), kx, e, t0c, gc, opts)
+        y = _TileBmm.apply(xr, self._jitter_currents(self._currents_t()), kx, e, t0c, gc, opts)
         return y / (self._i_scale_na * self._T_us)
 
     def _inputs(self, a: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -733,9 +698,9 @@ class AnalogConv2d(AnalogLayer):
     def _direct(self, xq: torch.Tensor) -> torch.Tensor:
         """Tile outputs by convolutions (few row tiles: cheaper than patches): (B, n, Ho, Wo)."""
         cfg = self.config
-        kx, e, t0c, gc = self._wide()
+        kx, e, t0c, gc = self._jittered(self._wide())
         conv = dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
-        z = F.conv2d(xq, self._conv_weights(self._currents_t()), **conv)
+        z = F.conv2d(xq, self._conv_weights(self._jitter_currents(self._currents_t())), **conv)
         B, _, Ho, Wo = z.shape
         shape = (B, self.row_tiles, -1, Ho * Wo)
         kt = ku = None

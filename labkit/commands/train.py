@@ -44,7 +44,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed (initialization, shuffling, tile sampling)")
     parser.add_argument("--noise-std", type=float, default=None, metavar="S",
                         help="readout noise per column in hw training, s (default 4e-9)")
-    parser.add_argument("--compile", action="store_true", help="fuse the tile readout with torch.compile")
     parser.add_argument("--out", metavar="CHECKPOINT", default=None,
                         help="checkpoint to write (default MODEL-MODE.pt)")
 
@@ -85,7 +84,7 @@ def _spread(n, config, seed):
 
 
 def run(args, out) -> dict:
-    from ..analog import AnalogConfig, analog_layers, set_compile, tile_plan
+    from ..analog import AnalogConfig, analog_layers
     from ..training import (evaluate, hardware_aware, init_distributed, is_main_process, load_checkpoint,
                             save_checkpoint, train, train_in_loop)
 
@@ -136,8 +135,6 @@ def run(args, out) -> dict:
         accuracy = evaluate(net, split.test)
         extra = {}
     elif mode == "hw":
-        if args.compile:
-            set_compile(True)
         spread = False
         if analog_layers(net) and args.calibration:
             raise ValueError("--calibration with an analog checkpoint: start --from an ideal checkpoint")
