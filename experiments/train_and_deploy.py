@@ -130,10 +130,10 @@ def run_network(name: str, args) -> dict:
                             args.percentile, seed=args.seed)
         res["ideal_model_calibrated"] = evaluate(hw, split.test)
         epochs, lr = HW[name]
-        epochs = args.hw_epochs or epochs
+        epochs, lr = args.hw_epochs or epochs, args.hw_lr or lr
         t1 = time.monotonic()
         train(hw, split.train, split.test, epochs, lr=lr, batch_size=d["batch_size"], seed=args.seed,
-              lr_schedule="cosine", progress=lambda e, E, h: log(f"  hw epoch {e}/{E}: test accuracy (model) {h['test_accuracy']:.4f}"))
+              lr_schedule=None if args.schedule == "none" else args.schedule, progress=lambda e, E, h: log(f"  hw epoch {e}/{E}: test accuracy (model) {h['test_accuracy']:.4f}"))
         res["hw_train_seconds"] = time.monotonic() - t1
         res["hw_software"] = evaluate(hw, split.test)
         acc, accs, summ, dep = deployed_accuracy(hw, chips, split.test, args.passes)
@@ -161,6 +161,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--cal-iterations", type=int, default=60, help="L-BFGS iterations of each chip's model fit")
     p.add_argument("--ideal-epochs", type=int, default=None)
     p.add_argument("--hw-epochs", type=int, default=None)
+    p.add_argument("--hw-lr", type=float, default=None)
+    p.add_argument("--schedule", default="cosine", choices=["cosine", "none"], help="hw learning-rate schedule")
     p.add_argument("--in-loop", type=int, default=0, help="epochs of chip-in-the-loop fine-tuning (0: none)")
     p.add_argument("--noise-scale", type=float, default=1.5,
                    help="hw training readout noise, in units of the chips' measured noise (margin for model error)")
