@@ -50,44 +50,22 @@ def ensure_display() -> bool:
     return False
 
 
-_BOOL_GUARD: dict = {}
+def check_qt_binding() -> None:
+    """Refuse PySide6 6.12.0 on CPython < 3.12: its signal emissions drop references to
+    ``True`` (and virtual calls to ``None``) until the interpreter aborts mid-session
+    ("bool_dealloc"). pyproject.toml excludes that release; this catches an environment
+    that has it anyway, with a one-line error instead of a crash."""
+    if sys.version_info >= (3, 12):
+        return
+    try:
+        from importlib.metadata import version
 
-
-def guard_bool_refcounts() -> dict:
-    """Work around a binding bug that drops references to ``True`` (one per Qt signal
-    emission) and to ``None`` (in virtual-method calls such as ``paint``), seen with
-    PySide6 6.12.0 on CPython 3.11 (6.11 is fine; CPython >= 3.12 has immortal
-    singletons). Left alone, ``True``'s reference count falls with every frame until the
-    interpreter aborts ("bool_dealloc" / "none_dealloc"), mid-session or at exit.
-
-    Measured, not assumed: 512 emissions of a private signal; only if ``True`` lost
-    references are ``True``, ``False`` and ``None`` given 2**40 more (what CPython 3.12
-    does for them anyway), which outlasts any session. Once per process; returns what
-    it found. The real fix is a PySide6 without the bug (pin ``!=6.12.0``)."""
-    if _BOOL_GUARD:
-        return _BOOL_GUARD
-    import gc
-
-    from pyqtgraph.Qt import QtCore
-
-    class _Probe(QtCore.QObject):
-        ping = QtCore.Signal()
-
-    probe = _Probe()
-    gc.collect()
-    before = sys.getrefcount(True)
-    for _ in range(512):
-        probe.ping.emit()
-    gc.collect()
-    lost = before - sys.getrefcount(True)
-    _BOOL_GUARD.update(lost_per_emit=lost / 512, raised=False)
-    if sys.implementation.name == "cpython" and sys.version_info < (3, 12) and lost >= 256:
-        import ctypes
-
-        for obj in (True, False, None):
-            ctypes.c_ssize_t.from_address(id(obj)).value += 1 << 40
-        _BOOL_GUARD["raised"] = True
-    return _BOOL_GUARD
+        pyside = version("PySide6-Essentials")
+    except Exception:  # another binding or a differently named distribution
+        return
+    if pyside == "6.12.0":
+        raise ValueError("PySide6 6.12.0 crashes Python 3.11 after a few hundred frames; "
+                         "install another release: pip install 'PySide6-Essentials!=6.12.0'")
 
 
 class Dashboard:
@@ -110,12 +88,12 @@ class Dashboard:
         w, h = (int(v) for v in size)
         if w < 200 or h < 150:
             raise ValueError(f"window size {size}; expected at least 200 x 150 pixels")
+        check_qt_binding()
         import pyqtgraph as pg
         from pyqtgraph.Qt import QtCore
 
         self.pg, self.QtCore = pg, QtCore
         self.app = pg.mkQApp("labkit live")
-        guard_bool_refcounts()
         self.rows, self.cols = rows, cols
         self.levels = (math.log10(lo), math.log10(hi))
         self.queue: queue.Queue = frames if frames is not None else queue.Queue()
