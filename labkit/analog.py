@@ -318,6 +318,13 @@ def _readout(z, kt, ku, e, t0c, gc, opts):
     """
     droop, quantize, noise_counts, cmax, col = opts
     noise = _gaussian(z.numel(), z.dtype, z.device).view_as(z) if noise_counts > 0 else None
+    if _NATIVE["on"]:
+        from . import analog_native
+
+        fused = analog_native.readout(z, kt, ku, e, t0c, gc, noise, noise_counts, cmax, droop, quantize, col,
+                                      _EDGE_A, _EDGE_B)
+        if fused is not None:
+            return fused
     m = None
     c = z
     if droop:
@@ -345,66 +352,51 @@ def _readout(z, kt, ku, e, t0c, gc, opts):
     return s.narrow(col - 1, 0, half) - s.narrow(col - 1, half, half), m
 
 
-def _signed_grad(gy: torch.Tensor, col: int) -> torch.Tensor:
-    return torch.cat([gy, -gy], dim=col - 1).unsqueeze(1)
-
-
-class _Readout(torch.autograd.Function):
-    """:func:`_readout` with the exact droop derivative and straight-through noise, TDC
-    and clip (the charge ``z`` comes from autograd-tracked convolutions)."""
-
-    @staticmethod
-    def forward(ctx, z, kt, ku, e, t0c, gc, opts):
-        y, m = _readout(z, kt, ku, e, t0c, gc, opts)  # z: conv output, not saved by conv: scratch
-        ctx.save_for_backward(m)
-        ctx.col, ctx.zshape = opts[-1], z.shape
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, gy):
-        (m,) = ctx.saved_tensors
-        g = _signed_grad(gy, ctx.col)
-        gz = m * g if m is not None else g.expand(ctx.zshape).contiguous()
-        return gz, None, None, None, None, None, None
+_NATIVE = {"on": True}  # the fused C readout (labkit.analog_native) where it applies
 
 
 class _TileBmm(torch.autograd.Function):
     """Row tiles as batched matrix products: x (rt, N, R) in [0, 1], i0t (rt, R, 2n)
     currents times T (fC per unit input), kx (rt, R, 2n) crosstalk (fC); parameters
-    (rt, 1, 2n). Returns (N, n): the row-tile sum of the signed outputs (fC)."""
+    (rt, 1, 2n). Returns (N, n): the row-tile sum of the signed outputs (fC). The
+    products are taken transposed, (rt, 2n, N), so each column's samples are contiguous
+    for the readout."""
 
     @staticmethod
     def forward(ctx, x, i0t, kx, e, t0c, gc, opts):
         crosstalk, edge = opts[-2:]
         opts = opts[:-2]
         rt, N, R = x.shape
-        shape = (1, rt, N, i0t.shape[-1])
-        z = torch.bmm(x, i0t, out=_work("z", shape, x)[0])
+        n2 = i0t.shape[-1]
+        shape = (1, rt, n2, N)
+        xt = x.transpose(1, 2)  # (rt, R, N) view
+        z = torch.bmm(i0t.transpose(1, 2), xt, out=_work("z", shape, x)[0])
         kt = ku = None
         if crosstalk:
-            kt = torch.bmm(torch.sign(x, out=_work("p", x.shape, x)), kx, out=_work("kt", shape, x)[0])
+            p = torch.sign(x, out=_work("p", x.shape, x))
+            kt = torch.bmm(kx.transpose(1, 2), p.transpose(1, 2), out=_work("kt", shape, x)[0]).unsqueeze(0)
             if edge and opts[0]:
-                ku = (x.sum(-1, keepdim=True).unsqueeze(0), kx.mean(1, keepdim=True).unsqueeze(0))
-        y, m = _readout(z.unsqueeze(0), None if kt is None else kt.unsqueeze(0), ku, e.unsqueeze(0),
-                        t0c.unsqueeze(0), gc.unsqueeze(0), opts)
+                ku = (x.sum(-1).view(1, rt, 1, N), kx.mean(1).view(1, rt, n2, 1))
+        col = lambda v: v.transpose(1, 2).unsqueeze(0)  # (rt, 1, 2n) -> (1, rt, 2n, 1)
+        y, m = _readout(z.unsqueeze(0), kt, ku, col(e), col(t0c), col(gc), opts)
         ctx.save_for_backward(x, i0t, m)
-        return y[0]
+        return y[0].t()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy):
         x, i0t, m = ctx.saved_tensors
-        g = torch.cat([gy, -gy], dim=-1).unsqueeze(0)  # (1, N, 2n)
+        rt, N, R = x.shape
+        g = torch.cat([gy, -gy], dim=-1).t().unsqueeze(0)  # (1, 2n, N)
         if m is not None:
             gz = torch.mul(m[0], g, out=_work("gz", m.shape[1:], m))
         else:
-            gz = g.expand(x.shape[0], -1, -1)
+            gz = g.expand(rt, -1, -1)
         gx = gi = None
         if ctx.needs_input_grad[0]:
-            gx = torch.bmm(gz, i0t.transpose(1, 2))
+            gx = torch.bmm(gz.transpose(1, 2), i0t.transpose(1, 2))  # (rt, N, R), contiguous
         if ctx.needs_input_grad[1]:
-            gi = torch.bmm(x.transpose(1, 2), gz)
+            gi = torch.bmm(gz, x).transpose(1, 2)  # (rt, R, 2n)
         return gx, gi, None, None, None, None, None
 
 
@@ -423,9 +415,7 @@ class _Unfold(torch.autograd.Function):
         s = x.stride()
         v = x.as_strided((B, Ho, Wo, C, kh, kw), (s[0], s[2] * sh, s[3] * sw, s[1], s[2] * dh, s[3] * dw))
         K = C * kh * kw
-        out = torch.empty(B * Ho * Wo, rows, dtype=x.dtype, device=x.device)
-        if rows > K:
-            out[:, K:] = 0.0
+        out = (torch.empty if rows == K else torch.zeros)(B * Ho * Wo, rows, dtype=x.dtype, device=x.device)
         out[:, :K].view(B, Ho, Wo, C, kh, kw).copy_(v)
         ctx.args = (kernel, stride, dilation, (B, C, H, W), (Ho, Wo), K)
         return out
@@ -597,7 +587,7 @@ class AnalogLayer(nn.Module):
         pad = self.row_tiles * R - x.shape[1]
         xr = (F.pad(x, (0, pad)) if pad else x).reshape(N, self.row_tiles, R).transpose(0, 1).contiguous()
         kx, e, t0c, gc = self._jittered(self._wide())
-        opts = self._opts(3) + (cfg.crosstalk, cfg.edge_order)
+        opts = self._opts(2) + (cfg.crosstalk, cfg.edge_order)
         y = _TileBmm.apply(xr, self._jitter_currents(self._currents_t()), kx, e, t0c, gc, opts)
         return y / (self._i_scale_na * self._T_us)
 
@@ -686,49 +676,10 @@ class AnalogConv2d(AnalogLayer):
         Ho, Wo = (H - dh * (kh - 1) - 1) // sh + 1, (W - dw * (kw - 1) - 1) // sw + 1
         return _unfold(x, (kh, kw), (sh, sw), (dh, dw), (Ho, Wo), rows or self.in_rows), (B, Ho, Wo)
 
-    def _conv_weights(self, t: torch.Tensor) -> torch.Tensor:
-        """(rt, rows, 2n) per-row-tile matrices -> conv weights (rt*2n, C, kh, kw), each
-        row tile's output channels seeing only that tile's inputs."""
-        rt, R, n2 = t.shape
-        eye = torch.eye(rt, dtype=t.dtype, device=t.device)
-        blk = eye[:, :, None, None] * t.transpose(1, 2).unsqueeze(0)  # (r, r', 2n, R)
-        blk = blk.permute(0, 2, 1, 3).reshape(rt, n2, rt * R)[..., : self.in_rows]
-        return blk.reshape(rt * n2, self.in_channels, *self.kernel_size)
-
-    def _direct(self, xq: torch.Tensor) -> torch.Tensor:
-        """Tile outputs by convolutions (few row tiles: cheaper than patches): (B, n, Ho, Wo)."""
-        cfg = self.config
-        kx, e, t0c, gc = self._jittered(self._wide())
-        conv = dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
-        z = F.conv2d(xq, self._conv_weights(self._jitter_currents(self._currents_t())), **conv)
-        B, _, Ho, Wo = z.shape
-        shape = (B, self.row_tiles, -1, Ho * Wo)
-        kt = ku = None
-        if cfg.crosstalk:
-            with torch.no_grad():
-                wk = self._conv_weights(kx)
-                kt = F.conv2d(torch.sign(xq), wk, **conv).view(shape)
-                if cfg.edge_order and cfg.droop:
-                    ones = self._conv_weights(torch.ones_like(kx[..., :1]))  # (rt, C, kh, kw)
-                    sx = F.conv2d(xq, ones, **conv).view(B, self.row_tiles, 1, Ho * Wo)
-                    ku = (sx, kx.mean(1).unsqueeze(0).unsqueeze(-1))
-        p = [v.transpose(1, 2).unsqueeze(0) for v in (e, t0c, gc)]  # (1, rt, 2n, 1)
-        y = _Readout.apply(z.view(shape), kt, ku, *p, self._opts(2))
-        return y.view(B, -1, Ho, Wo) / (self._i_scale_na * self._T_us)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"input has shape {tuple(x.shape)}; expected (B, {self.in_channels}, H, W)")
         xq, neg = self._inputs(x)  # quantize the map, not the (larger) patches
-        if self.row_tiles <= 2 and self.measure is None:
-            y = self._direct(xq)
-            if neg:
-                half = y.shape[0] // 2
-                y = y[:half] - y[half:]
-            y = y * (self.output_scales() * self.input_scale).view(1, -1, 1, 1)
-            if self.bias is not None:
-                y = y + self.bias.view(1, -1, 1, 1)
-            return torch.relu(y) if self.relu else y
         patches, (B, Ho, Wo) = self.unfold(xq, self.row_tiles * self.config.rows)
         y = self._finish(self._outputs(patches, neg))
         return y.reshape(-1, Ho, Wo, self.out_channels).permute(0, 3, 1, 2)
