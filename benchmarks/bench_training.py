@@ -9,8 +9,8 @@
   layers with 16-row tiles (``max_input_size=16``), 8-bit inputs, 10-bit outputs, output
   noise and additive weight noise.
 
-Each figure is the median over interleaved steps (the three alternate, so a busy machine
-slows them alike) of one optimizer-free step (zero_grad, forward, cross-entropy,
+Each figure is the median over rounds in which every network runs three steps in turn
+(so a busy machine slows them alike, and each runs warm) of one optimizer-free step (zero_grad, forward, cross-entropy,
 backward); ratios are to the plain network. ``--threads`` sets torch's CPU threads (the
 default is 1: on a shared machine a second thread mostly waits). The target is a ratio
 below 5.
@@ -59,7 +59,7 @@ def _peer(net: nn.Module) -> nn.Module | None:
 
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=15)
+    p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
@@ -76,11 +76,12 @@ def main(argv=None) -> list[dict]:
         for _ in range(3):
             _step(m, x, y)
     times: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(args.steps):
+    for _ in range(max(1, args.steps // 3)):  # rounds of 3 warm steps per network
         for name, m in models.items():
-            t = time.perf_counter()
-            _step(m, x, y)
-            times[name].append(time.perf_counter() - t)
+            for _ in range(3):
+                t = time.perf_counter()
+                _step(m, x, y)
+                times[name].append(time.perf_counter() - t)
     base = statistics.median(times["plain"])
     rows = []
     print(f"LeNet-5, batch {args.batch}, forward+backward, {args.threads} CPU thread(s), median of {args.steps}")

@@ -40,10 +40,11 @@ from labkit.deploy import deploy, open_chips
 from labkit.networks import DEFAULTS, build, dataset_for
 from labkit.training import evaluate, hardware_aware, train, train_in_loop
 
-HW = {  # hardware-aware fine-tuning from the ideal network: epochs, learning rate
-    "mlp": (100, 1e-3),
-    "lenet5": (15, 3e-4),
-    "vgg": (5, 3e-4),
+HW = {  # hardware-aware fine-tuning from the ideal network: epochs, learning rate, schedule,
+    # training readout noise in units of the chips' measured noise
+    "mlp": (100, 1e-3, "none", 1.0),
+    "lenet5": (15, 3e-4, "cosine", 1.5),
+    "vgg": (5, 3e-4, "cosine", 1.5),
 }
 
 
@@ -124,16 +125,17 @@ def run_network(name: str, args) -> dict:
             res.update(ideal_deployed=acc, ideal_deployed_passes=accs, ideal_programming=summ)
             log(f"{name}: ideal network deployed {acc:.4f} {accs}")
         # hardware-aware fine-tuning with each tile's calibrated model
-        noise = args.noise_scale * res["calibration"]["noise_std_s_median"]
+        epochs, lr, schedule, noise_scale = HW[name]
+        epochs, lr = args.hw_epochs or epochs, args.hw_lr or lr
+        schedule = args.schedule or schedule
+        noise = (args.noise_scale or noise_scale) * res["calibration"]["noise_std_s_median"]
         res["hw_noise_std_s"] = noise
         hw = hardware_aware(net, split.train, tiles, AnalogConfig(noise_std_s=noise, jitter=args.jitter),
                             args.percentile, seed=args.seed)
         res["ideal_model_calibrated"] = evaluate(hw, split.test)
-        epochs, lr = HW[name]
-        epochs, lr = args.hw_epochs or epochs, args.hw_lr or lr
         t1 = time.monotonic()
         train(hw, split.train, split.test, epochs, lr=lr, batch_size=d["batch_size"], seed=args.seed,
-              lr_schedule=None if args.schedule == "none" else args.schedule, progress=lambda e, E, h: log(f"  hw epoch {e}/{E}: test accuracy (model) {h['test_accuracy']:.4f}"))
+              lr_schedule=None if schedule == "none" else schedule, progress=lambda e, E, h: log(f"  hw epoch {e}/{E}: test accuracy (model) {h['test_accuracy']:.4f}"))
         res["hw_train_seconds"] = time.monotonic() - t1
         res["hw_software"] = evaluate(hw, split.test)
         acc, accs, summ, dep = deployed_accuracy(hw, chips, split.test, args.passes)
@@ -160,11 +162,11 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--passes", type=int, default=3, help="test-set measurements averaged per deployment")
     p.add_argument("--cal-iterations", type=int, default=60, help="L-BFGS iterations of each chip's model fit")
     p.add_argument("--ideal-epochs", type=int, default=None)
-    p.add_argument("--hw-epochs", type=int, default=None)
+    p.add_argument("--hw-epochs", type=int, default=None, help="(default: per network, see HW)")
     p.add_argument("--hw-lr", type=float, default=None)
-    p.add_argument("--schedule", default="cosine", choices=["cosine", "none"], help="hw learning-rate schedule")
+    p.add_argument("--schedule", default=None, choices=["cosine", "none"], help="hw learning-rate schedule")
     p.add_argument("--in-loop", type=int, default=0, help="epochs of chip-in-the-loop fine-tuning (0: none)")
-    p.add_argument("--noise-scale", type=float, default=1.5,
+    p.add_argument("--noise-scale", type=float, default=None,
                    help="hw training readout noise, in units of the chips' measured noise (margin for model error)")
     p.add_argument("--percentile", type=float, default=99.9,
                    help="input scale of each layer: this percentile of its activations (hw network)")
@@ -172,30 +174,39 @@ def main(argv=None) -> list[dict]:
                    help="relative perturbation of the tile parameters in hw training (calibration margin)")
     p.add_argument("--cache", default=None, help="keep each chip's calibrated tile parameters here (CHIP_ID.npz)")
     p.add_argument("--skip-ideal-deploy", action="store_true", help="(iterating) do not deploy the ideal network")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, nargs="+", default=[0], help="one run per seed (training and data split)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     results = []
+    seeds = list(args.seed)
     for name in args.models:
-        try:
-            results.append(run_network(name, args))
-        except DatasetNotFoundError as exc:
-            log(f"{name}: skipped ({exc})")
-            results.append({"model": name, "skipped": str(exc)})
-        if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=1))
-    print(f"{'model':8} {'tiles':>5} {'samples':>7} {'ideal sw':>9} {'ideal dep':>9} {'hw sw':>9} {'hw dep':>9} "
+        for seed in seeds:
+            args.seed = seed
+            try:
+                results.append(dict(run_network(name, args), seed=seed))
+            except DatasetNotFoundError as exc:
+                log(f"{name}: skipped ({exc})")
+                results.append({"model": name, "skipped": str(exc)})
+                break
+            if args.json:
+                Path(args.json).write_text(json.dumps(results, indent=1))
+    print(f"{'model':8} {'seed':>4} {'tiles':>5} {'samples':>7} {'ideal sw':>9} {'ideal dep':>9} {'hw sw':>9} {'hw dep':>9} "
           f"{'loss pp':>8} {'gap pp':>7}")
     for r in results:
         if "skipped" in r:
             print(f"{r['model']:8} skipped: {r['skipped'][:80]}")
             continue
-        print(f"{r['model']:8} {r['tiles']:5d} {r['samples']:7d} {r['ideal_software']:9.4f} "
+        print(f"{r['model']:8} {r['seed']:4d} {r['tiles']:5d} {r['samples']:7d} {r['ideal_software']:9.4f} "
               f"{r.get('ideal_deployed', float('nan')):9.4f} "
               f"{r['hw_software']:9.4f} {r['hw_deployed']:9.4f} {r['loss_ideal_pp']:8.2f} {r['gap_hw_pp']:7.2f}")
+    for name in dict.fromkeys(r["model"] for r in results if "skipped" not in r):
+        gaps = [r["gap_hw_pp"] for r in results if r.get("model") == name and "gap_hw_pp" in r]
+        if len(gaps) > 1:
+            print(f"{name}: mean gap of the hw-aware network on chips to ideal software over {len(gaps)} seeds: "
+                  f"{np.mean(gaps):.2f} pp")
     return results
 
 
