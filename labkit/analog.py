@@ -356,37 +356,36 @@ _NATIVE = {"on": True}  # the fused C readout (labkit.analog_native) where it ap
 
 
 class _TileBmm(torch.autograd.Function):
-    """Row tiles as batched matrix products: x (rt, N, R) in [0, 1], i0t (rt, R, 2n)
-    currents times T (fC per unit input), kx (rt, R, 2n) crosstalk (fC); parameters
-    (rt, 1, 2n). Returns (N, n): the row-tile sum of the signed outputs (fC). The
-    products are taken transposed, (rt, 2n, N), so each column's samples are contiguous
-    for the readout."""
+    """Row tiles as batched matrix products: xt (rt, R, N), the inputs in [0, 1] with
+    each row's samples contiguous; i0t (rt, R, 2n) currents times T (fC per unit input),
+    kx (rt, R, 2n) crosstalk (fC); parameters (rt, 1, 2n). Returns (N, n): the row-tile
+    sum of the signed outputs (fC). The products are (rt, 2n, N), so each column's
+    samples are contiguous for the readout."""
 
     @staticmethod
-    def forward(ctx, x, i0t, kx, e, t0c, gc, opts):
+    def forward(ctx, xt, i0t, kx, e, t0c, gc, opts):
         crosstalk, edge = opts[-2:]
         opts = opts[:-2]
-        rt, N, R = x.shape
+        rt, R, N = xt.shape
         n2 = i0t.shape[-1]
         shape = (1, rt, n2, N)
-        xt = x.transpose(1, 2)  # (rt, R, N) view
-        z = torch.bmm(i0t.transpose(1, 2), xt, out=_work("z", shape, x)[0])
+        z = torch.bmm(i0t.transpose(1, 2), xt, out=_work("z", shape, xt)[0])
         kt = ku = None
         if crosstalk:
-            p = torch.sign(x, out=_work("p", x.shape, x))
-            kt = torch.bmm(kx.transpose(1, 2), p.transpose(1, 2), out=_work("kt", shape, x)[0]).unsqueeze(0)
+            p = torch.sign(xt, out=_work("p", xt.shape, xt))
+            kt = torch.bmm(kx.transpose(1, 2), p, out=_work("kt", shape, xt)[0]).unsqueeze(0)
             if edge and opts[0]:
-                ku = (x.sum(-1).view(1, rt, 1, N), kx.mean(1).view(1, rt, n2, 1))
+                ku = (xt.sum(1).view(1, rt, 1, N), kx.mean(1).view(1, rt, n2, 1))
         col = lambda v: v.transpose(1, 2).unsqueeze(0)  # (rt, 1, 2n) -> (1, rt, 2n, 1)
         y, m = _readout(z.unsqueeze(0), kt, ku, col(e), col(t0c), col(gc), opts)
-        ctx.save_for_backward(x, i0t, m)
+        ctx.save_for_backward(xt, i0t, m)
         return y[0].t()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy):
-        x, i0t, m = ctx.saved_tensors
-        rt, N, R = x.shape
+        xt, i0t, m = ctx.saved_tensors
+        rt = xt.shape[0]
         g = torch.cat([gy, -gy], dim=-1).t().unsqueeze(0)  # (1, 2n, N)
         if m is not None:
             gz = torch.mul(m[0], g, out=_work("gz", m.shape[1:], m))
@@ -394,29 +393,28 @@ class _TileBmm(torch.autograd.Function):
             gz = g.expand(rt, -1, -1)
         gx = gi = None
         if ctx.needs_input_grad[0]:
-            gx = torch.bmm(gz.transpose(1, 2), i0t.transpose(1, 2))  # (rt, N, R), contiguous
+            gx = torch.bmm(i0t, gz)  # (rt, R, N)
         if ctx.needs_input_grad[1]:
-            gi = torch.bmm(gz, x).transpose(1, 2)  # (rt, R, 2n)
+            gi = torch.bmm(gz, xt.transpose(1, 2)).transpose(1, 2)  # (rt, R, 2n)
         return gx, gi, None, None, None, None, None
 
 
-def _unfold(x: torch.Tensor, kernel, stride, dilation, out_hw, rows: int) -> torch.Tensor:
-    """Patches of ``x`` (B, C, H, W), zero-padded to ``rows`` columns: (B*Ho*Wo, rows)."""
-    return _Unfold.apply(x, kernel, stride, dilation, out_hw, rows)
-
-
-class _Unfold(torch.autograd.Function):
-    """Patches by one strided copy; backward by one shifted add per kernel position."""
+class _UnfoldT(torch.autograd.Function):
+    """Transposed patches (rows, B*Ho*Wo) of ``x`` (B, C, H, W), channel-major like
+    ``F.unfold`` and zero-padded to ``rows``, by one strided copy (each row's samples
+    are contiguous runs of the input); backward by one shifted add per kernel position."""
 
     @staticmethod
     def forward(ctx, x, kernel, stride, dilation, out_hw, rows):
         B, C, H, W = x.shape
         (kh, kw), (sh, sw), (dh, dw), (Ho, Wo) = kernel, stride, dilation, out_hw
         s = x.stride()
-        v = x.as_strided((B, Ho, Wo, C, kh, kw), (s[0], s[2] * sh, s[3] * sw, s[1], s[2] * dh, s[3] * dw))
+        v = x.as_strided((C, kh, kw, B, Ho, Wo), (s[1], s[2] * dh, s[3] * dw, s[0], s[2] * sh, s[3] * sw))
         K = C * kh * kw
-        out = (torch.empty if rows == K else torch.zeros)(B * Ho * Wo, rows, dtype=x.dtype, device=x.device)
-        out[:, :K].view(B, Ho, Wo, C, kh, kw).copy_(v)
+        out = torch.empty(rows, B * Ho * Wo, dtype=x.dtype, device=x.device)
+        out[:K].view(C, kh, kw, B, Ho, Wo).copy_(v)
+        if rows > K:
+            out[K:] = 0.0
         ctx.args = (kernel, stride, dilation, (B, C, H, W), (Ho, Wo), K)
         return out
 
@@ -424,11 +422,12 @@ class _Unfold(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
         (kh, kw), (sh, sw), (dh, dw), (B, C, H, W), (Ho, Wo), K = ctx.args
-        gp = g[:, :K].reshape(B, Ho, Wo, C, kh, kw).permute(0, 3, 4, 5, 1, 2)  # (B, C, kh, kw, Ho, Wo)
+        gp = g[:K].reshape(C, kh, kw, B, Ho, Wo)
         gx = torch.zeros(B, C, H, W, dtype=g.dtype, device=g.device)
+        gxc = gx.transpose(0, 1)  # (C, B, H, W) view
         for i in range(kh):
             for j in range(kw):
-                gx[:, :, i * dh: i * dh + sh * (Ho - 1) + 1: sh, j * dw: j * dw + sw * (Wo - 1) + 1: sw] += gp[:, :, i, j]
+                gxc[:, :, i * dh: i * dh + sh * (Ho - 1) + 1: sh, j * dw: j * dw + sw * (Wo - 1) + 1: sw] += gp[:, i, j]
         return gx, None, None, None, None, None
 
 
@@ -580,15 +579,18 @@ class AnalogLayer(nn.Module):
         return (cfg.droop, cfg.quantize, float(noise), self._cmax, col)
 
     def tile_outputs(self, x: torch.Tensor) -> torch.Tensor:
-        """Model of the summed signed tile outputs for inputs ``x`` (N, K) or (N, rt*rows)
-        in [0, 1]: ``(N, n)`` in units of ``I_scale T`` (``sum_i w_i x_i`` ideally)."""
+        """Model of the summed signed tile outputs for inputs ``x`` (N, K) in [0, 1]:
+        ``(N, n)`` in units of ``I_scale T`` (``sum_i w_i x_i`` ideally)."""
+        pad = self.row_tiles * self.config.rows - x.shape[1]
+        return self._tile_outputs_t(F.pad(x.t(), (0, 0, 0, pad)) if pad else x.t().contiguous())
+
+    def _tile_outputs_t(self, xt: torch.Tensor) -> torch.Tensor:
+        """:meth:`tile_outputs` from transposed inputs (rt*rows, N), zero-padded."""
         cfg, R = self.config, self.config.rows
-        N = x.shape[0]
-        pad = self.row_tiles * R - x.shape[1]
-        xr = (F.pad(x, (0, pad)) if pad else x).reshape(N, self.row_tiles, R).transpose(0, 1).contiguous()
         kx, e, t0c, gc = self._jittered(self._wide())
         opts = self._opts(2) + (cfg.crosstalk, cfg.edge_order)
-        y = _TileBmm.apply(xr, self._jitter_currents(self._currents_t()), kx, e, t0c, gc, opts)
+        xt = xt.view(self.row_tiles, R, -1)
+        y = _TileBmm.apply(xt, self._jitter_currents(self._currents_t()), kx, e, t0c, gc, opts)
         return y / (self._i_scale_na * self._T_us)
 
     def _inputs(self, a: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -601,15 +603,18 @@ class AnalogLayer(nn.Module):
             a = torch.cat([a.clamp_min(0.0), (-a).clamp_min(0.0)], dim=0)
         return self.pulse_inputs(a), neg
 
-    def _outputs(self, x: torch.Tensor, neg: bool) -> torch.Tensor:
-        """(N, K) pulse inputs -> (N, n) layer outputs before bias and ReLU, scaled back."""
+    def _outputs(self, x: torch.Tensor, neg: bool, transposed: bool = False) -> torch.Tensor:
+        """(N, K) pulse inputs (or (rt*rows, N) with ``transposed``) -> (N, n) layer
+        outputs before bias and ReLU, scaled back."""
+        if self.measure is not None:
+            xn = x[: self.in_rows].t() if transposed else x
         if self.measure is not None and not (torch.is_grad_enabled() and x.requires_grad or self.weight.requires_grad
                                              and torch.is_grad_enabled()):
-            y = self.measure(self, x.detach()).to(x.dtype)  # inference on chips: no model needed
+            y = self.measure(self, xn.detach()).to(x.dtype)  # inference on chips: no model needed
         else:
-            y = self.tile_outputs(x)
+            y = self._tile_outputs_t(x) if transposed else self.tile_outputs(x)
             if self.measure is not None:  # chip in the loop: measured value, model gradient
-                y = y + (self.measure(self, x.detach()).to(y.dtype) - y).detach()
+                y = y + (self.measure(self, xn.detach()).to(y.dtype) - y).detach()
         if neg:
             half = y.shape[0] // 2
             y = y[:half] - y[half:]
@@ -667,21 +672,23 @@ class AnalogConv2d(AnalogLayer):
     transposed = False
 
     def unfold(self, x: torch.Tensor, rows: int | None = None) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        """(B, C, H, W) -> patches (B*Ho*Wo, C*kh*kw) (channel-major like ``F.unfold``,
-        zero-padded to ``rows`` columns when given) and (B, Ho, Wo)."""
+        """(B, C, H, W) -> patches (B*Ho*Wo, C*kh*kw) (channel-major like ``F.unfold``), or
+        with ``rows`` transposed and zero-padded: (rows, B*Ho*Wo); and (B, Ho, Wo)."""
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
         if ph or pw:
             x = F.pad(x, (pw, pw, ph, ph))
         B, C, H, W = x.shape
         Ho, Wo = (H - dh * (kh - 1) - 1) // sh + 1, (W - dw * (kw - 1) - 1) // sw + 1
-        return _unfold(x, (kh, kw), (sh, sw), (dh, dw), (Ho, Wo), rows or self.in_rows), (B, Ho, Wo)
+        if rows is None:  # (N, K), as F.unfold's columns
+            return _UnfoldT.apply(x, (kh, kw), (sh, sw), (dh, dw), (Ho, Wo), self.in_rows).t(), (B, Ho, Wo)
+        return _UnfoldT.apply(x, (kh, kw), (sh, sw), (dh, dw), (Ho, Wo), rows), (B, Ho, Wo)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"input has shape {tuple(x.shape)}; expected (B, {self.in_channels}, H, W)")
         xq, neg = self._inputs(x)  # quantize the map, not the (larger) patches
-        patches, (B, Ho, Wo) = self.unfold(xq, self.row_tiles * self.config.rows)
-        y = self._finish(self._outputs(patches, neg))
+        patches_t, (B, Ho, Wo) = self.unfold(xq, self.row_tiles * self.config.rows)  # (rt*rows, N)
+        y = self._finish(self._outputs(patches_t, neg, transposed=True))
         return y.reshape(-1, Ho, Wo, self.out_channels).permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:

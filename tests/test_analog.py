@@ -129,7 +129,7 @@ def test_custom_backward_is_the_derivative_of_the_tile_physics():
     torch.manual_seed(0)
     rt, n, R = 2, 6, 16
     # pulsed rows only: a row switching on is a step of the crosstalk (no derivative there)
-    x = (0.05 + 0.95 * torch.rand(rt, 5, R, dtype=torch.float64)).requires_grad_(True)
+    x = (0.05 + 0.95 * torch.rand(rt, R, 5, dtype=torch.float64)).requires_grad_(True)  # (rt, rows, N)
     i0t = (1.0 + 10 * torch.rand(rt, R, 2 * n, dtype=torch.float64)).requires_grad_(True)
     kx = 0.5 + torch.rand(rt, R, 2 * n, dtype=torch.float64)
     e = torch.full((rt, 1, 2 * n), 1.4e-3, dtype=torch.float64)
