@@ -50,6 +50,12 @@ correction (its gradient is second order).
 Noise: Gaussian readout noise of ``noise_std_s`` per column (training mode only), drawn
 from a pre-generated Gaussian bank at a random offset per call (``torch.randn`` costs
 more than the rest of the tile physics on a CPU). Units inside: nA, us, fC (= nA us).
+
+Speed: the products run as batched matrix products on transposed patches (rows x
+samples), so every column's samples are contiguous; the per-column readout (droop,
+crosstalk, noise, TDC, clip, signed row-tile sums) is one fused pass in C
+(:mod:`labkit.analog_native`, built at first use; the torch code here is the fallback
+and the reference).
 """
 
 from __future__ import annotations
