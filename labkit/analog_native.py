@@ -7,7 +7,8 @@ for the whole batch (several times the network's activations); this kernel does 
 one pass, vectorized (same equations, float32). The tensors have the layout
 ``(A, row tiles, columns, samples)`` so that each column's samples are contiguous.
 
-Built at first use with the system C compiler (``cc -O3 -march=native -ffast-math``)
+Built at first use with the system C compiler (``cc -O3 -march=native -ffast-math``,
+linked without fast-math start-up code, so the process's floating-point mode is untouched)
 and cached under ``$LABKIT_CACHE`` or ``~/.cache/labkit``; without a compiler, or with
 ``LABKIT_NATIVE=0``, the torch path runs (tests/test_analog.py checks they agree).
 """
@@ -108,7 +109,7 @@ def _build():
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if cc is None:
         return None
-    key = hashlib.sha256((SOURCE + platform.machine() + platform.processor()).encode()).hexdigest()[:16]
+    key = hashlib.sha256((SOURCE + "link2" + platform.machine() + platform.processor()).encode()).hexdigest()[:16]
     cache = Path(os.environ.get("LABKIT_CACHE", Path.home() / ".cache" / "labkit"))
     out = cache / f"analog_readout-{key}.so"
     if not out.exists():
@@ -116,11 +117,14 @@ def _build():
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
             src = Path(tmp) / "readout.c"
             src.write_text(SOURCE)
-            so = Path(tmp) / "readout.so"
-            flags = ["-O3", "-march=native", "-ffast-math", "-fPIC", "-shared"]
-            proc = subprocess.run([cc, *flags, str(src), "-o", str(so), "-lm"], capture_output=True, text=True)
-            if proc.returncode != 0:
-                return None
+            obj, so = Path(tmp) / "readout.o", Path(tmp) / "readout.so"
+            # -ffast-math for the compile only (vector logf); linking without it keeps
+            # crtfastmath (flush-to-zero for the whole process) out of the library
+            steps = ([cc, "-O3", "-march=native", "-ffast-math", "-fPIC", "-c", str(src), "-o", str(obj)],
+                     [cc, "-shared", str(obj), "-o", str(so), "-lm"])
+            for cmd in steps:
+                if subprocess.run(cmd, capture_output=True, text=True).returncode != 0:
+                    return None
             os.replace(so, out)  # atomic: concurrent builders (torchrun ranks) are fine
     lib = ctypes.CDLL(str(out))
     p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_int
