@@ -223,11 +223,14 @@ class TileParams:
 
     @classmethod
     def from_calibration(cls, cal, read_currents_a=None) -> "TileParams":
-        """From a :class:`labkit.calibration.Calibration` (or a calibration file path)."""
+        """From a :class:`labkit.calibration.Calibration` (or a calibration file path); the
+        read currents default to those stored with the calibration."""
         if isinstance(cal, (str, bytes)) or hasattr(cal, "__fspath__"):
             from .calibration_file import read_calibration
 
             cal = read_calibration(cal)
+        if read_currents_a is None:
+            read_currents_a = getattr(cal, "read_currents_a", None)
         return cls.from_model(cal.array_model(), read_currents_a, chip_id=cal.chip_id)
 
 

@@ -533,6 +533,9 @@ def calibrate(backend: SafeArray, config: CalibrationConfig = CalibrationConfig(
     cs = measure_calibration_set(backend, config, run, progress)
     cal = fit_calibration(cs, config)
     cal.report["temperature_k"] = backend.temperature_k()
+    # the cells' read currents at calibration time: with them a tile model moves each
+    # column's ratio of fitted to read current into its readout gain (TileParams)
+    cal.read_currents_a = np.mean([backend.read_currents() for _ in range(4)], axis=0)
     if run is not None:
         run.put_result({"calibration": cal.report})
         for key in ("currents_a", "eta_per_v", "crosstalk_c", "offset_s", "gain_s_per_c"):

@@ -78,6 +78,7 @@ class Calibration:
     store: str = ""
     created_at: float = field(default_factory=time.time)
     format: str = FORMAT
+    read_currents_a: np.ndarray | None = None  # (rows, cols) averaged cell reads at calibration time
 
     def array_model(self, **switches) -> ArrayModel:
         """The fitted :class:`ArrayModel`; ``switches`` (quantize, clip, noise_std_s, dtype,
@@ -109,6 +110,8 @@ def save_calibration(cal: Calibration, path) -> Path:
         "linear_weights_s": np.asarray(cal.linear.weights_s, dtype=float),
         "linear_offset_s": np.asarray(cal.linear.offset_s, dtype=float),
     }
+    if cal.read_currents_a is not None:
+        arrays["read_currents_a"] = np.asarray(cal.read_currents_a, dtype=float)
     for key, value in cal.model.items():
         arrays[_MODEL + key] = np.asarray(value)
     for key, value in arrays.items():
@@ -157,6 +160,7 @@ def read_calibration(path, chip_id: str | None = None) -> Calibration:
             run_uids=[str(v) for v in d["run_uids"]],
             store=str(d["store"]),
             created_at=float(d["created_at"]),
+            read_currents_a=d.get("read_currents_a"),
         )
     except (KeyError, json.JSONDecodeError) as exc:
         raise ValueError(f"calibration file {path} is incomplete or damaged ({exc})") from None

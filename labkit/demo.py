@@ -118,8 +118,7 @@ def run_demo(store: RunStore, config: DemoConfig = DemoConfig(), out=None, repor
                     cal = calibrate(b, config.calibration, run=run)
                     run.put_result({"ser_db": cal.report["ser_db"],
                                     "noise_floor_ser_db": cal.report["noise_floor_ser_db"]})
-                read = np.mean([b.read_currents() for _ in range(4)], axis=0)
-                tiles.append(TileParams.from_model(cal.array_model(), read, chip_id=cal.chip_id))
+                tiles.append(TileParams.from_calibration(cal))
                 reports.append(cal.report)
                 bar.advance()
         ser_db = {k: float(np.median([r["ser_db"][k] for r in reports])) for k in ("naive", "linear", "model")}

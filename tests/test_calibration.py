@@ -129,6 +129,20 @@ def test_calibration_file_round_trip_and_model_for_training(default_chip, tmp_pa
     np.testing.assert_array_equal(back.naive.weights_s, result.naive.weights_s)
     for key, value in result.model.items():
         np.testing.assert_array_equal(back.model[key], value)
+    # the read currents travel with the file, so a tile model built from the file alone
+    # gets the same per-column gain correction as one built next to the chip
+    assert back.read_currents_a.shape == (16, 16) and np.all(back.read_currents_a > 0)
+    np.testing.assert_array_equal(back.read_currents_a, result.read_currents_a)
+    from labkit.analog import TileParams
+
+    from_file = TileParams.from_calibration(path)
+    beside = TileParams.from_model(result.array_model(), result.read_currents_a, chip_id=result.chip_id)
+    for f in dataclasses.fields(from_file):
+        a, b = getattr(from_file, f.name), getattr(beside, f.name)
+        if isinstance(a, np.ndarray):
+            np.testing.assert_array_equal(a, b)
+    uncorrected = TileParams.from_model(result.array_model())
+    assert not np.allclose(from_file.gain_s_per_c, uncorrected.gain_s_per_c, rtol=1e-3)
 
     model = cal.load_calibration(path, chip_id="EMU-0000")
     assert isinstance(model, ArrayModel) and model.quantize

@@ -111,9 +111,9 @@ def test_train_cli_modes_and_analog_checkpoint_round_trip(tmp_path, capsys):
     model = ck.build()
     layers = analog_layers(model)
     assert [m.tile_chips for _, m in layers] == [["EMU-0090"] * 4, ["EMU-0090"] * 4]
-    from labkit.calibration_file import read_calibration
+    from labkit.analog import TileParams
 
-    eta = read_calibration(cal_path).array_model().eta_per_v()
+    eta = TileParams.from_calibration(cal_path).eta_per_v  # with the file's read-current correction
     assert np.allclose(layers[0][1].tile_eta[0].numpy(), eta, rtol=1e-5)
     assert ck.meta["accuracy"] == pytest.approx(out["accuracy"])
     # bad input: one line, exit 2
