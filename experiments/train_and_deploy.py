@@ -24,7 +24,6 @@ makes every pass different). Prints a table; --json FILE writes every figure.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -34,9 +33,9 @@ import numpy as np
 import torch
 
 from labkit.analog import AnalogConfig, TileParams, tile_plan
-from labkit.calibration import CalibrationConfig, calibrate
+from labkit.calibration import CalibrationConfig
 from labkit.datasets import DatasetNotFoundError
-from labkit.deploy import deploy, open_chips
+from labkit.deploy import calibrate_tile, deploy, open_chips
 from labkit.networks import DEFAULTS, build, dataset_for
 from labkit.training import evaluate, hardware_aware, train, train_in_loop
 
@@ -68,15 +67,10 @@ def calibrate_chips(chips, iterations: int, cache: Path | None = None) -> tuple[
                 sers.append(float(f["ser_db"]))
                 noise.append(float(f["noise_std_s"]))
             continue
-        try:
-            cal = calibrate(b, cfg)
-        except ValueError as exc:  # a fit that diverged: measure anew with other patterns
-            log(f"  {b.identity.chip_id}: {exc}; calibrating again with other patterns")
-            cal = calibrate(b, dataclasses.replace(cfg, seed=cfg.seed + 1))
-        read = np.mean([b.read_currents() for _ in range(4)], axis=0)
-        tiles.append(TileParams.from_model(cal.array_model(), read, chip_id=cal.chip_id))
-        sers.append(cal.report["ser_db"]["model"])
-        noise.append(cal.report["noise_std_s"])
+        tile, report = calibrate_tile(b, cfg)
+        tiles.append(tile)
+        sers.append(report["ser_db"]["model"])
+        noise.append(report["noise_std_s"])
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             np.savez(path, **{k: getattr(tiles[-1], k) for k in fields}, ser_db=sers[-1], noise_std_s=noise[-1])

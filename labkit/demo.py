@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from . import characterize as ch
-from .analog import AnalogConfig, TileParams, tile_plan
+from .analog import AnalogConfig, tile_plan
 from .backend import open_backend
-from .calibration import CalibrationConfig, calibrate
-from .deploy import deploy, open_chips
+from .calibration import CalibrationConfig
+from .deploy import calibrate_tile, deploy, open_chips
 from .networks import DEFAULTS, build, dataset_for
 from .store import RunStore
 from .training import evaluate, hardware_aware, train
@@ -113,13 +113,9 @@ def run_demo(store: RunStore, config: DemoConfig = DemoConfig(), out=None, repor
         tiles, reports = [], []
         with progress("calibrating chips", n_tiles) as bar:
             for b in chips:
-                with store.run("calibrate", backend_uri=config.chips, chip_id=b.identity.chip_id,
-                               settings=b.settings) as run:
-                    cal = calibrate(b, config.calibration, run=run)
-                    run.put_result({"ser_db": cal.report["ser_db"],
-                                    "noise_floor_ser_db": cal.report["noise_floor_ser_db"]})
-                tiles.append(TileParams.from_calibration(cal))
-                reports.append(cal.report)
+                tile, report = calibrate_tile(b, config.calibration, store=store, uri=config.chips)
+                tiles.append(tile)
+                reports.append(report)
                 bar.advance()
         ser_db = {k: float(np.median([r["ser_db"][k] for r in reports])) for k in ("naive", "linear", "model")}
         floor_db = float(np.median([r["noise_floor_ser_db"] for r in reports]))

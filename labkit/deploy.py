@@ -24,6 +24,7 @@ anything is programmed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -33,12 +34,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .analog import AnalogConfig, AnalogLayer, analog_layers
+from .analog import AnalogConfig, AnalogLayer, TileParams, analog_layers
 from .backend import open_backend, parse_uri
 from .mapping import WeightWindow, map_weights
 from .programming import ProgramConfig, program_array
 
-__all__ = ["chip_uris", "open_chips", "TileDeployment", "Deployment", "deploy", "measure_baseline"]
+__all__ = ["chip_uris", "open_chips", "calibrate_tile", "TileDeployment", "Deployment", "deploy",
+           "measure_baseline"]
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -74,6 +76,26 @@ def open_chips(spec: str, n: int):
     uris = chip_uris(spec, n)
     with contextlib.ExitStack() as stack:
         yield [stack.enter_context(open_backend(u)) for u in uris]
+
+
+def calibrate_tile(backend, config, store=None, uri: str = "") -> tuple[TileParams, dict]:
+    """Calibrate one chip for a tile: its :class:`TileParams` (with the read-current gain
+    correction) and the calibration's SER report. A model fit that diverges is measured
+    once more with other input patterns. With ``store``, the calibration is a run there."""
+    from .calibration import calibrate
+
+    def once(cfg):
+        if store is None:
+            return calibrate(backend, cfg)
+        with store.run("calibrate", backend_uri=uri, chip_id=backend.identity.chip_id,
+                       settings=backend.settings) as run:
+            return calibrate(backend, cfg, run=run)
+
+    try:
+        cal = once(config)
+    except ValueError:  # the fit diverged (non-finite loss): other patterns, once
+        cal = once(dataclasses.replace(config, seed=config.seed + 1))
+    return TileParams.from_calibration(cal), cal.report
 
 
 def measure_baseline(backend, repeats: int = 32) -> np.ndarray:
