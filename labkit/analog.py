@@ -71,6 +71,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import analog_native
 from .backend import Datasheet, Geometry, VmmSettings
 from .mapping import WeightWindow
 
@@ -327,13 +328,6 @@ def _readout(z, kt, ku, e, t0c, gc, opts):
     """
     droop, quantize, noise_counts, cmax, col = opts
     noise = _gaussian(z.numel(), z.dtype, z.device).view_as(z) if noise_counts > 0 else None
-    if _NATIVE["on"]:
-        from . import analog_native
-
-        fused = analog_native.readout(z, kt, ku, e, t0c, gc, noise, noise_counts, cmax, droop, quantize, col,
-                                      _EDGE_A, _EDGE_B)
-        if fused is not None:
-            return fused
     m = None
     c = z
     if droop:
@@ -361,7 +355,8 @@ def _readout(z, kt, ku, e, t0c, gc, opts):
     return s.narrow(col - 1, 0, half) - s.narrow(col - 1, half, half), m
 
 
-_NATIVE = {"on": True}  # the fused C readout (labkit.analog_native) where it applies
+_NATIVE = {"on": True}  # the fused C kernels (labkit.analog_native) where they apply
+_NOISE_BANK = 1 << 16  # normal values the C kernel's noise windows come from (256 kB: stays in L2)
 
 
 class _TileBmm(torch.autograd.Function):
@@ -375,15 +370,23 @@ class _TileBmm(torch.autograd.Function):
     def forward(ctx, xt, i0t, kx, e, t0c, gc, opts):
         crosstalk, edge = opts[-2:]
         opts = opts[:-2]
+        droop, quantize, noise_counts, cmax, _ = opts
         rt, R, N = xt.shape
         n2 = i0t.shape[-1]
+        ctx.native = _NATIVE["on"] and analog_native.applies(xt, i0t, kx, e, t0c, gc)
+        if ctx.native:
+            bank = _gaussian(_NOISE_BANK, xt.dtype, xt.device) if noise_counts > 0 else None
+            y, m = analog_native.forward(xt, i0t, kx, e, t0c, gc, kx.mean(1), bank, noise_counts, cmax, droop,
+                                         quantize, crosstalk, edge, _EDGE_A, _EDGE_B)
+            ctx.save_for_backward(xt, i0t, m)
+            return y.t()
         shape = (1, rt, n2, N)
         z = torch.bmm(i0t.transpose(1, 2), xt, out=_work("z", shape, xt)[0])
         kt = ku = None
         if crosstalk:
             p = torch.sign(xt, out=_work("p", xt.shape, xt))
             kt = torch.bmm(kx.transpose(1, 2), p, out=_work("kt", shape, xt)[0]).unsqueeze(0)
-            if edge and opts[0]:
+            if edge and droop:
                 ku = (xt.sum(1).view(1, rt, 1, N), kx.mean(1).view(1, rt, n2, 1))
         col = lambda v: v.transpose(1, 2).unsqueeze(0)  # (rt, 1, 2n) -> (1, rt, 2n, 1)
         y, m = _readout(z.unsqueeze(0), kt, ku, col(e), col(t0c), col(gc), opts)
@@ -394,6 +397,9 @@ class _TileBmm(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy):
         xt, i0t, m = ctx.saved_tensors
+        if ctx.native:
+            gx, gi = analog_native.backward(xt, i0t, m, gy.t(), *ctx.needs_input_grad[:2])
+            return gx, gi, None, None, None, None, None
         rt = xt.shape[0]
         g = torch.cat([gy, -gy], dim=-1).t().unsqueeze(0)  # (1, 2n, N)
         if m is not None:

@@ -1,182 +1,120 @@
-"""Optional fused readout kernel of the analog layers, in C through ctypes.
+"""Optional fused tile kernels of the analog layers (``analog_tiles.c``, through ctypes).
 
-:func:`labkit.analog._readout` does, per column of every row tile: droop, crosstalk,
-readout noise, TDC floor and clip, the charge read back and the signed row-tile sums.
-In torch that is about fifteen passes over a tensor as large as all the tiles' columns
-for the whole batch (several times the network's activations); this kernel does it in
-one pass, vectorized (same equations, float32). The tensors have the layout
-``(A, row tiles, columns, samples)`` so that each column's samples are contiguous.
+:class:`labkit.analog._TileBmm` computes, for all row tiles of a layer, the products
+(cell currents and crosstalk), the readout (droop, edge order, noise, TDC, clip) and the
+signed row-tile sums; in torch that is four batched matrix products and about fifteen
+passes over a (tiles, columns, samples) tensor several times larger than the network's
+activations. The C kernels do it on blocks of samples held in the CPU cache, so none of
+those tensors is written to memory (same equations, float32; tests/test_analog.py
+checks them against the torch path). Long batches are split across torch's CPU threads
+(ctypes releases the GIL).
 
-Built at first use with the system C compiler (``cc -O3 -march=native -ffast-math``,
-linked without fast-math start-up code, so the process's floating-point mode is untouched)
-and cached under ``$LABKIT_CACHE`` or ``~/.cache/labkit``; without a compiler, or with
-``LABKIT_NATIVE=0``, the torch path runs (tests/test_analog.py checks they agree).
+Built at first use by :mod:`labkit.native`; without a compiler, or with
+``LABKIT_NATIVE=0``, the torch path runs.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
-__all__ = ["readout", "available"]
+from . import native
 
-SOURCE = r"""
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
+__all__ = ["available", "forward", "backward"]
 
-#define BLOCK 1024
-
-/* One column of one row tile over n contiguous samples: adds the signed charge read
-   back (fC) to y and stores dq/dZ0 in m. No branch in the loop, so it vectorizes
-   (logf through the vector math library). */
-#define COLUMN(NAME, DROOP, QUANT)                                                                     \
-static void NAME(long n, const float *restrict z, const float *restrict kt, const float *restrict sx, \
-                 const float *restrict noise, float noise_c, float ee, float g, float t0, float kbe,  \
-                 float ea, float cmax, float sg, float *restrict y, float *restrict m)               \
-{                                                                                                      \
-    float inv_e = 1.0f / ee, inv_g = 1.0f / g, aee = ea * ee;                                          \
-    for (long j = 0; j < n; j++) {                                                                     \
-        float k = kt[j], q;                                                                            \
-        if (DROOP) {                                                                                   \
-            float m1 = 1.0f - aee * k - kbe * sx[j];                                                   \
-            float w = 1.0f + ee * z[j] * m1;                                                           \
-            m[j] = m1 / w;                                                                             \
-            q = logf(w) * inv_e + k;                                                                   \
-        } else {                                                                                       \
-            q = z[j] + k;                                                                              \
-        }                                                                                              \
-        float cnt = t0 - g * q + noise_c * noise[j];                                                   \
-        if (QUANT) cnt = floorf(cnt);                                                                  \
-        cnt = fminf(fmaxf(cnt, 0.0f), cmax);                                                           \
-        y[j] += sg * (t0 - cnt) * inv_g;                                                               \
-    }                                                                                                  \
-}
-COLUMN(col_dq, 1, 1)
-COLUMN(col_d, 1, 0)
-COLUMN(col_q, 0, 1)
-COLUMN(col_, 0, 0)
-
-/* z, kt, noise, m: (A, RT, N2, S) contiguous; sx: (A, RT, 1, S) or NULL; e, t0c, gc,
-   kb: (RT, N2); y: (A, N2 / 2, S) = sum over row tiles of plus minus minus. Absent
-   inputs read zeros. */
-int readout_f32(long A, long RT, long N2, long S, const float *z, const float *kt, const float *sx,
-                const float *noise, float noise_c, const float *e, const float *t0c, const float *gc,
-                const float *kb, float ea, float eb, float cmax, int droop, int quant, float *y, float *m)
-{
-    long half = N2 / 2;
-    long nb = S < BLOCK ? S : BLOCK;
-    float *zeros = calloc(nb, sizeof(float)), *scratch = malloc(sizeof(float) * nb);
-    if (!zeros || !scratch) { free(zeros); free(scratch); return 1; }
-    memset(y, 0, sizeof(float) * A * half * S);
-    /* blocks of samples, so the block's outputs y stay in cache across the row tiles */
-    for (long a = 0; a < A; a++)
-    for (long s0 = 0; s0 < S; s0 += BLOCK)
-    for (long r = 0; r < RT; r++)
-    for (long c = 0; c < N2; c++) {
-        long n = S - s0 < BLOCK ? S - s0 : BLOCK;
-        long off = ((a * RT + r) * N2 + c) * S + s0, pc = r * N2 + c;
-        float kbe = sx ? eb * e[pc] * kb[pc] : 0.0f;
-        const float *ktp = kt ? kt + off : zeros, *sxp = sx ? sx + (a * RT + r) * S + s0 : zeros;
-        const float *np = noise ? noise + off : zeros;
-        float *mp = m ? m + off : scratch, *yp = y + (a * half + (c < half ? c : c - half)) * S + s0;
-        float sg = c < half ? 1.0f : -1.0f;
-        if (droop && quant) col_dq(n, z + off, ktp, sxp, np, noise_c, e[pc], gc[pc], t0c[pc], kbe, ea, cmax, sg, yp, mp);
-        else if (droop) col_d(n, z + off, ktp, sxp, np, noise_c, e[pc], gc[pc], t0c[pc], kbe, ea, cmax, sg, yp, mp);
-        else if (quant) col_q(n, z + off, ktp, sxp, np, noise_c, e[pc], gc[pc], t0c[pc], kbe, ea, cmax, sg, yp, mp);
-        else col_(n, z + off, ktp, sxp, np, noise_c, e[pc], gc[pc], t0c[pc], kbe, ea, cmax, sg, yp, mp);
-    }
-    free(zeros);
-    free(scratch);
-    return 0;
-}
-"""
-
+_SRC = Path(__file__).with_name("analog_tiles.c")
 _LIB: list = []
-
-
-def _build():
-    if os.environ.get("LABKIT_NATIVE", "1") == "0":
-        return None
-    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-    if cc is None:
-        return None
-    key = hashlib.sha256((SOURCE + "link2" + platform.machine() + platform.processor()).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("LABKIT_CACHE", Path.home() / ".cache" / "labkit"))
-    out = cache / f"analog_readout-{key}.so"
-    if not out.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            src = Path(tmp) / "readout.c"
-            src.write_text(SOURCE)
-            obj, so = Path(tmp) / "readout.o", Path(tmp) / "readout.so"
-            # -ffast-math for the compile only (vector logf); linking without it keeps
-            # crtfastmath (flush-to-zero for the whole process) out of the library
-            steps = ([cc, "-O3", "-march=native", "-ffast-math", "-fPIC", "-c", str(src), "-o", str(obj)],
-                     [cc, "-shared", str(obj), "-o", str(so), "-lm"])
-            for cmd in steps:
-                if subprocess.run(cmd, capture_output=True, text=True).returncode != 0:
-                    return None
-            os.replace(so, out)  # atomic: concurrent builders (torchrun ranks) are fine
-    lib = ctypes.CDLL(str(out))
-    p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_int
-    lib.readout_f32.argtypes = [i64, i64, i64, i64, p, p, p, p, f32, p, p, p, p, f32, f32, f32, i32, i32, p, p]
-    lib.readout_f32.restype = ctypes.c_int
-    return lib
+_R_MAX = 64  # rows per tile the kernel takes (R_MAX in analog_tiles.c)
+_MIN_SPLIT = 4096  # samples per thread below which one thread does the whole call
+_POOL: list = []
 
 
 def _lib():
     if not _LIB:
-        try:
-            _LIB.append(_build())
-        except (OSError, subprocess.SubprocessError):
-            _LIB.append(None)
+        lib = native.load(_SRC, fast_math=True)
+        if lib is not None:
+            p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_int
+            lib.tiles_fwd.argtypes = [i64] * 6 + [p] * 8 + [i64, ctypes.c_ulonglong] + [f32] * 4 + [i32, p, p]
+            lib.tiles_bwd.argtypes = [i64] * 6 + [p] * 6
+            lib.tiles_fwd.restype = lib.tiles_bwd.restype = ctypes.c_int
+        _LIB.append(lib)
     return _LIB[0]
 
 
 def available() -> bool:
-    """True when the compiled kernel can be used on this machine."""
+    """True when the compiled kernels can be used on this machine."""
     return _lib() is not None
 
 
-def _ptr(t) -> int | None:
+def applies(*tensors: torch.Tensor) -> bool:
+    """True when the kernels serve these tensors (float32 on the CPU, rows <= 64)."""
+    return (_lib() is not None and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
+            and tensors[0].shape[1] <= _R_MAX)
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def _f32(t: torch.Tensor | None, shape) -> torch.Tensor | None:
-    if t is None:
-        return None
-    t = t.reshape(shape) if t.numel() == torch.Size(shape).numel() else None
-    return None if t is None else t.to(torch.float32).contiguous()
+def _chunks(S: int) -> list[tuple[int, int]]:
+    """Sample ranges, one per CPU thread (torch.get_num_threads()), multiples of 128."""
+    k = max(1, min(torch.get_num_threads(), S // _MIN_SPLIT))
+    per = -(-S // k)
+    step = -(-per // 128) * 128
+    return [(s, min(S, s + step)) for s in range(0, S, step)]
 
 
-def readout(z, kt, ku, e, t0c, gc, noise, noise_counts, cmax, droop, quantize, col, edge_a, edge_b):
-    """``(y, m)`` from the fused kernel, or None when it does not apply (no library, not
-    float32 on the CPU, columns not on dim 2): the caller then runs the torch path."""
+def _run(calls) -> None:
+    """Run the kernel calls (thunks returning a status), in parallel when more than one."""
+    if len(calls) == 1:
+        codes = [calls[0]()]
+    else:
+        if not _POOL or _POOL[0]._max_workers < len(calls):
+            _POOL[:] = [ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="labkit-tiles")]
+        codes = list(_POOL[0].map(lambda f: f(), calls))
+    if any(codes):
+        raise RuntimeError(f"analog tile kernel failed (codes {codes})")
+
+
+def forward(xt, i0t, kx, e, t0c, gc, kbar, bank, noise_counts, cmax, droop, quantize, crosstalk, edge,
+            edge_a, edge_b):
+    """``(y, m)``: y (n, S) the row-tile sums of the signed read-back charge (fC), m
+    (RT, 2n, S) dq/dz for :func:`backward` (16-bit fixed point; None without droop). xt (RT, R, S); i0t, kx (RT, R, 2n); e, t0c,
+    gc, kbar (RT, 2n); bank: standard normal values (at least 128) the readout noise is
+    drawn from (windows at random offsets; a new seed per call), or None."""
+    xt, i0t, kx = xt.contiguous(), i0t.contiguous(), kx.contiguous()
+    RT, R, S = xt.shape
+    N2 = i0t.shape[-1]
+    e, t0c, gc, kbar = (v.reshape(RT, N2).contiguous() for v in (e, t0c, gc, kbar))
+    bank = None if bank is None else bank.contiguous()
+    seed = int(torch.randint(0, 2**62, ())) if bank is not None else 0
+    y = torch.empty(N2 // 2, S, dtype=torch.float32)
     lib = _lib()
-    if lib is None or col != 2 or z.dtype != torch.float32 or z.device.type != "cpu" or z.dim() != 4:
-        return None
-    A, RT, N2, S = z.shape
-    for t in (z, kt, noise):
-        if t is not None and (t.shape != z.shape or not t.is_contiguous()):
-            return None
-    params = [_f32(v, (RT, N2)) for v in (e, t0c, gc)]
-    sx = kb = None
-    if ku is not None:
-        sx, kb = _f32(ku[0], (A, RT, 1, S)), _f32(ku[1], (RT, N2))
-    if any(p is None for p in params) or (ku is not None and (sx is None or kb is None)):
-        return None
-    y = torch.empty((A, N2 // 2, S), dtype=torch.float32)
-    m = torch.empty_like(z) if droop else None
-    err = lib.readout_f32(A, RT, N2, S, _ptr(z), _ptr(kt), _ptr(sx), _ptr(noise), float(noise_counts),
-                          *(p.data_ptr() for p in params), _ptr(kb), float(edge_a), float(edge_b), float(cmax),
-                          int(bool(droop)), int(bool(quantize)), _ptr(y), _ptr(m))
-    return None if err else (y, m)
+    m = torch.empty(RT, N2, S, dtype=torch.int16) if droop else None  # 16-bit fixed point, for backward
+    flags = int(bool(droop)) | 2 * bool(quantize) | 4 * bool(crosstalk) | 8 * bool(edge)
+    args = (_ptr(xt), _ptr(i0t), _ptr(kx), _ptr(e), _ptr(t0c), _ptr(gc), _ptr(kbar), _ptr(bank),
+            0 if bank is None else bank.numel(), seed, float(noise_counts), float(edge_a), float(edge_b), float(cmax), flags, _ptr(y), _ptr(m))
+    _run([lambda sb=sb, se=se: lib.tiles_fwd(RT, R, N2, S, sb, se, *args) for sb, se in _chunks(S)])
+    return y, m
+
+
+def backward(xt, i0t, m, gy, need_x: bool, need_i: bool):
+    """``(gx, gi)``: gradients for xt (RT, R, S) and i0t (RT, R, 2n) (None where not
+    needed) from gy (n, S), the gradient of the forward's y, and its m."""
+    RT, R, S = xt.shape
+    N2 = i0t.shape[-1]
+    xt, i0t, gy = xt.contiguous(), i0t.contiguous(), gy.contiguous()
+    gx = torch.empty(RT, R, S, dtype=torch.float32) if need_x else None
+    chunks = _chunks(S)
+    gis = [torch.empty(RT, R, N2, dtype=torch.float32) if need_i else None for _ in chunks]
+    lib = _lib()
+    _run([lambda sb=sb, se=se, gi=gi: lib.tiles_bwd(RT, R, N2, S, sb, se, _ptr(xt), _ptr(i0t), _ptr(m), _ptr(gy),
+                                                    _ptr(gx), _ptr(gi))
+          for (sb, se), gi in zip(chunks, gis)])
+    gi = gis[0]
+    for part in gis[1:]:
+        gi += part
+    return gx, gi

@@ -201,7 +201,7 @@ def test_input_scales_are_the_activation_percentiles():
         assert s["2"] == pytest.approx(float(torch.relu(net[0](x)).max()), rel=1e-5)
 
 
-def test_fused_native_readout_agrees_with_the_torch_path():
+def test_fused_native_kernels_agree_with_the_torch_path():
     from labkit import analog, analog_native
 
     if not analog_native.available():
@@ -226,5 +226,7 @@ def test_fused_native_readout_agrees_with_the_torch_path():
     # float rounding may move a time across a TDC boundary now and then: one LSB at most
     diff = (outs[True][0] - outs[False][0]).abs()
     assert float(diff.max()) <= 1.01 * LSB * 2 and float(diff.mean()) < 0.05 * LSB
+    # the kernel keeps dq/dz in 16-bit fixed point (relative 1e-4) for the backward pass
     for a, b in zip(outs[True][1:], outs[False][1:]):
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+        assert float((a - b).norm() / b.norm()) < 2e-4
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5 * float(b.abs().max()))

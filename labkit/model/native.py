@@ -1,8 +1,7 @@
 """Optional compiled adaptive-slot kernel (``slots.c``), loaded through ctypes.
 
-The C source ships with the package and is compiled with the system C compiler (``cc``,
-``-O3``) at first use into a per-user cache (``$LABKIT_CACHE`` or
-``~/.cache/labkit``), keyed by the source hash. It serves CPU float32/float64 tensors;
+The C source ships with the package and is built at first use by :mod:`labkit.native`
+(system C compiler, per-user cache). It serves CPU float32/float64 tensors;
 everything else, a missing compiler, or ``LABKIT_NATIVE=0`` falls back to the pure-torch
 path in :mod:`labkit.model.kernels` (same equations, same results to rounding).
 """
@@ -10,65 +9,15 @@ path in :mod:`labkit.model.kernels` (same equations, same results to rounding).
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
+from .. import native as _native
+
 _SRC = Path(__file__).with_name("slots.c")
 _lib = None
 _tried = False
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("LABKIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "labkit")
-    return Path(root) / "native"
-
-
-def _cpu_id() -> bytes:
-    """Machine and CPU feature flags (the build uses ``-march=native``)."""
-    ident = os.uname().machine
-    try:
-        with open("/proc/cpuinfo") as f:
-            ident += "".join(line for line in f if line.startswith(("model name", "flags")))[:4096]
-    except OSError:
-        pass
-    return ident.encode()
-
-
-def _build() -> ctypes.CDLL | None:
-    if os.environ.get("LABKIT_NATIVE", "1") == "0" or not sys.platform.startswith("linux"):
-        return None
-    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-    if cc is None:
-        return None
-    src = _SRC.read_bytes()
-    flags = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno"]
-    key = hashlib.sha256(src + " ".join(flags).encode() + _cpu_id()).hexdigest()[:16]
-    out = _cache_dir() / f"slots-{key}.so"
-    if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-        os.close(fd)
-        try:
-            subprocess.run([cc, *flags, "-o", tmp, str(_SRC)], check=True, capture_output=True, timeout=120)
-            os.replace(tmp, out)  # atomic: concurrent builders agree
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    lib = ctypes.CDLL(str(out))
-    i64, p = ctypes.c_int64, ctypes.c_void_p
-    for suf in ("f32", "f64"):
-        getattr(lib, f"slots_fwd_{suf}").argtypes = [i64] * 4 + [p] * 5
-        getattr(lib, f"slots_bwd_{suf}").argtypes = [i64] * 4 + [p] * 8
-        getattr(lib, f"slots_fwd_{suf}").restype = ctypes.c_int
-        getattr(lib, f"slots_bwd_{suf}").restype = ctypes.c_int
-    return lib
 
 
 def library() -> ctypes.CDLL | None:
@@ -76,10 +25,14 @@ def library() -> ctypes.CDLL | None:
     global _lib, _tried
     if not _tried:
         _tried = True
-        try:
-            _lib = _build()
-        except (OSError, subprocess.SubprocessError, AttributeError):
-            _lib = None
+        _lib = _native.load(_SRC)
+        if _lib is not None:
+            i64, p = ctypes.c_int64, ctypes.c_void_p
+            for suf in ("f32", "f64"):
+                for name, n_ptr in ((f"slots_fwd_{suf}", 5), (f"slots_bwd_{suf}", 8)):
+                    fn = getattr(_lib, name)
+                    fn.argtypes = [i64] * 4 + [p] * n_ptr
+                    fn.restype = ctypes.c_int
     return _lib
 
 

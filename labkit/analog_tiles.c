@@ -1,0 +1,312 @@
+/* Fused tile kernels of the analog layers (labkit/analog.py, labkit/analog_native.py).
+
+   One row tile has R input rows (pulses x in [0, 1], samples contiguous) and N2 columns
+   (the plus columns of the outputs, then the minus columns). Forward, per column c and
+   sample j:
+
+       z   = sum_i I0[i][c] x[i][j]                      removed charge, no droop (fC)
+       kt  = sum_{i: x > 0} k[i][c]                      crosstalk of the falling edges (fC)
+       sx  = sum_i x[i][j]                               (edge-order term)
+       m1  = 1 - A e kt - B e kbar sx                    (edge order on, else 1)
+       w   = 1 + e z m1,  q = ln(w) / e + kt             (droop on, else q = z + kt)
+       cnt = clip(floor(t0 - g q + noise), 0, cmax)      (floor with quantization on)
+       y[c mod N2/2][j] += +-(t0 - cnt) / g              (plus minus minus, over row tiles)
+
+   and dq/dz = m1 / w is kept for the backward pass. Backward: gz = (dq/dz) (+-gy),
+   gx = I0 gz, gI0 = gz x^T. The products run on blocks of BS samples held in L1, so no
+   (tiles, columns, samples) product is ever written to memory; the readout loop is plain
+   C that the compiler vectorizes (logf from the vector math library with -ffast-math).
+   Readout noise: each block of a column reads a window of a bank of standard normal
+   values (small enough to stay in the CPU's L2 cache) at an offset hashed from a seed,
+   the tile, the column and the block (so it does not depend on how the samples are
+   split across threads).
+   Layouts (all float32, contiguous): x (RT, R, S); I0, k (RT, R, N2); e, t0, g, kbar
+   (RT, N2); dq/dz (RT, N2, S); y and gy (N2/2, S); bank (nbank >= BS). */
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define VL 16                /* floats per vector */
+#define BS 128               /* samples per block */
+#define NV (BS / VL)         /* vectors per block */
+#define CB 8                 /* columns per register block */
+#define R_MAX 64             /* rows per tile */
+
+typedef float vf __attribute__((vector_size(VL * sizeof(float))));
+typedef int vi __attribute__((vector_size(VL * sizeof(int))));
+
+/* dq/dz (in (0, 1.1] on any chip: 1 / (1 + droop) times a crosstalk factor near 1) is
+   kept for the backward pass as 16-bit fixed point, 2^-15 steps (a relative error below
+   1e-4 on a gradient factor; half the memory traffic of float). */
+typedef unsigned short mtype;
+#define M_ONE 32768.0f
+
+/* ln(w) for normal w > 0, relative error ~1e-7: w = 2^ex f with f in [sqrt(1/2), sqrt(2)),
+   ln(1 + t) = t - t^2/2 + t^3 P(t), P fitted (least squares, relative, Chebyshev nodes)
+   on that interval. Inline so the readout loop vectorizes without a library call. */
+static inline float log_pos(float w)
+{
+    int bits;
+    memcpy(&bits, &w, sizeof bits);
+    int ex = (bits >> 23) - 127;
+    bits = (bits & 0x007fffff) | 0x3f800000;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    int big = f > 1.41421356f;
+    f = big ? 0.5f * f : f;
+    ex += big;
+    float t = f - 1.0f, t2 = t * t;
+    float p = 0.0850695372f;
+    p = p * t - 0.141974717f;
+    p = p * t + 0.149509788f;
+    p = p * t - 0.165879488f;
+    p = p * t + 0.199605972f;
+    p = p * t - 0.250009686f;
+    p = p * t + 0.333339721f;
+    return t2 * t * p - 0.5f * t2 + t + (float)ex * 0.693147181f;
+}
+
+static float hsum(vf v)
+{
+    float s = 0.0f;
+    for (int l = 0; l < VL; l++) s += v[l];
+    return s;
+}
+
+/* Rows [0, R) of x (RT, R, S), tile r, samples [s0, s0 + n) into a zero-padded block. */
+static void load_block(vf xb[][NV], const float *x, long r, long R, long S, long s0, long n)
+{
+    for (long i = 0; i < R; i++) {
+        float *dst = (float *)xb[i];
+        memcpy(dst, x + (r * R + i) * S + s0, sizeof(float) * n);
+        memset(dst + n, 0, sizeof(float) * (BS - n));
+    }
+}
+
+/* Columns [c0, c0 + nc) of a (RT, R, N2) coefficient array, tile r, zero-padded to CB. */
+static void load_coef(float out[][CB], const float *a, long r, long R, long N2, long c0, long nc)
+{
+    for (long i = 0; i < R; i++)
+        for (long cc = 0; cc < CB; cc++) out[i][cc] = cc < nc ? a[(r * R + i) * N2 + c0 + cc] : 0.0f;
+}
+
+/* zb[cc] = sum_i ac[i][cc] xb[i] (and kb[cc] = sum_i kc[i][cc] pb[i] when kc), two
+   vectors of samples at a time (16 accumulators; 10 loads per 16 multiply-adds) */
+static void products(long R, vf xb[][NV], vf pb[][NV], float ac[][CB], float kc[][CB], vf zb[CB][NV],
+                     vf kb[CB][NV])
+{
+    for (long v = 0; v < NV; v += 2) {
+        vf a0[CB] = {0}, a1[CB] = {0};
+        for (long i = 0; i < R; i++) {
+            vf x0 = xb[i][v], x1 = xb[i][v + 1];
+            for (int cc = 0; cc < CB; cc++) {
+                a0[cc] += ac[i][cc] * x0;
+                a1[cc] += ac[i][cc] * x1;
+            }
+        }
+        for (int cc = 0; cc < CB; cc++) zb[cc][v] = a0[cc], zb[cc][v + 1] = a1[cc];
+        if (!kc) continue;
+        vf b0[CB] = {0}, b1[CB] = {0};
+        for (long i = 0; i < R; i++) {
+            vf p0 = pb[i][v], p1 = pb[i][v + 1];
+            for (int cc = 0; cc < CB; cc++) {
+                b0[cc] += kc[i][cc] * p0;
+                b1[cc] += kc[i][cc] * p1;
+            }
+        }
+        for (int cc = 0; cc < CB; cc++) kb[cc][v] = b0[cc], kb[cc][v + 1] = b1[cc];
+    }
+}
+
+/* The readout of one column over n samples (see the top): adds to y, stores dq/dz in m. */
+#define READOUT(NAME, DROOP, QUANT)                                                                 \
+static void NAME(long n, const float *restrict z, const float *restrict kt, const float *restrict sx, \
+                 const float *restrict noise, float noise_c, float e, float g, float t0, float ae,  \
+                 float be, float cmax, float sg, float *restrict y, mtype *restrict m)            \
+{                                                                                                   \
+    float inv_e = 1.0f / e, inv_g = 1.0f / g;                                                       \
+    for (long j = 0; j < n; j++) {                                                                  \
+        float k = kt[j], q;                                                                         \
+        if (DROOP) {                                                                                \
+            float m1 = 1.0f - ae * k - be * sx[j];                                                  \
+            float w = 1.0f + e * z[j] * m1;                                                         \
+            m[j] = (mtype)(fminf(fmaxf(m1 / w, 0.0f), 65535.0f / M_ONE) * M_ONE + 0.5f);              \
+            q = log_pos(w) * inv_e + k;                                                             \
+        } else {                                                                                    \
+            q = z[j] + k;                                                                           \
+        }                                                                                           \
+        float cnt = t0 - g * q + noise_c * noise[j];                                                \
+        if (QUANT) cnt = floorf(cnt);                                                               \
+        cnt = fminf(fmaxf(cnt, 0.0f), cmax);                                                        \
+        y[j] += sg * (t0 - cnt) * inv_g;                                                            \
+    }                                                                                               \
+}
+READOUT(read_dq, 1, 1)
+READOUT(read_d, 1, 0)
+READOUT(read_q, 0, 1)
+READOUT(read_, 0, 0)
+
+/* A window offset in [0, nbank - BS] from the seed and a position (splitmix64). */
+static long bank_offset(unsigned long long seed, long r, long c, long s0, long nbank)
+{
+    unsigned long long h = seed ^ ((unsigned long long)r << 48) ^ ((unsigned long long)c << 24) ^ (unsigned long long)s0;
+    h += 0x9E3779B97F4A7C15ull;
+    h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9ull;
+    h = (h ^ (h >> 27)) * 0x94D049BB133111EBull;
+    h ^= h >> 31;
+    return (long)(h % (unsigned long long)(nbank - BS + 1));
+}
+
+/* Samples [sb, se) of S. flags: 1 droop, 2 quantize, 4 crosstalk, 8 edge order. Noise
+   (noise_c counts rms) from bank (NULL: none). Returns 0, or 1 if R > R_MAX or the bank
+   is shorter than a block. */
+int tiles_fwd(long RT, long R, long N2, long S, long sb, long se, const float *x, const float *a, const float *k,
+              const float *e, const float *t0, const float *g, const float *kbar, const float *bank, long nbank,
+              unsigned long long seed, float noise_c, float edge_a, float edge_b, float cmax, int flags, float *y, mtype *m)
+{
+    if (R > R_MAX || (bank && nbank < BS)) return 1;
+    int droop = flags & 1, quant = flags & 2, xtalk = flags & 4, edge = (flags & 8) && xtalk && droop;
+    long half = N2 / 2;
+    static const float zeros[BS];
+    vf xb[R_MAX][NV], pb[R_MAX][NV], zb[CB][NV], kb[CB][NV], sxb[NV];
+    float ac[R_MAX][CB], kc[R_MAX][CB];
+    mtype scratch[BS];
+    const vf one = (vf){0} + 1.0f, zero = {0};
+    for (long c = 0; c < half; c++) memset(y + c * S + sb, 0, sizeof(float) * (se - sb));
+    memset(kb, 0, sizeof kb);
+    for (long s0 = sb; s0 < se; s0 += BS) {
+        long n = se - s0 < BS ? se - s0 : BS, nv = (n + VL - 1) / VL;
+        for (long r = 0; r < RT; r++) {
+            load_block(xb, x, r, R, S, s0, n);
+            for (long v = 0; v < nv; v++) {
+                vf s = zero;
+                for (long i = 0; i < R; i++) {
+                    s += xb[i][v];
+                    pb[i][v] = (vf)((vi)one & (xb[i][v] > zero));
+                }
+                sxb[v] = s;
+            }
+            for (long c0 = 0; c0 < N2; c0 += CB) {
+                long nc = N2 - c0 < CB ? N2 - c0 : CB;
+                load_coef(ac, a, r, R, N2, c0, nc);
+                if (xtalk) load_coef(kc, k, r, R, N2, c0, nc);
+                products(R, xb, pb, ac, xtalk ? kc : NULL, zb, kb);
+                for (long cc = 0; cc < nc; cc++) {
+                    long c = c0 + cc, pc = r * N2 + c;
+                    float ec = e[pc], ae = edge ? edge_a * ec : 0.0f, be = edge ? edge_b * ec * kbar[pc] : 0.0f;
+                    const float *nz = bank ? bank + bank_offset(seed, r, c, s0, nbank) : zeros;
+                    float *yp = y + (c < half ? c : c - half) * S + s0;
+                    mtype *mp = m ? m + pc * S + s0 : scratch;
+                    float sg = c < half ? 1.0f : -1.0f;
+                    const float *zp = (const float *)zb[cc], *kp = (const float *)kb[cc], *sp = (const float *)sxb;
+                    if (droop && quant) read_dq(n, zp, kp, sp, nz, noise_c, ec, g[pc], t0[pc], ae, be, cmax, sg, yp, mp);
+                    else if (droop) read_d(n, zp, kp, sp, nz, noise_c, ec, g[pc], t0[pc], ae, be, cmax, sg, yp, mp);
+                    else if (quant) read_q(n, zp, kp, sp, nz, noise_c, ec, g[pc], t0[pc], ae, be, cmax, sg, yp, mp);
+                    else read_(n, zp, kp, sp, nz, noise_c, ec, g[pc], t0[pc], ae, be, cmax, sg, yp, mp);
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+/* gz[cc] = +-m gy of columns [c0, c0 + nc) of tile r over n samples (zero-padded) */
+static void grad_block(vf gz[CB][NV], const mtype *m, const float *gy, long r, long N2, long S, long s0, long n,
+                       long c0, long nc)
+{
+    long half = N2 / 2;
+    memset(gz, 0, sizeof(vf) * CB * NV);
+    for (long cc = 0; cc < nc; cc++) {
+        long c = c0 + cc;
+        const float *gp = gy + (c < half ? c : c - half) * S + s0;
+        float sg = c < half ? 1.0f : -1.0f, *dst = (float *)gz[cc];
+        if (m) {
+            const mtype *mp = m + (r * N2 + c) * S + s0;
+            for (long j = 0; j < n; j++) dst[j] = (sg / M_ONE) * (float)mp[j] * gp[j];
+        } else {
+            for (long j = 0; j < n; j++) dst[j] = sg * gp[j];
+        }
+    }
+}
+
+/* gxb[i] += sum_cc ac[i][cc] gz[cc], two vectors of samples at a time */
+static void grad_x(long R, vf gxb[][NV], float ac[][CB], vf gz[CB][NV])
+{
+    for (long v = 0; v < NV; v += 2) {
+        vf g0[CB], g1[CB];
+        for (int cc = 0; cc < CB; cc++) g0[cc] = gz[cc][v], g1[cc] = gz[cc][v + 1];
+        for (long i = 0; i < R; i++) {
+            vf a0 = gxb[i][v], a1 = gxb[i][v + 1];
+            for (int cc = 0; cc < CB; cc++) {
+                a0 += ac[i][cc] * g0[cc];
+                a1 += ac[i][cc] * g1[cc];
+            }
+            gxb[i][v] = a0, gxb[i][v + 1] = a1;
+        }
+    }
+}
+
+/* gav[i][c0 + cc] += gz[cc] xb[i] lane-wise (summed over the block's vectors), in 4 x 4
+   register tiles; R is a multiple of 4 (the caller pads). */
+static void grad_a(long R, long N2, vf *gav, vf xb[][NV], vf gz[CB][NV], long c0)
+{
+    for (long i = 0; i < R; i += 4)
+        for (int cc = 0; cc < CB; cc += 4) {
+            vf acc[4][4] = {{0}};
+            for (long v = 0; v < NV; v++) {
+                vf x0 = xb[i][v], x1 = xb[i + 1][v], x2 = xb[i + 2][v], x3 = xb[i + 3][v];
+                for (int k = 0; k < 4; k++) {
+                    vf gv = gz[cc + k][v];
+                    acc[0][k] += gv * x0;
+                    acc[1][k] += gv * x1;
+                    acc[2][k] += gv * x2;
+                    acc[3][k] += gv * x3;
+                }
+            }
+            for (int u = 0; u < 4; u++)
+                for (int k = 0; k < 4; k++) gav[(i + u) * (N2 + CB) + c0 + cc + k] += acc[u][k];
+        }
+}
+
+/* Samples [sb, se) of S. m: dq/dz (RT, N2, S) or NULL (no droop: 1). gx (RT, R, S)
+   (samples [sb, se)) and ga (RT, R, N2) (the sum over those samples) are written when
+   not NULL. Returns 0, 1 if R > R_MAX, 2 if out of memory. */
+int tiles_bwd(long RT, long R, long N2, long S, long sb, long se, const float *x, const float *a, const mtype *m,
+              const float *gy, float *gx, float *ga)
+{
+    if (R > R_MAX) return 1;
+    long R4 = (R + 3) / 4 * 4;
+    vf xb[R_MAX][NV], gxb[R_MAX][NV], gz[CB][NV];
+    float ac[R_MAX][CB];
+    vf *gav = NULL;  /* (R4, N2 + CB) lane-wise sums of gz x over the samples of a tile */
+    if (ga) {
+        gav = aligned_alloc(64, sizeof(vf) * R4 * (N2 + CB));
+        if (!gav) return 2;
+    }
+    memset(xb, 0, sizeof xb);
+    for (long r = 0; r < RT; r++) {
+        if (ga) memset(gav, 0, sizeof(vf) * R4 * (N2 + CB));
+        for (long s0 = sb; s0 < se; s0 += BS) {
+            long n = se - s0 < BS ? se - s0 : BS;
+            if (ga) load_block(xb, x, r, R, S, s0, n);
+            memset(gxb, 0, sizeof(vf) * R * NV);
+            for (long c0 = 0; c0 < N2; c0 += CB) {
+                long nc = N2 - c0 < CB ? N2 - c0 : CB;
+                grad_block(gz, m, gy, r, N2, S, s0, n, c0, nc);
+                if (gx) {
+                    load_coef(ac, a, r, R, N2, c0, nc);
+                    grad_x(R, gxb, ac, gz);
+                }
+                if (ga) grad_a(R4, N2, gav, xb, gz, c0);
+            }
+            if (gx)
+                for (long i = 0; i < R; i++) memcpy(gx + (r * R + i) * S + s0, gxb[i], sizeof(float) * n);
+        }
+        if (ga)
+            for (long i = 0; i < R; i++)
+                for (long c = 0; c < N2; c++) ga[(r * R + i) * N2 + c] = hsum(gav[i * (N2 + CB) + c]);
+    }
+    free(gav);
+    return 0;
+}
