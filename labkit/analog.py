@@ -416,13 +416,19 @@ class _TileBmm(torch.autograd.Function):
 
 class _UnfoldT(torch.autograd.Function):
     """Transposed patches (rows, B*Ho*Wo) of ``x`` (B, C, H, W), channel-major like
-    ``F.unfold`` and zero-padded to ``rows``, by one strided copy (each row's samples
-    are contiguous runs of the input); backward by one shifted add per kernel position."""
+    ``F.unfold``, zero-padded around ``x`` by ``padding`` and to ``rows`` rows. In C where
+    the kernels apply (runs of input rows copied), else one strided torch copy; backward
+    by the adjoint (one shifted add per kernel position in torch)."""
 
     @staticmethod
-    def forward(ctx, x, kernel, stride, dilation, out_hw, rows):
+    def forward(ctx, x, kernel, stride, padding, dilation, out_hw, rows):
+        ctx.args = (kernel, stride, padding, dilation, tuple(x.shape), out_hw, rows)
+        if _NATIVE["on"] and analog_native.applies(x):
+            return analog_native.patches(x, kernel + stride + padding + dilation + out_hw, rows)
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw), (Ho, Wo) = kernel, stride, padding, dilation, out_hw
+        if ph or pw:
+            x = F.pad(x, (pw, pw, ph, ph))
         B, C, H, W = x.shape
-        (kh, kw), (sh, sw), (dh, dw), (Ho, Wo) = kernel, stride, dilation, out_hw
         s = x.stride()
         v = x.as_strided((C, kh, kw, B, Ho, Wo), (s[1], s[2] * dh, s[3] * dw, s[0], s[2] * sh, s[3] * sw))
         K = C * kh * kw
@@ -430,20 +436,23 @@ class _UnfoldT(torch.autograd.Function):
         out[:K].view(C, kh, kw, B, Ho, Wo).copy_(v)
         if rows > K:
             out[K:] = 0.0
-        ctx.args = (kernel, stride, dilation, (B, C, H, W), (Ho, Wo), K)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        (kh, kw), (sh, sw), (dh, dw), (B, C, H, W), (Ho, Wo), K = ctx.args
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw), (B, C, H, W), (Ho, Wo), rows = ctx.args
+        if _NATIVE["on"] and analog_native.applies(g):
+            return (analog_native.patches_backward(g, (B, C, H, W), (kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo), rows),
+                    None, None, None, None, None, None)
+        K = C * kh * kw
         gp = g[:K].reshape(C, kh, kw, B, Ho, Wo)
-        gx = torch.zeros(B, C, H, W, dtype=g.dtype, device=g.device)
+        gx = torch.zeros(B, C, H + 2 * ph, W + 2 * pw, dtype=g.dtype, device=g.device)
         gxc = gx.transpose(0, 1)  # (C, B, H, W) view
         for i in range(kh):
             for j in range(kw):
                 gxc[:, :, i * dh: i * dh + sh * (Ho - 1) + 1: sh, j * dw: j * dw + sw * (Wo - 1) + 1: sw] += gp[:, i, j]
-        return gx, None, None, None, None, None
+        return gx[:, :, ph: ph + H, pw: pw + W], None, None, None, None, None, None
 
 
 def _ste(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -690,13 +699,12 @@ class AnalogConv2d(AnalogLayer):
         """(B, C, H, W) -> patches (B*Ho*Wo, C*kh*kw) (channel-major like ``F.unfold``), or
         with ``rows`` transposed and zero-padded: (rows, B*Ho*Wo); and (B, Ho, Wo)."""
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
-        if ph or pw:
-            x = F.pad(x, (pw, pw, ph, ph))
         B, C, H, W = x.shape
-        Ho, Wo = (H - dh * (kh - 1) - 1) // sh + 1, (W - dw * (kw - 1) - 1) // sw + 1
+        Ho, Wo = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        args = ((kh, kw), (sh, sw), (ph, pw), (dh, dw), (Ho, Wo))
         if rows is None:  # (N, K), as F.unfold's columns
-            return _UnfoldT.apply(x, (kh, kw), (sh, sw), (dh, dw), (Ho, Wo), self.in_rows).t(), (B, Ho, Wo)
-        return _UnfoldT.apply(x, (kh, kw), (sh, sw), (dh, dw), (Ho, Wo), rows), (B, Ho, Wo)
+            return _UnfoldT.apply(x, *args, self.in_rows).t(), (B, Ho, Wo)
+        return _UnfoldT.apply(x, *args, rows), (B, Ho, Wo)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:

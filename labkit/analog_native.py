@@ -23,7 +23,7 @@ import torch
 
 from . import native
 
-__all__ = ["available", "forward", "backward"]
+__all__ = ["available", "applies", "forward", "backward", "patches", "patches_backward"]
 
 _SRC = Path(__file__).with_name("analog_tiles.c")
 _LIB: list = []
@@ -40,6 +40,8 @@ def _lib():
             lib.tiles_fwd.argtypes = [i64] * 6 + [p] * 8 + [i64, ctypes.c_ulonglong] + [f32] * 4 + [i32, p, p]
             lib.tiles_bwd.argtypes = [i64] * 6 + [p] * 6
             lib.tiles_fwd.restype = lib.tiles_bwd.restype = ctypes.c_int
+            lib.patches_fwd.argtypes = lib.patches_bwd.argtypes = [i64] * 4 + [p, i64, p, p]
+            lib.patches_fwd.restype = lib.patches_bwd.restype = None
         _LIB.append(lib)
     return _LIB[0]
 
@@ -50,9 +52,10 @@ def available() -> bool:
 
 
 def applies(*tensors: torch.Tensor) -> bool:
-    """True when the kernels serve these tensors (float32 on the CPU, rows <= 64)."""
+    """True when the kernels serve these tensors (float32 on the CPU; tile inputs (RT, R,
+    S) with R <= 64)."""
     return (_lib() is not None and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
-            and tensors[0].shape[1] <= _R_MAX)
+            and (tensors[0].dim() != 3 or tensors[0].shape[1] <= _R_MAX))
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -118,3 +121,23 @@ def backward(xt, i0t, m, gy, need_x: bool, need_i: bool):
     for part in gis[1:]:
         gi += part
     return gx, gi
+
+
+def patches(x: torch.Tensor, geo: tuple, rows: int) -> torch.Tensor:
+    """Transposed convolution patches (rows, B*Ho*Wo) of x (B, C, H, W); geo = (kh, kw,
+    sh, sw, ph, pw, dh, dw, Ho, Wo)."""
+    x = x.contiguous()
+    B, C, H, W = x.shape
+    out = torch.empty(rows, B * geo[-2] * geo[-1], dtype=torch.float32)
+    g = torch.tensor(geo, dtype=torch.int64)
+    _lib().patches_fwd(B, C, H, W, g.data_ptr(), rows, x.data_ptr(), out.data_ptr())
+    return out
+
+
+def patches_backward(g: torch.Tensor, shape: tuple, geo: tuple, rows: int) -> torch.Tensor:
+    """The gradient (B, C, H, W) of :func:`patches` for its output's gradient g."""
+    g = g.contiguous()
+    gx = torch.empty(shape, dtype=torch.float32)
+    gg = torch.tensor(geo, dtype=torch.int64)
+    _lib().patches_bwd(*shape, gg.data_ptr(), rows, g.data_ptr(), gx.data_ptr())
+    return gx

@@ -310,3 +310,62 @@ int tiles_bwd(long RT, long R, long N2, long S, long sb, long se, const float *x
     free(gav);
     return 0;
 }
+
+/* Convolution patches, transposed: out (rows, B*Ho*Wo), row k = (channel, ki, kj) as
+   F.unfold orders them, zero rows from C*kh*kw up to rows, zero padding around x
+   (B, C, H, W). geo = {kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo}. */
+void patches_fwd(long B, long C, long H, long W, const long *geo, long rows, const float *x, float *out)
+{
+    long kh = geo[0], kw = geo[1], sh = geo[2], sw = geo[3], ph = geo[4], pw = geo[5], dh = geo[6], dw = geo[7];
+    long Ho = geo[8], Wo = geo[9], N = B * Ho * Wo, K = C * kh * kw;
+    for (long k = 0; k < rows; k++) {
+        float *o = out + k * N;
+        if (k >= K) {
+            memset(o, 0, sizeof(float) * N);
+            continue;
+        }
+        long ch = k / (kh * kw), ki = k / kw % kh, kj = k % kw;
+        /* output columns whose input column is inside x: wo in [lo, hi) */
+        long off = kj * dw - pw, lo = off >= 0 ? 0 : (-off + sw - 1) / sw, hi = (W - off + sw - 1) / sw;
+        hi = hi < Wo ? hi : Wo;
+        hi = hi > lo ? hi : lo;
+        for (long b = 0; b < B; b++)
+            for (long ho = 0; ho < Ho; ho++, o += Wo) {
+                long hi_in = ho * sh - ph + ki * dh;
+                if (hi_in < 0 || hi_in >= H) {
+                    memset(o, 0, sizeof(float) * Wo);
+                    continue;
+                }
+                const float *src = x + ((b * C + ch) * H + hi_in) * W + off;
+                for (long wo = 0; wo < lo; wo++) o[wo] = 0.0f;
+                if (sw == 1) for (long wo = lo; wo < hi; wo++) o[wo] = src[wo];  /* short runs: no memcpy call */
+                else for (long wo = lo; wo < hi; wo++) o[wo] = src[wo * sw];
+                for (long wo = hi; wo < Wo; wo++) o[wo] = 0.0f;
+            }
+    }
+}
+
+/* The adjoint of patches_fwd: gx (B, C, H, W) = sum of g (rows, B*Ho*Wo) over the
+   patches each input pixel is in (rows beyond C*kh*kw ignored). */
+void patches_bwd(long B, long C, long H, long W, const long *geo, long rows, const float *g, float *gx)
+{
+    long kh = geo[0], kw = geo[1], sh = geo[2], sw = geo[3], ph = geo[4], pw = geo[5], dh = geo[6], dw = geo[7];
+    long Ho = geo[8], Wo = geo[9], N = B * Ho * Wo, K = C * kh * kw;
+    (void)rows;
+    memset(gx, 0, sizeof(float) * B * C * H * W);
+    for (long k = 0; k < K; k++) {
+        const float *o = g + k * N;
+        long ch = k / (kh * kw), ki = k / kw % kh, kj = k % kw;
+        long off = kj * dw - pw, lo = off >= 0 ? 0 : (-off + sw - 1) / sw, hi = (W - off + sw - 1) / sw;
+        hi = hi < Wo ? hi : Wo;
+        hi = hi > lo ? hi : lo;
+        for (long b = 0; b < B; b++)
+            for (long ho = 0; ho < Ho; ho++, o += Wo) {
+                long hi_in = ho * sh - ph + ki * dh;
+                if (hi_in < 0 || hi_in >= H) continue;
+                float *dst = gx + ((b * C + ch) * H + hi_in) * W + off;
+                if (sw == 1) for (long wo = lo; wo < hi; wo++) dst[wo] += o[wo];
+                else for (long wo = lo; wo < hi; wo++) dst[wo * sw] += o[wo];
+            }
+    }
+}

@@ -230,3 +230,26 @@ def test_fused_native_kernels_agree_with_the_torch_path():
     for a, b in zip(outs[True][1:], outs[False][1:]):
         assert float((a - b).norm() / b.norm()) < 2e-4
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-5 * float(b.abs().max()))
+
+
+@pytest.mark.parametrize("k,stride,pad,dil", [(5, 1, 2, 1), (3, 2, 1, 1), (3, 1, 0, 2), (2, 3, 3, 1)])
+def test_patches_match_unfold_and_their_gradient_is_its_adjoint(k, stride, pad, dil):
+    from labkit import analog
+
+    torch.manual_seed(0)
+    conv = AnalogConv2d(3, 4, k, stride, pad, dil)
+    x = torch.rand(2, 3, 11, 9, dtype=torch.float32, requires_grad=True)
+    ref = F.unfold(x, k, dilation=dil, padding=pad, stride=stride)  # (B, K, L)
+    ref_t = ref.permute(1, 0, 2).reshape(ref.shape[1], -1)
+    rows = conv.row_tiles * conv.config.rows
+    g = torch.randn(rows, ref_t.shape[1])
+    ref_g, = torch.autograd.grad((ref_t * g[: ref_t.shape[0]]).sum(), x)
+    for native in (True, False):
+        analog._NATIVE["on"] = native
+        try:
+            p, _ = conv.unfold(x, rows)
+            gx, = torch.autograd.grad((p * g).sum(), x)
+        finally:
+            analog._NATIVE["on"] = True
+        assert torch.equal(p[: ref_t.shape[0]], ref_t) and not p[ref_t.shape[0]:].any()
+        assert torch.allclose(gx, ref_g, atol=1e-5)
