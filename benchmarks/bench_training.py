@@ -12,8 +12,10 @@
 Each figure is the median over rounds in which every network runs three steps in turn
 (so a busy machine slows them alike, and each runs warm) of one optimizer-free step (zero_grad, forward, cross-entropy,
 backward); ratios are to the plain network. ``--threads`` sets torch's CPU threads (the
-default is 1: on a shared machine a second thread mostly waits). The target is a ratio
-below 5.
+default is 1: on a shared machine a second thread mostly waits). The process keeps freed
+memory for reuse (:func:`labkit.native.retain_freed_memory`, as ``labkit.training.train``
+does; it serves all three networks; ``--default-allocator`` to measure without). The
+target is a ratio below 5.
 
     python benchmarks/bench_training.py [--steps 15] [--threads 1]
 """
@@ -28,6 +30,7 @@ import torch
 from torch import nn
 
 from labkit.analog import ChipSpread, convert
+from labkit.native import retain_freed_memory
 from labkit.networks import lenet5
 
 TARGET = 5.0
@@ -62,8 +65,10 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--default-allocator", action="store_true", help="do not keep freed memory (page faults)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    retained = not args.default_allocator and retain_freed_memory()
     torch.manual_seed(0)
     net = lenet5()
     x = torch.rand(args.batch, 1, 28, 28)
@@ -84,7 +89,8 @@ def main(argv=None) -> list[dict]:
                 times[name].append(time.perf_counter() - t)
     base = statistics.median(times["plain"])
     rows = []
-    print(f"LeNet-5, batch {args.batch}, forward+backward, {args.threads} CPU thread(s), median of {args.steps}")
+    print(f"LeNet-5, batch {args.batch}, forward+backward, {args.threads} CPU thread(s), median of {args.steps}, "
+          f"{'freed memory kept' if retained else 'default allocator'}")
     print(f"{'network':22} {'ms/step':>9} {'ratio':>7}")
     for name, ts in times.items():
         med = statistics.median(ts)

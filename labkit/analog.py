@@ -48,14 +48,16 @@ clock, the TDC and the clip; exact for the droop; the edge-order term is a forwa
 correction (its gradient is second order).
 
 Noise: Gaussian readout noise of ``noise_std_s`` per column (training mode only), drawn
-from a pre-generated Gaussian bank at a random offset per call (``torch.randn`` costs
-more than the rest of the tile physics on a CPU). Units inside: nA, us, fC (= nA us).
+from a pre-generated Gaussian bank at random offsets (``torch.randn`` costs more than the
+rest of the tile physics on a CPU): one offset per call in torch, one per column and
+block of 128 samples in C. Units inside: nA, us, fC (= nA us).
 
-Speed: the products run as batched matrix products on transposed patches (rows x
-samples), so every column's samples are contiguous; the per-column readout (droop,
-crosstalk, noise, TDC, clip, signed row-tile sums) is one fused pass in C
-(:mod:`labkit.analog_native`, built at first use; the torch code here is the fallback
-and the reference).
+Speed: on the CPU (float32) the whole tile computation runs in C
+(:mod:`labkit.analog_native`, ``analog_tiles.c``, built at first use): products,
+readout and row-tile sums on blocks of samples held in the cache, the backward pass
+likewise, convolution patches copied by runs; the torch code here is the fallback (other
+devices and dtypes, no compiler, ``LABKIT_NATIVE=0``) and the reference the tests hold
+the kernels to.
 """
 
 from __future__ import annotations

@@ -253,3 +253,30 @@ def test_patches_match_unfold_and_their_gradient_is_its_adjoint(k, stride, pad, 
             analog._NATIVE["on"] = True
         assert torch.equal(p[: ref_t.shape[0]], ref_t) and not p[ref_t.shape[0]:].any()
         assert torch.allclose(gx, ref_g, atol=1e-5)
+
+
+def test_native_kernels_split_across_threads_give_the_single_thread_result():
+    from labkit import analog_native
+
+    if not analog_native.available():
+        pytest.skip("no C compiler: the torch path is the only one")
+    torch.manual_seed(0)
+    conv = AnalogConv2d(3, 10, 3, padding=1, tiles=ChipSpread()).train()  # 2 row tiles
+    x = torch.rand(40, 3, 32, 32)  # 40,960 samples per tile: several threads' worth
+    threads = torch.get_num_threads()
+    runs = []
+    for n in (1, 4):
+        torch.set_num_threads(n)
+        try:
+            assert len(analog_native._chunks(x.shape[0] * 32 * 32)) == n
+            torch.manual_seed(1)  # the same noise seed
+            conv.zero_grad()
+            xg = x.clone().requires_grad_(True)
+            y = conv(xg)
+            (y * torch.linspace(-1, 1, 10)[:, None, None]).sum().backward()
+        finally:
+            torch.set_num_threads(threads)
+        runs.append((y.detach(), conv.weight.grad.clone(), xg.grad.clone()))
+    assert torch.equal(runs[0][0], runs[1][0])  # noise windows hashed per block: split-independent
+    assert torch.equal(runs[0][2], runs[1][2])
+    assert torch.allclose(runs[0][1], runs[1][1], rtol=1e-5, atol=1e-6)  # summed in another order
