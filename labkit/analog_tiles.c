@@ -91,10 +91,9 @@ static void load_coef(float out[][CB], const float *a, long r, long R, long N2, 
         for (long cc = 0; cc < CB; cc++) out[i][cc] = cc < nc ? a[(r * R + i) * N2 + c0 + cc] : 0.0f;
 }
 
-/* zb[cc] = sum_i ac[i][cc] xb[i] (and kb[cc] = sum_i kc[i][cc] pb[i] when kc), two
-   vectors of samples at a time (16 accumulators; 10 loads per 16 multiply-adds) */
-static void products(long R, vf xb[][NV], vf pb[][NV], float ac[][CB], float kc[][CB], vf zb[CB][NV],
-                     vf kb[CB][NV])
+/* zb[cc] = sum_i ac[i][cc] xb[i] over the block, two vectors of samples at a time (16
+   accumulators; 10 loads per 16 multiply-adds) */
+static void products(long R, vf xb[][NV], float ac[][CB], vf zb[CB][NV])
 {
     for (long v = 0; v < NV; v += 2) {
         vf a0[CB] = {0}, a1[CB] = {0};
@@ -106,16 +105,6 @@ static void products(long R, vf xb[][NV], vf pb[][NV], float ac[][CB], float kc[
             }
         }
         for (int cc = 0; cc < CB; cc++) zb[cc][v] = a0[cc], zb[cc][v + 1] = a1[cc];
-        if (!kc) continue;
-        vf b0[CB] = {0}, b1[CB] = {0};
-        for (long i = 0; i < R; i++) {
-            vf p0 = pb[i][v], p1 = pb[i][v + 1];
-            for (int cc = 0; cc < CB; cc++) {
-                b0[cc] += kc[i][cc] * p0;
-                b1[cc] += kc[i][cc] * p1;
-            }
-        }
-        for (int cc = 0; cc < CB; cc++) kb[cc][v] = b0[cc], kb[cc][v + 1] = b1[cc];
     }
 }
 
@@ -191,7 +180,8 @@ int tiles_fwd(long RT, long R, long N2, long S, long sb, long se, const float *x
                 long nc = N2 - c0 < CB ? N2 - c0 : CB;
                 load_coef(ac, a, r, R, N2, c0, nc);
                 if (xtalk) load_coef(kc, k, r, R, N2, c0, nc);
-                products(R, xb, pb, ac, xtalk ? kc : NULL, zb, kb);
+                products(R, xb, ac, zb);
+                if (xtalk) products(R, pb, kc, kb);
                 for (long cc = 0; cc < nc; cc++) {
                     long c = c0 + cc, pc = r * N2 + c;
                     float ec = e[pc], ae = edge ? edge_a * ec : 0.0f, be = edge ? edge_b * ec * kbar[pc] : 0.0f;
@@ -314,29 +304,41 @@ int tiles_bwd(long RT, long R, long N2, long S, long sb, long se, const float *x
 /* Convolution patches, transposed: out (rows, B*Ho*Wo), row k = (channel, ki, kj) as
    F.unfold orders them, zero rows from C*kh*kw up to rows, zero padding around x
    (B, C, H, W). geo = {kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo}. */
+
+/* Where patch row k reads: x + ((b C + ch) H + ho sh - ph + ki dh) W + off + wo sw for
+   output columns wo in [lo, hi) (inside x; zero elsewhere). Returns the row's ki. */
+static long patch_row(const long *geo, long W, long k, long *ch, long *off, long *lo, long *hi)
+{
+    long kh = geo[0], kw = geo[1], sw = geo[3], pw = geo[5], dw = geo[7], Wo = geo[9];
+    long kj = k % kw;
+    *ch = k / (kh * kw);
+    *off = kj * dw - pw;
+    *lo = *off >= 0 ? 0 : (-*off + sw - 1) / sw;
+    *hi = (W - *off + sw - 1) / sw;
+    *hi = *hi < Wo ? *hi : Wo;
+    *hi = *hi > *lo ? *hi : *lo;
+    return k / kw % kh;
+}
+
 void patches_fwd(long B, long C, long H, long W, const long *geo, long rows, const float *x, float *out)
 {
-    long kh = geo[0], kw = geo[1], sh = geo[2], sw = geo[3], ph = geo[4], pw = geo[5], dh = geo[6], dw = geo[7];
-    long Ho = geo[8], Wo = geo[9], N = B * Ho * Wo, K = C * kh * kw;
+    long sh = geo[2], sw = geo[3], ph = geo[4], dh = geo[6], Ho = geo[8], Wo = geo[9];
+    long N = B * Ho * Wo, K = C * geo[0] * geo[1];
     for (long k = 0; k < rows; k++) {
         float *o = out + k * N;
         if (k >= K) {
             memset(o, 0, sizeof(float) * N);
             continue;
         }
-        long ch = k / (kh * kw), ki = k / kw % kh, kj = k % kw;
-        /* output columns whose input column is inside x: wo in [lo, hi) */
-        long off = kj * dw - pw, lo = off >= 0 ? 0 : (-off + sw - 1) / sw, hi = (W - off + sw - 1) / sw;
-        hi = hi < Wo ? hi : Wo;
-        hi = hi > lo ? hi : lo;
+        long ch, off, lo, hi, ki = patch_row(geo, W, k, &ch, &off, &lo, &hi);
         for (long b = 0; b < B; b++)
             for (long ho = 0; ho < Ho; ho++, o += Wo) {
-                long hi_in = ho * sh - ph + ki * dh;
-                if (hi_in < 0 || hi_in >= H) {
+                long h = ho * sh - ph + ki * dh;
+                if (h < 0 || h >= H) {
                     memset(o, 0, sizeof(float) * Wo);
                     continue;
                 }
-                const float *src = x + ((b * C + ch) * H + hi_in) * W + off;
+                const float *src = x + ((b * C + ch) * H + h) * W + off;
                 for (long wo = 0; wo < lo; wo++) o[wo] = 0.0f;
                 if (sw == 1) for (long wo = lo; wo < hi; wo++) o[wo] = src[wo];  /* short runs: no memcpy call */
                 else for (long wo = lo; wo < hi; wo++) o[wo] = src[wo * sw];
@@ -349,21 +351,18 @@ void patches_fwd(long B, long C, long H, long W, const long *geo, long rows, con
    patches each input pixel is in (rows beyond C*kh*kw ignored). */
 void patches_bwd(long B, long C, long H, long W, const long *geo, long rows, const float *g, float *gx)
 {
-    long kh = geo[0], kw = geo[1], sh = geo[2], sw = geo[3], ph = geo[4], pw = geo[5], dh = geo[6], dw = geo[7];
-    long Ho = geo[8], Wo = geo[9], N = B * Ho * Wo, K = C * kh * kw;
+    long sh = geo[2], sw = geo[3], ph = geo[4], dh = geo[6], Ho = geo[8], Wo = geo[9];
+    long N = B * Ho * Wo, K = C * geo[0] * geo[1];
     (void)rows;
     memset(gx, 0, sizeof(float) * B * C * H * W);
     for (long k = 0; k < K; k++) {
         const float *o = g + k * N;
-        long ch = k / (kh * kw), ki = k / kw % kh, kj = k % kw;
-        long off = kj * dw - pw, lo = off >= 0 ? 0 : (-off + sw - 1) / sw, hi = (W - off + sw - 1) / sw;
-        hi = hi < Wo ? hi : Wo;
-        hi = hi > lo ? hi : lo;
+        long ch, off, lo, hi, ki = patch_row(geo, W, k, &ch, &off, &lo, &hi);
         for (long b = 0; b < B; b++)
             for (long ho = 0; ho < Ho; ho++, o += Wo) {
-                long hi_in = ho * sh - ph + ki * dh;
-                if (hi_in < 0 || hi_in >= H) continue;
-                float *dst = gx + ((b * C + ch) * H + hi_in) * W + off;
+                long h = ho * sh - ph + ki * dh;
+                if (h < 0 || h >= H) continue;
+                float *dst = gx + ((b * C + ch) * H + h) * W + off;
                 if (sw == 1) for (long wo = lo; wo < hi; wo++) dst[wo] += o[wo];
                 else for (long wo = lo; wo < hi; wo++) dst[wo * sw] += o[wo];
             }
