@@ -39,13 +39,14 @@ from labkit.deploy import calibrate_tile, deploy, open_chips
 from labkit.networks import DEFAULTS, build, dataset_for
 from labkit.training import evaluate, hardware_aware, train, train_in_loop
 
-HW = {  # hardware-aware fine-tuning from the ideal network: epochs, learning rate, schedule,
-    # training readout noise in units of the chips' measured noise, input-scale percentile
-    # (the MLP's small margins want longer pulses: a few clipped activations buy signal
-    # over the readout noise)
-    "mlp": (100, 1e-3, "none", 1.0, 95.0),
-    "lenet5": (15, 3e-4, "cosine", 1.5, 99.9),
-    "vgg": (5, 3e-4, "cosine", 1.5, 99.9),
+HW = {  # hardware-aware fine-tuning from the ideal network: epochs, learning rate, schedule;
+    # training readout noise in units of the chips' measured noise, either a constant rms
+    # (their median noise_std_s) or, with "relative", their floor plus the part that grows
+    # with a column's output (noise_floor_s, noise_relative); input-scale percentile (the
+    # MLP's small margins want longer pulses: a few clipped activations buy signal)
+    "mlp": dict(epochs=100, lr=1e-3, schedule="none", noise=1.0, relative=True, percentile=95.0),
+    "lenet5": dict(epochs=15, lr=3e-4, schedule="cosine", noise=1.5, relative=False, percentile=99.9),
+    "vgg": dict(epochs=5, lr=3e-4, schedule="cosine", noise=1.5, relative=False, percentile=99.9),
 }
 
 
@@ -53,11 +54,13 @@ def log(*parts) -> None:
     print(*parts, file=sys.stderr, flush=True)
 
 
-def calibrate_chips(chips, iterations: int, cache: Path | None = None) -> tuple[list[TileParams], dict]:
+def calibrate_chips(chips, iterations: int, cache: Path | None = None,
+                    noise_model: bool = False) -> tuple[list[TileParams], dict]:
     """Calibrate every chip; per tile the model of its chip (with the read currents).
     With ``cache``: each chip's tile parameters are kept in CACHE/CHIP_ID.npz (plain
-    arrays) and reused by later runs on the same chips."""
-    tiles, sers, noise = [], [], []
+    arrays) and reused by later runs on the same chips (calibrated again when
+    ``noise_model`` is wanted and an older entry lacks it)."""
+    tiles, sers, noise, floor, rel = [], [], [], [], []
     t0 = time.monotonic()
     cfg = CalibrationConfig.quick(fit_iterations=iterations)
     fields = ("eta_per_v", "crosstalk_c", "offset_s", "gain_s_per_c")
@@ -65,20 +68,27 @@ def calibrate_chips(chips, iterations: int, cache: Path | None = None) -> tuple[
         path = cache / f"{b.identity.chip_id}.npz" if cache else None
         if path is not None and path.exists():
             with np.load(path, allow_pickle=False) as f:
-                tiles.append(TileParams(*(f[k] for k in fields), chip_id=b.identity.chip_id))
-                sers.append(float(f["ser_db"]))
-                noise.append(float(f["noise_std_s"]))
-            continue
+                if "noise_relative" in f or not noise_model:
+                    tiles.append(TileParams(*(f[k] for k in fields), chip_id=b.identity.chip_id))
+                    for out, key in ((sers, "ser_db"), (noise, "noise_std_s"), (floor, "noise_floor_s"),
+                                     (rel, "noise_relative")):
+                        out.append(float(f[key]) if key in f else float("nan"))
+                    continue
         tile, report = calibrate_tile(b, cfg)
         tiles.append(tile)
         sers.append(report["ser_db"]["model"])
         noise.append(report["noise_std_s"])
+        floor.append(report["noise_floor_s"])
+        rel.append(report["noise_relative"])
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(path, **{k: getattr(tiles[-1], k) for k in fields}, ser_db=sers[-1], noise_std_s=noise[-1])
+            np.savez(path, **{k: getattr(tiles[-1], k) for k in fields}, ser_db=sers[-1], noise_std_s=noise[-1],
+                     noise_floor_s=floor[-1], noise_relative=rel[-1])
         if (i + 1) % 25 == 0 or i + 1 == len(chips):
             log(f"  calibrated {i + 1}/{len(chips)} chips ({time.monotonic() - t0:.0f} s)")
-    return tiles, {"model_ser_db_median": float(np.median(sers)), "noise_std_s_median": float(np.median(noise)),
+    med = lambda v: None if np.isnan(v).any() else float(np.median(v))  # noqa: E731 (None: not in the cache)
+    return tiles, {"model_ser_db_median": med(sers), "noise_std_s_median": med(noise),
+                   "noise_floor_s_median": med(floor), "noise_relative_median": med(rel),
                    "seconds": time.monotonic() - t0}
 
 
@@ -114,8 +124,10 @@ def run_network(name: str, args) -> dict:
     with open_chips(args.backend, n) as chips:
         res["chips"] = [chips[0].identity.chip_id, chips[-1].identity.chip_id]
         log(f"{name}: calibrating {n} chips")
+        h = HW[name]
+        relative = h["relative"] if args.noise_model is None else args.noise_model == "relative"
         tiles, res["calibration"] = calibrate_chips(chips, args.cal_iterations,
-                                                    Path(args.cache) if args.cache else None)
+                                                    Path(args.cache) if args.cache else None, relative)
         # ideal network on the chips (datasheet tile parameters)
         ideal_analog = hardware_aware(net, split.train, None, AnalogConfig(), seed=args.seed)
         res["ideal_model_nominal"] = evaluate(ideal_analog, split.test)
@@ -124,13 +136,15 @@ def run_network(name: str, args) -> dict:
             res.update(ideal_deployed=acc, ideal_deployed_passes=accs, ideal_programming=summ)
             log(f"{name}: ideal network deployed {acc:.4f} {accs}")
         # hardware-aware fine-tuning with each tile's calibrated model
-        epochs, lr, schedule, noise_scale, percentile = HW[name]
-        epochs, lr = args.hw_epochs or epochs, args.hw_lr or lr
-        schedule = args.schedule or schedule
-        noise = (noise_scale if args.noise_scale is None else args.noise_scale) * res["calibration"]["noise_std_s_median"]
-        percentile = percentile if args.percentile is None else args.percentile
-        res.update(hw_noise_std_s=noise, hw_percentile=percentile)
-        hw = hardware_aware(net, split.train, tiles, AnalogConfig(noise_std_s=noise, jitter=args.jitter), percentile,
+        epochs, lr = args.hw_epochs or h["epochs"], args.hw_lr or h["lr"]
+        schedule = args.schedule or h["schedule"]
+        scale = h["noise"] if args.noise_scale is None else args.noise_scale
+        cal = res["calibration"]
+        noise = dict(noise_std_s=scale * cal["noise_floor_s_median"], noise_relative=scale * cal["noise_relative_median"]) \
+            if relative else dict(noise_std_s=scale * cal["noise_std_s_median"])
+        percentile = h["percentile"] if args.percentile is None else args.percentile
+        res.update(hw_noise=noise, hw_percentile=percentile)
+        hw = hardware_aware(net, split.train, tiles, AnalogConfig(**noise, jitter=args.jitter), percentile,
                             seed=args.seed)
         res["ideal_model_calibrated"] = evaluate(hw, split.test)
         t1 = time.monotonic()
@@ -171,6 +185,9 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--in-loop", type=int, default=0, help="epochs of chip-in-the-loop fine-tuning (0: none)")
     p.add_argument("--noise-scale", type=float, default=None,
                    help="hw training readout noise, in units of the chips' measured noise (margin for model error)")
+    p.add_argument("--noise-model", default=None, choices=["constant", "relative"],
+                   help="hw training noise: constant rms, or a floor plus a part growing with the output "
+                        "(default: per network, see HW)")
     p.add_argument("--percentile", type=float, default=None,
                    help="input scale of each layer: this percentile of its activations (hw network; "
                         "default: per network, see HW)")

@@ -47,7 +47,9 @@ checks the layer against ArrayModel's exact slot integration (about 0.2 LSB rms)
 clock, the TDC and the clip; exact for the droop; the edge-order term is a forward-only
 correction (its gradient is second order).
 
-Noise: Gaussian readout noise of ``noise_std_s`` per column (training mode only), drawn
+Noise: Gaussian readout noise per column (training mode only) of rms
+``sqrt(noise_std_s^2 + (noise_relative * output)^2)`` (a floor and a part that grows
+with the column's time shift), drawn
 from a pre-generated Gaussian bank at random offsets (``torch.randn`` costs more than the
 rest of the tile physics on a CPU): one offset per call in torch, one per column and
 block of 128 samples in C. Units inside: nA, us, fC (= nA us).
@@ -94,7 +96,10 @@ class AnalogConfig:
     """Operating point and switches of the analog layers (SI units).
 
     ``noise_std_s``: readout noise per column in training (the calibration's measured
-    ``noise_std_s`` is about 4 ns on the emulated chips). ``jitter``: in training, every
+    ``noise_std_s`` is about 4 ns on the emulated chips); ``noise_relative``: a further
+    part proportional to the column's output (time shift), added in quadrature, as the
+    calibration's ``noise_floor_s`` and ``noise_relative`` describe a chip (about 2.5 ns
+    and 1.4 % on the emulated ones: cell-current fluctuations grow with the signal). ``jitter``: in training, every
     forward pass perturbs the tile parameters by this relative spread (crosstalk and
     drain coefficient by ``jitter``, readout gain by ``jitter / 5``, cell currents by
     ``jitter / 10``, i.e. programming error), so the network does not rely on the
@@ -116,6 +121,7 @@ class AnalogConfig:
     rows: int = 16
     pairs: tuple[tuple[int, int], ...] = Geometry.pairs
     noise_std_s: float = 4e-9
+    noise_relative: float = 0.0
     jitter: float = 0.0
     quantize: bool = True
     droop: bool = True
@@ -130,6 +136,8 @@ class AnalogConfig:
             raise ValueError(f"jitter={self.jitter!r}; expected a relative spread in [0, 1)")
         if not (self.noise_std_s >= 0 and math.isfinite(self.noise_std_s)):
             raise ValueError(f"noise_std_s={self.noise_std_s!r}; expected a finite value >= 0 s")
+        if not (0 <= self.noise_relative < 1):
+            raise ValueError(f"noise_relative={self.noise_relative!r}; expected a fraction of the output in [0, 1)")
         if self.rows < 1 or len(self.pairs) < 1:
             raise ValueError(f"rows={self.rows}, pairs={self.pairs}; expected a non-empty tile")
         self.window()  # validates the current window
@@ -328,8 +336,9 @@ def _readout(z, kt, ku, e, t0c, gc, opts):
     ``e``: eta/C (1/fC); ``t0c``: offsets (TDC counts); ``gc``: readout gain (counts per
     fC). ``y``: the row-tile sum of ``q_read(plus) - q_read(minus)`` (fC), dim 1 removed.
     """
-    droop, quantize, noise_counts, cmax, col = opts
-    noise = _gaussian(z.numel(), z.dtype, z.device).view_as(z) if noise_counts > 0 else None
+    droop, quantize, (noise_counts, noise_rel), cmax, col = opts
+    noisy = noise_counts > 0 or noise_rel > 0
+    noise = _gaussian(z.numel(), z.dtype, z.device).view_as(z) if noisy else None
     m = None
     c = z
     if droop:
@@ -346,8 +355,8 @@ def _readout(z, kt, ku, e, t0c, gc, opts):
         c = torch.addcmul(t0c, c, -gc, out=c)
     if kt is not None:
         c.addcmul_(kt, -gc)
-    if noise is not None:
-        c.add_(noise, alpha=noise_counts)
+    if noise is not None:  # rms sqrt(floor^2 + (relative g q)^2), g q = t0 - c
+        c.add_(noise * torch.sqrt(noise_counts**2 + (noise_rel * (t0c - c)) ** 2))
     if quantize:
         c.floor_()
     c.clamp_(0.0, cmax)
@@ -372,13 +381,13 @@ class _TileBmm(torch.autograd.Function):
     def forward(ctx, xt, i0t, kx, e, t0c, gc, opts):
         crosstalk, edge = opts[-2:]
         opts = opts[:-2]
-        droop, quantize, noise_counts, cmax, _ = opts
+        droop, quantize, noise, cmax, _ = opts
         rt, R, N = xt.shape
         n2 = i0t.shape[-1]
         ctx.native = _NATIVE["on"] and analog_native.applies(xt, i0t, kx, e, t0c, gc)
         if ctx.native:
-            bank = _gaussian(_NOISE_BANK, xt.dtype, xt.device) if noise_counts > 0 else None
-            y, m = analog_native.forward(xt, i0t, kx, e, t0c, gc, kx.mean(1), bank, noise_counts, cmax, droop,
+            bank = _gaussian(_NOISE_BANK, xt.dtype, xt.device) if max(noise) > 0 else None
+            y, m = analog_native.forward(xt, i0t, kx, e, t0c, gc, kx.mean(1), bank, noise, cmax, droop,
                                          quantize, crosstalk, edge, _EDGE_A, _EDGE_B)
             ctx.save_for_backward(xt, i0t, m)
             return y.t()
@@ -601,8 +610,8 @@ class AnalogLayer(nn.Module):
 
     def _opts(self, col: int) -> tuple:
         cfg = self.config
-        noise = cfg.noise_std_s / cfg.tdc_lsb_s if self.training else 0.0
-        return (cfg.droop, cfg.quantize, float(noise), self._cmax, col)
+        noise = (cfg.noise_std_s / cfg.tdc_lsb_s, cfg.noise_relative) if self.training else (0.0, 0.0)
+        return (cfg.droop, cfg.quantize, noise, self._cmax, col)
 
     def tile_outputs(self, x: torch.Tensor) -> torch.Tensor:
         """Model of the summed signed tile outputs for inputs ``x`` (N, K) in [0, 1]:
@@ -880,10 +889,14 @@ def input_scales(model: nn.Module, x: torch.Tensor, percentile: float = 99.9,
     return out
 
 
-def set_noise(model: nn.Module, noise_std_s: float) -> None:
-    """Change the training readout noise of every analog layer of ``model``."""
+def set_noise(model: nn.Module, noise_std_s: float, relative: float | None = None) -> None:
+    """Change the training readout noise (floor in s; the part relative to the output,
+    unchanged when None) of every analog layer of ``model``."""
     for _, m in analog_layers(model):
-        m.config = dataclasses.replace(m.config, noise_std_s=float(noise_std_s))
+        change = {"noise_std_s": float(noise_std_s)}
+        if relative is not None:
+            change["noise_relative"] = float(relative)
+        m.config = dataclasses.replace(m.config, **change)
 
 
 def resample_tiles(model: nn.Module, spread: ChipSpread, seed: int) -> None:

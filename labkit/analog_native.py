@@ -37,7 +37,7 @@ def _lib():
         lib = native.load(_SRC, fast_math=True)
         if lib is not None:
             p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_int
-            lib.tiles_fwd.argtypes = [i64] * 6 + [p] * 8 + [i64, ctypes.c_ulonglong] + [f32] * 4 + [i32, p, p]
+            lib.tiles_fwd.argtypes = [i64] * 6 + [p] * 8 + [i64, ctypes.c_ulonglong] + [f32] * 5 + [i32, p, p]
             lib.tiles_bwd.argtypes = [i64] * 6 + [p] * 6
             lib.tiles_fwd.restype = lib.tiles_bwd.restype = ctypes.c_int
             lib.patches_fwd.argtypes = lib.patches_bwd.argtypes = [i64] * 4 + [p, i64, p, p]
@@ -82,12 +82,12 @@ def _run(calls) -> None:
         raise RuntimeError(f"analog tile kernel failed (codes {codes})")
 
 
-def forward(xt, i0t, kx, e, t0c, gc, kbar, bank, noise_counts, cmax, droop, quantize, crosstalk, edge,
-            edge_a, edge_b):
+def forward(xt, i0t, kx, e, t0c, gc, kbar, bank, noise, cmax, droop, quantize, crosstalk, edge, edge_a, edge_b):
     """``(y, m)``: y (n, S) the row-tile sums of the signed read-back charge (fC), m
     (RT, 2n, S) dq/dz for :func:`backward` (16-bit fixed point; None without droop). xt (RT, R, S); i0t, kx (RT, R, 2n); e, t0c,
     gc, kbar (RT, 2n); bank: standard normal values (at least 128) the readout noise is
-    drawn from (windows at random offsets; a new seed per call), or None."""
+    drawn from (windows at random offsets; a new seed per call), or None; noise: (floor in
+    TDC counts, part relative to the output)."""
     xt, i0t, kx = xt.contiguous(), i0t.contiguous(), kx.contiguous()
     RT, R, S = xt.shape
     N2 = i0t.shape[-1]
@@ -99,7 +99,7 @@ def forward(xt, i0t, kx, e, t0c, gc, kbar, bank, noise_counts, cmax, droop, quan
     m = torch.empty(RT, N2, S, dtype=torch.int16) if droop else None  # 16-bit fixed point, for backward
     flags = int(bool(droop)) | 2 * bool(quantize) | 4 * bool(crosstalk) | 8 * bool(edge)
     args = (_ptr(xt), _ptr(i0t), _ptr(kx), _ptr(e), _ptr(t0c), _ptr(gc), _ptr(kbar), _ptr(bank),
-            0 if bank is None else bank.numel(), seed, float(noise_counts), float(edge_a), float(edge_b), float(cmax), flags, _ptr(y), _ptr(m))
+            0 if bank is None else bank.numel(), seed, float(noise[0]), float(noise[1]), float(edge_a), float(edge_b), float(cmax), flags, _ptr(y), _ptr(m))
     _run([lambda sb=sb, se=se: lib.tiles_fwd(RT, R, N2, S, sb, se, *args) for sb, se in _chunks(S)])
     return y, m
 

@@ -9,7 +9,8 @@
        sx  = sum_i x[i][j]                               (edge-order term)
        m1  = 1 - A e kt - B e kbar sx                    (edge order on, else 1)
        w   = 1 + e z m1,  q = ln(w) / e + kt             (droop on, else q = z + kt)
-       cnt = clip(floor(t0 - g q + noise), 0, cmax)      (floor with quantization on)
+       cnt = clip(floor(t0 - g q + noise), 0, cmax)      (floor with quantization on; noise
+                                                          rms: a floor and a part ~ g q)
        y[c mod N2/2][j] += +-(t0 - cnt) / g              (plus minus minus, over row tiles)
 
    and dq/dz = m1 / w is kept for the backward pass. Backward: gz = (dq/dz) (+-gy),
@@ -111,7 +112,7 @@ static void products(long R, vf xb[][NV], float ac[][CB], vf zb[CB][NV])
 /* The readout of one column over n samples (see the top): adds to y, stores dq/dz in m. */
 #define READOUT(NAME, DROOP, QUANT)                                                                 \
 static void NAME(long n, const float *restrict z, const float *restrict kt, const float *restrict sx, \
-                 const float *restrict noise, float noise_c, float e, float g, float t0, float ae,  \
+                 const float *restrict noise, float nc2, float nr2, float e, float g, float t0, float ae, \
                  float be, float cmax, float sg, float *restrict y, mtype *restrict m)            \
 {                                                                                                   \
     float inv_e = 1.0f / e, inv_g = 1.0f / g;                                                       \
@@ -125,7 +126,8 @@ static void NAME(long n, const float *restrict z, const float *restrict kt, cons
         } else {                                                                                    \
             q = z[j] + k;                                                                           \
         }                                                                                           \
-        float cnt = t0 - g * q + noise_c * noise[j];                                                \
+        float gq = g * q;                                                                           \
+        float cnt = t0 - gq + sqrtf(nc2 + nr2 * gq * gq) * noise[j];                                \
         if (QUANT) cnt = floorf(cnt);                                                               \
         cnt = fminf(fmaxf(cnt, 0.0f), cmax);                                                        \
         y[j] += sg * (t0 - cnt) * inv_g;                                                            \
@@ -148,14 +150,16 @@ static long bank_offset(unsigned long long seed, long r, long c, long s0, long n
 }
 
 /* Samples [sb, se) of S. flags: 1 droop, 2 quantize, 4 crosstalk, 8 edge order. Noise
-   (noise_c counts rms) from bank (NULL: none). Returns 0, or 1 if R > R_MAX or the bank
+   from bank (NULL: none), rms sqrt(noise_c^2 + (noise_r g q)^2) counts: a floor and a
+   part proportional to the column's output. Returns 0, or 1 if R > R_MAX or the bank
    is shorter than a block. */
 int tiles_fwd(long RT, long R, long N2, long S, long sb, long se, const float *x, const float *a, const float *k,
               const float *e, const float *t0, const float *g, const float *kbar, const float *bank, long nbank,
-              unsigned long long seed, float noise_c, float edge_a, float edge_b, float cmax, int flags, float *y, mtype *m)
+              unsigned long long seed, float noise_c, float noise_r, float edge_a, float edge_b, float cmax, int flags, float *y, mtype *m)
 {
     if (R > R_MAX || (bank && nbank < BS)) return 1;
     int droop = flags & 1, quant = flags & 2, xtalk = flags & 4, edge = (flags & 8) && xtalk && droop;
+    float nc2 = noise_c * noise_c, nr2 = noise_r * noise_r;
     long half = N2 / 2;
     static const float zeros[BS];
     vf xb[R_MAX][NV], pb[R_MAX][NV], zb[CB][NV], kb[CB][NV], sxb[NV];
@@ -190,10 +194,10 @@ int tiles_fwd(long RT, long R, long N2, long S, long sb, long se, const float *x
                     mtype *mp = m ? m + pc * S + s0 : scratch;
                     float sg = c < half ? 1.0f : -1.0f;
                     const float *zp = (const float *)zb[cc], *kp = (const float *)kb[cc], *sp = (const float *)sxb;
-                    if (droop && quant) read_dq(n, zp, kp, sp, nz, noise_c, ec, g[pc], t0[pc], ae, be, cmax, sg, yp, mp);
-                    else if (droop) read_d(n, zp, kp, sp, nz, noise_c, ec, g[pc], t0[pc], ae, be, cmax, sg, yp, mp);
-                    else if (quant) read_q(n, zp, kp, sp, nz, noise_c, ec, g[pc], t0[pc], ae, be, cmax, sg, yp, mp);
-                    else read_(n, zp, kp, sp, nz, noise_c, ec, g[pc], t0[pc], ae, be, cmax, sg, yp, mp);
+                    if (droop && quant) read_dq(n, zp, kp, sp, nz, nc2, nr2, ec, g[pc], t0[pc], ae, be, cmax, sg, yp, mp);
+                    else if (droop) read_d(n, zp, kp, sp, nz, nc2, nr2, ec, g[pc], t0[pc], ae, be, cmax, sg, yp, mp);
+                    else if (quant) read_q(n, zp, kp, sp, nz, nc2, nr2, ec, g[pc], t0[pc], ae, be, cmax, sg, yp, mp);
+                    else read_(n, zp, kp, sp, nz, nc2, nr2, ec, g[pc], t0[pc], ae, be, cmax, sg, yp, mp);
                 }
             }
         }

@@ -503,6 +503,7 @@ def ser_report(cs: CalibrationSet, predictors: Mapping[str, Callable[[np.ndarray
     if "naive" in out["ser_db"]:
         out["gain_over_naive_db"] = {k: v - out["ser_db"]["naive"] for k, v in out["ser_db"].items()}
     out["noise_std_s"] = float(np.mean(cs.repeats.noise_std_s))
+    out["noise_floor_s"], out["noise_relative"] = cs.repeats.noise_model()
     out["sizes"] = cs.sizes()
     return out
 

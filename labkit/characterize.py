@@ -365,6 +365,22 @@ class RepeatData:
         """Per-column output noise (s): repeat-to-repeat standard deviation, pooled."""
         return np.sqrt(self.y_s.var(axis=0, ddof=1).mean(axis=0))
 
+    def noise_model(self) -> tuple[float, float]:
+        """``(floor_s, relative)``: the output noise as a floor plus a part proportional to
+        the output, ``var = floor^2 + (relative y)^2`` (comparator and reset noise; cell-
+        current fluctuations), fitted by least squares over every (pattern, column) of
+        the repeat-to-repeat variance against the squared mean output; both >= 0."""
+        var = self.y_s.var(axis=0, ddof=1).ravel()
+        m2 = np.square(self.y_s.mean(axis=0)).ravel()
+        scale = max(float(m2.mean()), 1e-300)  # columns of like size for the solver
+        (a, b), *_ = np.linalg.lstsq(np.stack([np.ones_like(m2), m2 / scale], axis=1), var, rcond=None)
+        b /= scale
+        if b < 0:  # no growth with the output: a floor only
+            a, b = float(var.mean()), 0.0
+        elif a < 0:  # proportional only
+            a, b = 0.0, float(np.dot(m2, var) / max(np.dot(m2, m2), 1e-300))
+        return float(np.sqrt(a)), float(np.sqrt(b))
+
 
 def vmm_repeats(backend: SafeArray, baseline: Baseline, patterns: int = 128, repeats: int = 16,
                 zero_fraction: float = 0.4, seed: int = 1, run=None, progress: Progress = no_progress) -> RepeatData:

@@ -136,7 +136,7 @@ def test_custom_backward_is_the_derivative_of_the_tile_physics():
     t0c = torch.full((rt, 1, 2 * n), 800.0, dtype=torch.float64)
     gc = torch.full((rt, 1, 2 * n), 0.2, dtype=torch.float64)
     # no TDC floor (piecewise constant) and no edge-order term (a forward-only correction)
-    opts = (True, False, 0.0, 1e9, 2, True, False)
+    opts = (True, False, (0.0, 0.0), 1e9, 2, True, False)
     assert torch.autograd.gradcheck(lambda a, b: _TileBmm.apply(a, b, kx, e, t0c, gc, opts), (x, i0t))
 
 
@@ -167,6 +167,40 @@ def test_readout_noise_only_in_training_with_the_configured_spread():
     # a signed output is the difference of two columns: sqrt(2) * sigma in charge
     sigma = CFG.noise_std_s * CFG.reference_current_a * np.sqrt(2) / (IS * CFG.integration_time_s)
     assert float(noisy.std(0).mean()) == pytest.approx(sigma, rel=0.15)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_relative_readout_noise_grows_with_the_column_output(native):
+    from labkit import analog
+
+    torch.manual_seed(0)
+    rel = 0.02
+    cfg = AnalogConfig(noise_std_s=0.0, noise_relative=rel, crosstalk=False)  # shift = the signal's charge
+    layer = AnalogLinear(16, 8, tiles=TileParams.nominal(), config=cfg)
+    with torch.no_grad():
+        layer.weight.fill_(1.0)  # plus columns only
+    layer.train()
+    analog._NATIVE["on"] = native
+    try:
+        with torch.no_grad():
+            out = {}
+            for level in (0.2, 0.8):
+                x = torch.full((4000, 16), level)
+                layer.eval()
+                quiet = layer.tile_outputs(x)[0]
+                layer.train()
+                out[level] = (quiet, layer.tile_outputs(x).std(0))
+    finally:
+        analog._NATIVE["on"] = True
+    # each column's rms is rel x its charge (units of I_scale T); the minus column holds
+    # I_min only; the TDC adds its rounding (LSB^2 / 12 per column, dithered by the noise)
+    imin = CFG.window().i_min_a / IS
+    for level, (quiet, sd) in out.items():
+        q_minus = 16 * imin * level
+        q_plus = quiet + q_minus
+        expected = torch.sqrt(rel**2 * (q_plus**2 + q_minus**2) + 2 * LSB**2 / 12)
+        assert torch.allclose(sd, expected, rtol=0.15), (level, sd, expected)
+    assert float(out[0.8][1].mean()) > 3 * float(out[0.2][1].mean())
 
 
 def test_convert_fuses_relu_keeps_parameter_names_and_orders_tiles():

@@ -523,3 +523,22 @@ def test_cli_on_the_virtual_bench_records_the_station(tmp_path, capsys):
     assert set(r.provenance["identity"]["instruments"]) >= {"smu", "tempctl"}
     assert "retention (no virtual clock; run retention_check over real time)" in r.result["skipped"]
     del bench
+
+
+def test_noise_model_separates_the_floor_from_the_part_that_grows_with_the_output():
+    rng = np.random.default_rng(0)
+    mean = rng.uniform(0, 600e-9, size=(64, 16))  # (patterns, columns) output, s
+    floor, rel = 2e-9, 0.015
+    sd = np.sqrt(floor**2 + (rel * mean) ** 2)
+    rep = ch.RepeatData(np.zeros((64, 16)), np.zeros((400, 64, 16)), mean + sd * rng.standard_normal((400, 64, 16)))
+    f, r = rep.noise_model()
+    assert f == pytest.approx(floor, rel=0.1) and r == pytest.approx(rel, rel=0.05)
+    # the emulated chip: cell-current noise grows with the signal, the floor does not
+    with labkit.open_backend(sim_uri(0)) as b:
+        rep = ch.vmm_repeats(b, ch.measure_baseline(b, 64), patterns=96, repeats=8)
+    f, r = rep.noise_model()
+    var, m = rep.y_s.var(axis=0, ddof=1).ravel(), np.abs(rep.y_s.mean(axis=0)).ravel()
+    lo, hi = m < np.quantile(m, 0.25), m > np.quantile(m, 0.75)
+    for sel in (lo, hi):  # the fit describes the measured spread at small and large outputs
+        assert np.mean(f**2 + (r * m[sel]) ** 2) == pytest.approx(var[sel].mean(), rel=0.35)
+    assert var[hi].mean() > 2 * var[lo].mean() and 0.003 < r < 0.05 and f < np.sqrt(var.mean())
