@@ -102,7 +102,7 @@ def test_train_cli_modes_and_analog_checkpoint_round_trip(tmp_path, capsys):
         cal_path = save_calibration(calibrate(b, QUICK), tmp_path / "chip90.npz")
     hw = tmp_path / "hw.pt"
     assert cli(["train", "--model", "mlp", "--mode", "hw", "--from", str(ideal), "--calibration", str(cal_path),
-                "--epochs", "2", "--subset", "150", "--out", str(hw), "--json"]) == 0
+                "--noise-relative", "0.014", "--epochs", "2", "--subset", "150", "--out", str(hw), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["mode"], out["tiles"], out["calibrations"], out["start"]) == ("hw", 8, 1, "ideal")
     raw = torch.load(hw, map_location="cpu", weights_only=True)  # no code runs on load
@@ -111,6 +111,7 @@ def test_train_cli_modes_and_analog_checkpoint_round_trip(tmp_path, capsys):
     model = ck.build()
     layers = analog_layers(model)
     assert [m.tile_chips for _, m in layers] == [["EMU-0090"] * 4, ["EMU-0090"] * 4]
+    assert all(m.config.noise_relative == 0.014 for _, m in layers)  # kept in the checkpoint
     from labkit.analog import TileParams
 
     eta = TileParams.from_calibration(cal_path).eta_per_v  # with the file's read-current correction
@@ -120,5 +121,7 @@ def test_train_cli_modes_and_analog_checkpoint_round_trip(tmp_path, capsys):
     assert cli(["train", "--model", "mlp", "--mode", "ideal", "--calibration", str(cal_path)]) == 2
     assert cli(["train", "--model", "mlp", "--mode", "hw", "--from", str(ideal), "--calibration", str(cal_path),
                 "--calibration", str(cal_path), "--epochs", "1", "--subset", "50"]) == 2
+    assert cli(["train", "--model", "mlp", "--mode", "hw", "--noise-relative", "1.5"]) == 2
     err = capsys.readouterr().err
     assert "applies to --mode hw" in err and "2 calibration files for a network of 8 tiles" in err
+    assert "--noise-relative=1.5" in err

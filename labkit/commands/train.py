@@ -44,6 +44,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed (initialization, shuffling, tile sampling)")
     parser.add_argument("--noise-std", type=float, default=None, metavar="S",
                         help="readout noise per column in hw training, s (default 4e-9)")
+    parser.add_argument("--noise-relative", type=float, default=None, metavar="FRACTION",
+                        help="hw training: a further readout noise proportional to each column's output "
+                             "(a calibration's noise_relative, e.g. 0.014; default 0)")
     parser.add_argument("--out", metavar="CHECKPOINT", default=None,
                         help="checkpoint to write (default MODEL-MODE.pt)")
 
@@ -93,6 +96,8 @@ def run(args, out) -> dict:
     _positive("--lr", args.lr, integer=False)
     if args.noise_std is not None and not (math.isfinite(args.noise_std) and args.noise_std >= 0):
         raise ValueError(f"--noise-std={args.noise_std!r}: expected a number >= 0 (s)")
+    if args.noise_relative is not None and not (0 <= args.noise_relative < 1):
+        raise ValueError(f"--noise-relative={args.noise_relative!r}: expected a fraction in [0, 1)")
     if args.calibration and args.mode == "ideal":
         raise ValueError("--calibration applies to --mode hw or in-loop, not ideal")
     distributed = init_distributed()
@@ -116,7 +121,8 @@ def run(args, out) -> dict:
         if ck.model_name != args.model:
             raise ValueError(f"checkpoint {args.start} holds a {ck.model_name!r} network, not {args.model!r}")
         net, start_mode = ck.build(), ck.mode
-    config = AnalogConfig() if args.noise_std is None else AnalogConfig(noise_std_s=args.noise_std)
+    noise = {k: v for k, v in (("noise_std_s", args.noise_std), ("noise_relative", args.noise_relative)) if v is not None}
+    config = AnalogConfig(**noise)
     if net is None:
         net = build(args.model)
         epochs = args.epochs if (args.mode == "ideal" and args.epochs) else defaults["epochs"]
