@@ -65,6 +65,8 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 def _chunks(S: int) -> list[tuple[int, int]]:
     """Sample ranges, one per CPU thread (torch.get_num_threads()), multiples of 128."""
     k = max(1, min(torch.get_num_threads(), S // _MIN_SPLIT))
+    if k == 1:
+        return [(0, S)]
     per = -(-S // k)
     step = -(-per // 128) * 128
     return [(s, min(S, s + step)) for s in range(0, S, step)]

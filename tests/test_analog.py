@@ -314,3 +314,18 @@ def test_native_kernels_split_across_threads_give_the_single_thread_result():
     assert torch.equal(runs[0][0], runs[1][0])  # noise windows hashed per block: split-independent
     assert torch.equal(runs[0][2], runs[1][2])
     assert torch.allclose(runs[0][1], runs[1][1], rtol=1e-5, atol=1e-6)  # summed in another order
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_an_empty_batch_passes_forward_and_backward(native):
+    from labkit import analog
+
+    analog._NATIVE["on"] = native
+    try:
+        for layer, x in ((AnalogLinear(20, 5), torch.zeros(0, 20)), (AnalogConv2d(2, 3, 3), torch.zeros(0, 2, 8, 8))):
+            x.requires_grad_(True)
+            y = layer.train()(x)
+            y.sum().backward()
+            assert y.shape[0] == 0 and x.grad.shape == x.shape and not layer.weight.grad.any()
+    finally:
+        analog._NATIVE["on"] = True
