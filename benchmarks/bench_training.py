@@ -13,7 +13,7 @@ Each figure is the median over rounds in which every network runs three steps in
 (so a busy machine slows them alike, and each runs warm) of one optimizer-free step (zero_grad, forward, cross-entropy,
 backward); ratios are to the plain network. ``--threads`` sets torch's CPU threads (the
 default is 1: on a shared machine a second thread mostly waits). The process keeps freed
-memory for reuse (:func:`labkit.native.retain_freed_memory`, as ``labkit.training.train``
+memory for reuse (:func:`labkit.model.keep_freed_memory`, as ``labkit.training.train``
 does; it serves all three networks; ``--default-allocator`` to measure without). The
 target is a ratio below 5.
 
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from labkit.analog import ChipSpread, convert
-from labkit.native import retain_freed_memory
+from labkit.model import keep_freed_memory
 from labkit.networks import lenet5
 
 TARGET = 5.0
@@ -68,7 +68,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--default-allocator", action="store_true", help="do not keep freed memory (page faults)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    retained = not args.default_allocator and retain_freed_memory()
+    retained = not args.default_allocator and keep_freed_memory()
     torch.manual_seed(0)
     net = lenet5()
     x = torch.rand(args.batch, 1, 28, 28)

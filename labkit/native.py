@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["load", "cache_dir", "retain_freed_memory"]
+__all__ = ["load", "cache_dir"]
 
 _LOADED: dict[tuple[str, bool], ctypes.CDLL | None] = {}
 
@@ -73,21 +73,3 @@ def load(src: Path, fast_math: bool = False) -> ctypes.CDLL | None:
             _LOADED[key] = None
     return _LOADED[key]
 
-
-def retain_freed_memory(limit_bytes: int = 1 << 30) -> bool:
-    """Ask glibc's allocator to serve blocks below ``limit_bytes`` from the heap and keep
-    freed memory for reuse instead of returning it to the OS.
-
-    A training step allocates the same large temporaries (patches, gradients, the tiles'
-    saved dq/dz) every step; by default glibc maps each anew, and the kernel zeroes every
-    page on first touch (page faults worth a fifth of an analog LeNet-5 step). Process-
-    wide; the process keeps its peak memory. Returns False where the C library is not
-    glibc (nothing changed)."""
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    limit = ctypes.c_int(min(int(limit_bytes), 2**31 - 1))  # mallopt takes a C int
-    return bool(mallopt(m_mmap_threshold, limit)) and bool(mallopt(m_trim_threshold, limit))

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from . import native
+from .model.memory import keep_freed_memory
 
 __all__ = ["train", "evaluate", "save_checkpoint", "load_checkpoint", "Checkpoint", "MODES",
            "hardware_aware", "train_in_loop", "init_distributed", "is_main_process"]
@@ -118,7 +118,7 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None, epochs: 
     epoch (before the test accuracy is taken). ``lr_schedule="cosine"`` anneals the
     learning rate to zero over the run (steadier final weights for fine-tuning). The
     process keeps freed memory for reuse from then on
-    (:func:`labkit.native.retain_freed_memory`: no page faults for each step's large
+    (:func:`labkit.model.keep_freed_memory`: no page faults for each step's large
     temporaries).
 
     Returns ``{"accuracy": final test accuracy (None without test_ds),
@@ -130,7 +130,7 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None, epochs: 
     _check_positive("lr", lr, integer=False)
     if len(train_ds) == 0:
         raise ValueError("train: the training set is empty")
-    native.retain_freed_memory()  # the same large temporaries every step: no page faults
+    keep_freed_memory()  # the same large temporaries every step: no page faults
     generator = torch.Generator().manual_seed(int(seed))
     distributed = _distributed()
     net = model
