@@ -388,7 +388,7 @@ class _TileBmm(torch.autograd.Function):
         if ctx.native:
             bank = _gaussian(_NOISE_BANK, xt.dtype, xt.device) if max(noise) > 0 else None
             y, m = analog_native.forward(xt, i0t, kx, e, t0c, gc, kx.mean(1), bank, noise, cmax, droop,
-                                         quantize, crosstalk, edge, _EDGE_A, _EDGE_B)
+                                         quantize, crosstalk, edge, _EDGE_A, _EDGE_B, any(ctx.needs_input_grad[:2]))
             ctx.save_for_backward(xt, i0t, m)
             return y.t()
         shape = (1, rt, n2, N)

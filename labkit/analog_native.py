@@ -84,9 +84,11 @@ def _run(calls) -> None:
         raise RuntimeError(f"analog tile kernel failed (codes {codes})")
 
 
-def forward(xt, i0t, kx, e, t0c, gc, kbar, bank, noise, cmax, droop, quantize, crosstalk, edge, edge_a, edge_b):
+def forward(xt, i0t, kx, e, t0c, gc, kbar, bank, noise, cmax, droop, quantize, crosstalk, edge, edge_a, edge_b,
+            keep_m: bool = True):
     """``(y, m)``: y (n, S) the row-tile sums of the signed read-back charge (fC), m
-    (RT, 2n, S) dq/dz for :func:`backward` (16-bit fixed point; None without droop). xt (RT, R, S); i0t, kx (RT, R, 2n); e, t0c,
+    (RT, 2n, S) dq/dz for :func:`backward` (16-bit fixed point; None without droop or
+    ``keep_m``). xt (RT, R, S); i0t, kx (RT, R, 2n); e, t0c,
     gc, kbar (RT, 2n); bank: standard normal values (at least 128) the readout noise is
     drawn from (windows at random offsets; a new seed per call), or None; noise: (floor in
     TDC counts, part relative to the output)."""
@@ -98,7 +100,7 @@ def forward(xt, i0t, kx, e, t0c, gc, kbar, bank, noise, cmax, droop, quantize, c
     seed = int(torch.randint(0, 2**62, ())) if bank is not None else 0
     y = torch.empty(N2 // 2, S, dtype=torch.float32)
     lib = _lib()
-    m = torch.empty(RT, N2, S, dtype=torch.int16) if droop else None  # 16-bit fixed point, for backward
+    m = torch.empty(RT, N2, S, dtype=torch.int16) if droop and keep_m else None  # 16-bit fixed point, for backward
     flags = int(bool(droop)) | 2 * bool(quantize) | 4 * bool(crosstalk) | 8 * bool(edge)
     args = (_ptr(xt), _ptr(i0t), _ptr(kx), _ptr(e), _ptr(t0c), _ptr(gc), _ptr(kbar), _ptr(bank),
             0 if bank is None else bank.numel(), seed, float(noise[0]), float(noise[1]), float(edge_a), float(edge_b), float(cmax), flags, _ptr(y), _ptr(m))
