@@ -92,9 +92,9 @@ def calibrate_chips(chips, iterations: int, cache: Path | None = None,
                    "seconds": time.monotonic() - t0}
 
 
-def deployed_accuracy(model, chips, test, passes: int) -> tuple[float, list[float], dict, object]:
+def deployed_accuracy(model, chips, test, passes: int, reads: int = 1) -> tuple[float, list[float], dict, object]:
     t0 = time.monotonic()
-    dep = deploy(model, chips)
+    dep = deploy(model, chips, reads=reads)
     prog = time.monotonic() - t0
     accs = [dep.evaluate(test) for _ in range(passes)]
     summary = dep.summary()
@@ -155,6 +155,12 @@ def run_network(name: str, args) -> dict:
         acc, accs, summ, dep = deployed_accuracy(hw, chips, split.test, args.passes)
         res.update(hw_deployed=acc, hw_deployed_passes=accs, hw_programming=summ)
         log(f"{name}: hw-aware network deployed {acc:.4f} {accs}")
+        if args.reads > 1:  # the same programmed chips, each VMM read --reads times
+            dep.reads = args.reads
+            accs = [dep.evaluate(split.test) for _ in range(args.passes)]
+            res.update(hw_deployed_reads=float(np.mean(accs)), hw_deployed_reads_passes=accs, reads=args.reads)
+            log(f"{name}: hw-aware network deployed, {args.reads} reads per VMM averaged: {np.mean(accs):.4f}")
+            dep.reads = 1
         if args.in_loop:
             r = train_in_loop(dep, split.train, split.test, args.in_loop, lr=lr / 3, batch_size=d["batch_size"],
                               seed=args.seed)
@@ -163,6 +169,8 @@ def run_network(name: str, args) -> dict:
             log(f"{name}: after {args.in_loop} in-loop epochs {res['in_loop_deployed']:.4f}")
     res["loss_ideal_pp"] = 100 * (res["ideal_software"] - res.get("ideal_deployed", float("nan")))
     res["gap_hw_pp"] = 100 * (res["ideal_software"] - res["hw_deployed"])
+    if "hw_deployed_reads" in res:
+        res["gap_hw_reads_pp"] = 100 * (res["ideal_software"] - res["hw_deployed_reads"])
     res["seconds"] = time.monotonic() - t0
     return res
 
@@ -182,6 +190,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--hw-epochs", type=int, default=None, help="(default: per network, see HW)")
     p.add_argument("--hw-lr", type=float, default=None)
     p.add_argument("--schedule", default=None, choices=["cosine", "none"], help="hw learning-rate schedule")
+    p.add_argument("--reads", type=int, default=1,
+                   help="also measure the hw network with N VMMs per input averaged (readout noise / sqrt(N))")
     p.add_argument("--in-loop", type=int, default=0, help="epochs of chip-in-the-loop fine-tuning (0: none)")
     p.add_argument("--noise-scale", type=float, default=None,
                    help="hw training readout noise, in units of the chips' measured noise (margin for model error)")
@@ -223,6 +233,9 @@ def main(argv=None) -> list[dict]:
         print(f"{r['model']:8} {r['seed']:4d} {r['tiles']:5d} {r['samples']:7d} {r['ideal_software']:9.4f} "
               f"{r.get('ideal_deployed', float('nan')):9.4f} "
               f"{r['hw_software']:9.4f} {r['hw_deployed']:9.4f} {r['loss_ideal_pp']:8.2f} {r['gap_hw_pp']:7.2f}")
+        if "gap_hw_reads_pp" in r:
+            print(f"{'':8} {'':4} {r['reads']} reads per VMM averaged: hw on chips {r['hw_deployed_reads']:.4f}, "
+                  f"gap {r['gap_hw_reads_pp']:.2f} pp")
     for name in dict.fromkeys(r["model"] for r in results if "skipped" not in r):
         gaps = [r["gap_hw_pp"] for r in results if r.get("model") == name and "gap_hw_pp" in r]
         if len(gaps) > 1:

@@ -157,11 +157,15 @@ class Deployment:
 
     ``model``: the analog network (its analog layers' tile outputs are measured while
     the deployment is attached). ``tiles``: one :class:`TileDeployment` per tile, in
-    tile-plan order. ``batch``: rows per VMM batch sent to a chip.
+    tile-plan order. ``batch``: rows per VMM batch sent to a chip. ``reads``: VMMs per
+    input whose crossing times are averaged (readout noise / sqrt(reads), at reads times
+    the chip time; 1 is the chip's single-shot accuracy).
     """
 
-    def __init__(self, model: nn.Module, tiles: list[TileDeployment], batch: int = 4096):
-        self.model, self.tiles, self.batch = model, tiles, int(batch)
+    def __init__(self, model: nn.Module, tiles: list[TileDeployment], batch: int = 4096, reads: int = 1):
+        if int(reads) != reads or reads < 1:
+            raise ValueError(f"reads={reads!r}; expected a whole number of VMMs per input >= 1")
+        self.model, self.tiles, self.batch, self.reads = model, tiles, int(batch), int(reads)
         self.vmm_count = 0
         self._by_layer: dict[int, list[list[TileDeployment]]] = {}
         for name, layer in analog_layers(model):
@@ -193,8 +197,8 @@ class Deployment:
                 times = np.repeat(t.baseline_s[None, :], N, axis=0)
                 for a in range(0, len(active), self.batch):
                     idx = active[a:a + self.batch]
-                    times[idx] = t.backend.vmm_x(xr[idx])
-                    self.vmm_count += len(idx)
+                    times[idx] = np.mean([t.backend.vmm_x(xr[idx]) for _ in range(self.reads)], axis=0)
+                    self.vmm_count += len(idx) * self.reads
                 q = (t.baseline_s[None, :] - times) / t.gain_s_per_c[None, :]  # C
                 y[:, c * P:(c + 1) * P] += q[:, pairs[:, 0]] - q[:, pairs[:, 1]]
         y = y[:, : layer.out_features_] / i_scale_t
@@ -267,13 +271,16 @@ class Deployment:
 
 
 def deploy(model: nn.Module, backends: Sequence, program: ProgramConfig | None = None,
-           progress: ProgressFn | None = None, baseline_repeats: int = 32) -> Deployment:
+           progress: ProgressFn | None = None, baseline_repeats: int = 32, reads: int = 1) -> Deployment:
     """Program every tile of the analog network ``model`` onto ``backends`` (one per tile,
     in tile-plan order) and measure the baselines. ValueError, before programming, if
-    there are too few backends or one does not fit the network's operating point."""
+    there are too few backends, one does not fit the network's operating point, or
+    ``reads`` (VMMs averaged per input, see :class:`Deployment`) is not a whole number >= 1."""
     layers = analog_layers(model)
     if not layers:
         raise ValueError("the model has no analog layers; convert it first (labkit.analog.convert)")
+    if int(reads) != reads or reads < 1:
+        raise ValueError(f"reads={reads!r}; expected a whole number of VMMs per input >= 1")
     n = sum(m.n_tiles for _, m in layers)
     if len(backends) < n:
         raise ValueError(f"the network needs {n} tiles, one chip each; {len(backends)} given")
@@ -299,4 +306,4 @@ def deploy(model: nn.Module, backends: Sequence, program: ProgramConfig | None =
         tiles.append(TileDeployment(name, i, r, c, b, base, gain, summary))
         if progress is not None:
             progress(i + 1, n, b.identity.chip_id)
-    return Deployment(model, tiles)
+    return Deployment(model, tiles, reads=reads)

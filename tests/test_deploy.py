@@ -50,6 +50,25 @@ def test_on_ideal_chips_the_measured_network_is_the_modelled_one():
     assert float((measured - ideal).abs().mean()) < 0.03 * scale
 
 
+def test_averaging_reads_divides_the_readout_noise_by_their_square_root():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 8))
+    x = torch.rand(1, 16).repeat(300, 1)  # one input, measured 300 times
+    model = hardware_aware(net, torch.utils.data.TensorDataset(x, torch.zeros(300, dtype=torch.long)))
+    with open_chips("sim://?seed=5", 1) as chips:
+        dep = deploy(model, chips)
+        single = dep(x)
+        count = dep.vmm_count
+        dep.reads = 4
+        four = dep(x)
+        assert dep.vmm_count - count == 4 * count
+    ratio = float(single.std(0).mean() / four.std(0).mean())
+    assert 1.6 < ratio < 2.5, ratio  # sqrt(4) = 2
+    assert torch.allclose(single.mean(0), four.mean(0), atol=3 * float(single.std(0).max()) / np.sqrt(300))
+    with pytest.raises(ValueError, match="reads=0"):
+        deploy(model, [], reads=0)
+
+
 def test_ideal_network_loses_accuracy_on_real_like_chips_but_measures_what_it_computes():
     """The default emulated chips (crosstalk, droop, noise) move the outputs; the glue is
     the same code path, so the drop is physics, not bookkeeping."""
@@ -113,12 +132,14 @@ def test_deploy_cli_reports_accuracy_on_chips_and_refuses_too_few(tmp_path, caps
     assert cli(["train", "--model", "mlp", "--mode", "ideal", "--epochs", "3", "--subset", "200",
                 "--out", str(ck), "--json"]) == 0
     capsys.readouterr()
-    assert cli(["deploy", "--backend", "sim://?seed=40", str(ck), "--subset", "100", "--json"]) == 0
+    assert cli(["deploy", "--backend", "sim://?seed=40", str(ck), "--subset", "100", "--reads", "2", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert (out["model"], out["mode"], out["samples"], out["tiles"]) == ("mlp", "ideal", 100, 8)
+    assert (out["model"], out["mode"], out["samples"], out["tiles"], out["reads"]) == ("mlp", "ideal", 100, 8, 2)
     assert 0.0 <= out["accuracy"] <= 1.0
     assert out["chips"][0] == "EMU-0040" and len(out["chips"]) == 8
     assert out["programming"]["within_tolerance_fraction"] > 0.95
     assert cli(["deploy", "--backend", "station:bench.yaml", str(ck), "--json"]) == 2
     err = capsys.readouterr().err
     assert "needs 8 tiles" in err and "offers 1 chip" in err and "Traceback" not in err
+    assert cli(["deploy", "--backend", "sim://?seed=40", str(ck), "--reads", "0"]) == 2
+    assert "--reads=0" in capsys.readouterr().err

@@ -25,6 +25,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--passes", type=int, default=1,
                         help="measure the test set this many times and report the mean accuracy")
     parser.add_argument("--tolerance", type=float, default=None, help="program-and-verify tolerance (0.01)")
+    parser.add_argument("--reads", type=int, default=1,
+                        help="VMMs per input, crossing times averaged (readout noise / sqrt(N); default 1)")
 
 
 def run(args, out) -> dict:
@@ -34,7 +36,7 @@ def run(args, out) -> dict:
     from ..programming import ProgramConfig
     from ..training import hardware_aware, load_checkpoint
 
-    for name in ("subset", "batch_size", "passes"):
+    for name in ("subset", "batch_size", "passes", "reads"):
         v = getattr(args, name)
         if v is not None and (int(v) != v or v < 1):
             raise ValueError(f"--{name.replace('_', '-')}={v!r}: expected a positive whole number")
@@ -56,7 +58,7 @@ def run(args, out) -> dict:
             out.info("note: the network was trained on the calibrations of other chips "
                      f"({trained_on[0]}, ...) than these ({ids[0]}, ...)")
         with out.progress("programming tiles", n) as bar:
-            dep = deploy(model, chips, program, progress=lambda i, total, chip: bar.advance(1, chip))
+            dep = deploy(model, chips, program, progress=lambda i, total, chip: bar.advance(1, chip), reads=args.reads)
         t_prog = time.monotonic() - t0
         accs = []
         for p in range(args.passes):
@@ -71,7 +73,7 @@ def run(args, out) -> dict:
     accuracy = sum(accs) / len(accs)
     result = {
         "model": ck.model_name, "mode": ck.mode, "accuracy": accuracy, "samples": len(split.test),
-        "passes": accs, "backend": args.backend, "checkpoint": args.checkpoint, "tiles": n,
+        "passes": accs, "reads": args.reads, "backend": args.backend, "checkpoint": args.checkpoint, "tiles": n,
         "chips": summary.pop("chips"), "programming": summary, "vmms": dep.vmm_count,
         "software_accuracy": ck.meta.get("accuracy"), "program_seconds": t_prog,
         "seconds": time.monotonic() - t0,
