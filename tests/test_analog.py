@@ -235,13 +235,18 @@ def test_input_scales_are_the_activation_percentiles():
         assert s["2"] == pytest.approx(float(torch.relu(net[0](x)).max()), rel=1e-5)
 
 
-def test_fused_native_kernels_agree_with_the_torch_path():
+SMALL_TILES = AnalogConfig(rows=6, pairs=((0, 1), (2, 3), (4, 5)))  # rows not a multiple of 4, 3 outputs
+
+
+@pytest.mark.parametrize("config", [CFG, SMALL_TILES], ids=["16x8", "6x3"])
+def test_fused_native_kernels_agree_with_the_torch_path(config):
     from labkit import analog, analog_native
 
     if not analog_native.available():
         pytest.skip("no C compiler: the torch path is the only one")
     torch.manual_seed(0)
-    layer = AnalogLinear(40, 20, tiles=[strong_tile(i) for i in range(9)])
+    tiles = [strong_tile(i) for i in range(9)] if config is CFG else ChipSpread()
+    layer = AnalogLinear(40, 20, tiles=tiles, config=config)
     x = patterns(300, 40, seed=4)
     outs = {}
     for native in (True, False):
