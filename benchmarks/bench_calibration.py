@@ -32,6 +32,8 @@ from labkit import calibration as cal  # noqa: E402
 from labkit import characterize as ch  # noqa: E402
 from labkit.store import RunStore  # noqa: E402
 
+from run_all import print_table  # noqa: E402 (benchmarks/ is on sys.path when a bench runs)
+
 SEEDS = (0, 1, 2)
 
 
@@ -85,8 +87,7 @@ def main() -> list[dict]:
                              peer="-"))
         rows.append(dict(name="labkit calibrate --backend sim:// (fresh process)", value=_cli(tmp), unit="s",
                          target="< 60", peer="-"))
-    for r in rows:
-        print(f"{r['name']:<52} {r['value']:>9.4g} {r['unit']:<3} target {r['target']:<20} peer {r['peer']}")
+    print_table(rows)
     return rows
 
 

@@ -26,6 +26,8 @@ import labkit  # noqa: E402
 from labkit import characterize as ch  # noqa: E402
 from labkit.store import RunStore  # noqa: E402
 
+from run_all import print_table  # noqa: E402 (benchmarks/ is on sys.path when a bench runs)
+
 
 def _suite(uri_or_cm, tmp: Path, name: str) -> tuple[float, int, dict]:
     cm = labkit.open_backend(uri_or_cm) if isinstance(uri_or_cm, str) else uri_or_cm
@@ -75,8 +77,7 @@ def main() -> list[dict]:
             wall, n, _ = _suite(virtual_bench_backend(seed=0), tmp, "station")
             rows.append(dict(name="same suite through the virtual bench (station:)", value=wall, unit="s",
                              target="-", peer="sim:// above"))
-    for r in rows:
-        print(f"{r['name']:<58} {r['value']:>10.4g} {r['unit']:<6} target {r['target']}  peer {r['peer']}")
+    print_table(rows)
     return rows
 
 

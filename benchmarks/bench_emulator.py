@@ -18,6 +18,8 @@ import numpy as np  # noqa: E402
 
 from simulator.chip import Switches, VirtualChip  # noqa: E402
 
+from run_all import print_table  # noqa: E402 (benchmarks/ is on sys.path when a bench runs)
+
 
 def main(batch: int = 20_000) -> list[dict]:
     chip = VirtualChip(seed=0)
@@ -41,8 +43,7 @@ def main(batch: int = 20_000) -> list[dict]:
              target=">= 10000", peer="-"),
         dict(name="emulator integration error vs 10x finer", value=err, unit="% FS", target="< 0.05", peer="-"),
     ]
-    for r in rows:
-        print(f"{r['name']:<55} {r['value']:>12.4g} {r['unit']:<6} target {r['target']}")
+    print_table(rows)
     return rows
 
 

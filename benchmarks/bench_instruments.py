@@ -19,6 +19,8 @@ import labkit
 from labkit.backend import GateSweep, WaveformCapture
 from simulator.bench import VirtualBench
 
+from run_all import print_table  # noqa: E402 (benchmarks/ is on sys.path when a bench runs)
+
 
 def _best(fn, repeats: int) -> float:
     best = float("inf")
@@ -66,8 +68,7 @@ def main(batch: int = 4096) -> list[dict]:
         dict(name="VMM throughput, station: full stack", value=station_rate, unit="VMM/s", target=">= 0.5 x sim",
              peer=f"sim:// {sim_rate:.0f} VMM/s"),
     ]
-    for r in rows:
-        print(f"{r['name']:<48} {r['value']:>10.4g} {r['unit']:<6} target {r['target']:<12} peer {r['peer']}")
+    print_table(rows)
     return rows
 
 

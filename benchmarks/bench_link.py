@@ -28,6 +28,8 @@ from drivers import protocol as p
 from drivers.board import TestBoard
 from simulator.emulated import chip_from_options
 
+from run_all import print_table  # noqa: E402 (benchmarks/ is on sys.path when a bench runs)
+
 BAUD = 921600
 SEED = 0
 
@@ -126,8 +128,7 @@ def main(n_fast: int = 6000, n_paced: int = 12000) -> list[dict]:
     rows.append(dict(name=f"paced {BAUD} Bd, in-process: achieved / allowed", value=paced_inproc / allowed,
                      unit="ratio", target=">= 0.9", peer=f"{paced_inproc:.0f} of {allowed:.0f} vec/s"))
 
-    for r in rows:
-        print(f"{r['name']:<62} {r['value']:>10.4g} {r['unit']:<6} target {r['target']:<7} {r['peer']}")
+    print_table(rows)
     return rows
 
 

@@ -34,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from labkit.model import ArrayModel, keep_freed_memory, native  # noqa: E402
 
+from run_all import print_table  # noqa: E402 (benchmarks/ is on sys.path when a bench runs)
+
 
 def _inputs(shape, seed=0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
@@ -123,8 +125,7 @@ def main() -> list[dict]:
 
     slot = "compiled C (labkit/model/slots.c)" if native.library() is not None else "torch (no C compiler)"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, slot kernel: {slot}")
-    for r in rows:
-        print(f"{r['name']:<60} {r['value']:>9.3f} {r['unit']:<3} target {r['target']:<5} peer {r['peer']}")
+    print_table(rows)
     return rows
 
 

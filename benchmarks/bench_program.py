@@ -29,6 +29,8 @@ import labkit  # noqa: E402
 from labkit.mapping import WeightWindow, map_weights  # noqa: E402
 from labkit.programming import ProgramConfig, program_array  # noqa: E402
 
+from run_all import print_table  # noqa: E402 (benchmarks/ is on sys.path when a bench runs)
+
 TOL = 0.01
 PEER = "published FG arrays: ~1 % in 10-100 pulses/cell"
 
@@ -95,10 +97,7 @@ def main(chips: int = 4) -> list[dict]:
             dict(name=f"ispp / adaptive, {kind}: median pulses", value=b["p50"] / a["p50"], unit="x",
                  target="> 1", peer="-"),
         ]
-    print()
-    print(f"{'figure':<50} {'value':>8} {'unit':<7} {'target':<7} peer")
-    for r in rows:
-        print(f"{r['name']:<50} {r['value']:>8.3g} {r['unit']:<7} {r['target']:<7} {r['peer']}")
+    print_table(rows)
     return rows
 
 

@@ -21,6 +21,8 @@ import numpy as np  # noqa: E402
 
 from labkit.store import RunStore  # noqa: E402
 
+from run_all import print_table  # noqa: E402 (benchmarks/ is on sys.path when a bench runs)
+
 
 def _batches(n_points: int, batch: int, rng) -> list[dict]:
     out = []
@@ -124,10 +126,7 @@ def main(write_s: float = 3.0, n_load: int = 100_000) -> list[dict]:
         size = (tmp / "load.sqlite").stat().st_size
         rows.append(dict(name="file size per point", value=size / n_load, unit="bytes",
                          target="-", peer="raw 264"))
-    print(f"{'figure':<44} {'value':>12} {'unit':<9} {'target':<10} peer")
-    for r in rows:
-        extra = f"  ({r['note']})" if "note" in r else ""
-        print(f"{r['name']:<44} {r['value']:>12.4g} {r['unit']:<9} {r['target']:<10} {r['peer']}{extra}")
+    print_table(rows)
     return rows
 
 

@@ -46,6 +46,19 @@ def fmt(value) -> str:
     return str(value)
 
 
+def print_table(rows: list[dict]) -> None:
+    """Rows ``{name, value, unit, target, peer}`` as one aligned table (also what each
+    benchmark prints when run on its own)."""
+    header = ["figure", "value", "unit", "target", "peer (same run)"]
+    table = [[r.get("name", ""), fmt(r.get("value", "")), r.get("unit", ""), r.get("target", ""),
+              fmt(r.get("peer", ""))] for r in rows]
+    widths = [max(len(str(row[i])) for row in table + [header]) for i in range(5)]
+    for k, row in enumerate([header] + table):
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+        if k == 0:
+            print("  ".join("-" * w for w in widths))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", help="benchmark names, e.g. emulator store")
@@ -61,19 +74,12 @@ def main(argv=None) -> int:
         rows, wall, error = run_one(path, args.timeout)
         if error:
             failed += 1
-            table.append([path.stem, "ERROR", "", error, ""])
-        for r in rows:
-            table.append([r.get("name", ""), fmt(r.get("value", "")), r.get("unit", ""),
-                          r.get("target", ""), fmt(r.get("peer", ""))])
+            table.append({"name": path.stem, "value": "ERROR", "target": error})
+        table.extend(rows)
         print(f"  {path.stem}: {wall:.1f} s", file=sys.stderr)
-    header = ["figure", "value", "unit", "target", "peer (same run)"]
-    widths = [max(len(str(row[i])) for row in table + [header]) for i in range(5)]
-    for k, row in enumerate([header] + table):
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
-        if k == 0:
-            print("  ".join("-" * w for w in widths))
+    print_table(table)
     if args.json:
-        Path(args.json).write_text(json.dumps(table, indent=1))
+        Path(args.json).write_text(json.dumps(table, indent=1, default=str))
     return 1 if failed else 0
 
 
