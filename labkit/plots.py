@@ -13,6 +13,14 @@ from pathlib import Path
 import numpy as np
 
 
+
+def _median_band(plot, x, values) -> None:
+    """``plot`` (an axis method) the median over each row of ``values`` against ``x``,
+    with the 10-90 % band shaded."""
+    plot(x, np.median(values, axis=1), "o-", label="median")
+    plot.__self__.fill_between(x, np.percentile(values, 10, axis=1), np.percentile(values, 90, axis=1),
+                               alpha=0.3, label="10-90 %")
+
 def _figure(width_in: float, height_in: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -104,11 +112,7 @@ def characterization_report(result, path: str | os.PathLike, title: str | None =
         ax = grid[2, 0]
         if result.temperature is not None:
             ts = result.temperature
-            med = np.median(ts.currents_a.reshape(len(ts.set_k), -1), axis=1)
-            lo = np.percentile(ts.currents_a.reshape(len(ts.set_k), -1), 10, axis=1)
-            hi = np.percentile(ts.currents_a.reshape(len(ts.set_k), -1), 90, axis=1)
-            ax.semilogy(ts.measured_k, med, "o-", label="median")
-            ax.fill_between(ts.measured_k, lo, hi, alpha=0.3, label="10-90 %")
+            _median_band(ax.semilogy, ts.measured_k, ts.currents_a.reshape(len(ts.set_k), -1))
             ax.set_title("cell current vs temperature")
             ax.set_xlabel("temperature (K)")
             ax.set_ylabel("current (A)")
@@ -120,9 +124,7 @@ def characterization_report(result, path: str | os.PathLike, title: str | None =
             rt = result.retention
             rel = rt.currents_a.reshape(len(rt.elapsed_s), -1) / rt.currents_a[0].reshape(1, -1) - 1
             t = np.maximum(rt.elapsed_s, rt.elapsed_s[rt.elapsed_s > 0].min() / 10 if np.any(rt.elapsed_s > 0) else 1)
-            ax.semilogx(t, 100 * np.median(rel, axis=1), "o-", label="median")
-            ax.fill_between(t, 100 * np.percentile(rel, 10, axis=1), 100 * np.percentile(rel, 90, axis=1),
-                            alpha=0.3, label="10-90 %")
+            _median_band(ax.semilogx, t, 100 * rel)
             ax.set_title("retention" + (" (virtual time)" if rt.virtual else ""))
             ax.set_xlabel("elapsed time (s)")
             ax.set_ylabel("current change (%)")

@@ -406,6 +406,15 @@ class LakeShore336Emulator(ScpiDevice):
             except ValueError:
                 raise ScpiError(*DATA_OUT_OF_RANGE) from None
 
+    def _change(self, table: dict, out: int, value) -> None:
+        """Set ``table[out]`` and settle the chip; a refused temperature leaves it unchanged."""
+        previous, table[out] = table[out], value
+        try:
+            self._apply()
+        except ScpiError:
+            table[out] = previous
+            raise
+
     def _krdg(self, call: Call):
         if not call.query:
             raise ScpiError(-100, "Command error")
@@ -417,25 +426,13 @@ class LakeShore336Emulator(ScpiDevice):
         out = self._output(call)
         if call.query:
             return f"+{self.setpoint[out]:.3f}"
-        previous = self.setpoint[out]
-        self.setpoint[out] = call.number(1, 0.0, 1500.0)
-        try:
-            self._apply()
-        except ScpiError:
-            self.setpoint[out] = previous
-            raise
+        self._change(self.setpoint, out, call.number(1, 0.0, 1500.0))
 
     def _range(self, call: Call):
         out = self._output(call)
         if call.query:
             return str(self.heater[out])
-        previous = self.heater[out]
-        self.heater[out] = int(call.number(1, 0, 3))
-        try:
-            self._apply()
-        except ScpiError:
-            self.heater[out] = previous
-            raise
+        self._change(self.heater, out, int(call.number(1, 0, 3)))
 
     def _ramp(self, call: Call):
         out = self._output(call)
@@ -448,8 +445,7 @@ class LakeShore336Emulator(ScpiDevice):
         out = self._output(call)
         if call.query:
             return ",".join(str(x) for x in self.outmode[out])
-        self.outmode[out] = (int(call.number(1, 0, 5)), int(call.number(2, 0, 4)), int(call.number(3, 0, 1)))
-        self._apply()
+        self._change(self.outmode, out, (int(call.number(1, 0, 5)), int(call.number(2, 0, 4)), int(call.number(3, 0, 1))))
 
     def _htr(self, call: Call):
         out = self._output(call)
