@@ -247,7 +247,8 @@ static void grad_a(long R, long N2, vf *gav, vf xb[][NV], vf gz[CB][NV], long c0
 {
     for (long i = 0; i < R; i += 4)
         for (int cc = 0; cc < CB; cc += 4) {
-            vf acc[4][4] = {{0}};
+            vf acc[4][4];
+            memset(acc, 0, sizeof acc);
             for (long v = 0; v < NV; v++) {
                 vf x0 = xb[i][v], x1 = xb[i + 1][v], x2 = xb[i + 2][v], x3 = xb[i + 3][v];
                 for (int k = 0; k < 4; k++) {
