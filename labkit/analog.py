@@ -490,7 +490,7 @@ class AnalogLayer(nn.Module):
     def _setup(self, in_rows: int, out: int, relu: bool, config: AnalogConfig, tiles) -> None:
         self.config = config
         self.in_rows, self.out_features_, self.relu = int(in_rows), int(out), bool(relu)
-        R, P, C = config.rows, config.outputs_per_tile, config.cols
+        R, P = config.rows, config.outputs_per_tile
         self.row_tiles = -(-self.in_rows // R)
         self.col_tiles = -(-self.out_features_ // P)
         n = self.row_tiles * self.col_tiles
