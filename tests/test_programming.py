@@ -14,9 +14,9 @@ import pytest
 import labkit
 from labkit import cli
 from labkit.backend import BackendError
-from labkit.chipstate import ChipMismatchError, ChipState
-from labkit.mapping import WeightWindow, map_weights
-from labkit.programming import ProgramConfig, program_array, refresh
+from labkit.program.chipstate import ChipMismatchError, ChipState
+from labkit.program.mapping import WeightWindow, map_weights
+from labkit.program.programming import ProgramConfig, program_array, refresh
 from tests.conftest import chip_of, sim_uri
 
 TOL = 0.01
@@ -285,7 +285,7 @@ def test_chip_state_file_is_strict_json_and_round_trips(tmp_path):
         program_array(backend, t, state_path=path, weights=np.zeros((16, 8)), window={"i_min_a": 1e-9})
     text = path.read_text()
     d = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
-    assert d["format"] == "labkit.chipstate/1" and d["chip_id"] == "EMU-0013"
+    assert d["format"] == "labkit.program.chipstate/1" and d["chip_id"] == "EMU-0013"
     st = ChipState.load(path)
     assert np.array_equal(np.isnan(st.targets_a), np.isnan(t)) and np.allclose(st.targets_a[1], t[1])
     assert set(st.status[1]) == {"done"} and set(st.status[0]) == {"untargeted"}
@@ -344,7 +344,7 @@ def test_program_command_json_and_refresh(tmp_path, capsys, spy_scheme, monkeypa
     assert d["weight_rms_error"] < 0.01 and d["state"] == "chipstate-EMU-0002.json"
     st = ChipState.load(tmp_path / "chipstate-EMU-0002.json")
     assert st.run_status == "complete" and np.allclose(st.weights, w)
-    from labkit.store import RunStore
+    from labkit.store.runstore import RunStore
 
     with RunStore(tmp_path / "runs.db") as store:
         (run,) = store.list_runs(kind="program")
