@@ -488,7 +488,7 @@ def test_cli_subprocess_unknown_backend():
     assert proc.stderr.count("\n") == 1 and "unknown backend scheme" in proc.stderr
 
 
-def test_cli_unreachable_station_is_one_line_and_exit_2(tmp_path, capsys):
+def test_cli_unreachable_station_is_one_line_and_exit_4_a_link_fault(tmp_path, capsys):
     pytest.importorskip("drivers.silicon")
     import socket
 
@@ -499,7 +499,7 @@ def test_cli_unreachable_station_is_one_line_and_exit_2(tmp_path, capsys):
     station.write_text(f"name: nowhere\nboard:\n  url: socket://127.0.0.1:{port}\n  timeout_s: 0.5\n")
     db = tmp_path / "runs.sqlite"
     code, out, err = run_cli(capsys, "characterize", "--quick", "--backend", f"station:{station}", "--out", str(db))
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert code == 4 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert str(port) in err
     assert not db.exists()  # nothing was started
 
