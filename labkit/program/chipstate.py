@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT = "labkit.program.chipstate/1"
+FORMAT = "labkit.chipstate/1"
 STATUSES = ("untargeted", "pending", "pulsing", "done", "failed")
 
 
