@@ -40,8 +40,15 @@ def command_modules() -> dict[str, object]:
     return found
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument error is one line too (not argparse's usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="labkit", description="measure, calibrate, train, program and deploy analog VMM chips")
+    parser = _Parser(prog="labkit", description="measure, calibrate, train, program and deploy analog VMM chips")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in command_modules().items():
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
