@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 from labkit.backend import BackendError, open_backend
+from labkit.cli import options
 from labkit.errors import UsageError
 from labkit.units import si
 
@@ -23,7 +24,7 @@ HELP = "live dashboard: array heatmap and running sweep while measuring (pyqtgra
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--backend", default="sim://", help="backend URI (default: sim://)")
+    options.add(parser, "backend")
     parser.add_argument("--frames", type=int, default=None, help="stop after N frames")
     parser.add_argument("--seconds", type=float, default=None, help="stop after S seconds")
     parser.add_argument("--screenshot", metavar="PNG", default=None, help="save the window as PNG at the end")
