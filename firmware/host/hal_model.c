@@ -7,6 +7,8 @@
 
 #include <math.h>
 
+#define MIRROR 0.01 /* bit-line current mirror: the share of the cell current that discharges the bit line */
+
 static const lkb_config config = {
     "labkit-ref-fw 1.0.0 (host)", "REF-HOST-0001", "REF-CHIP-0001",
     16, 16, 8,
@@ -117,7 +119,7 @@ int lkb_hal_vmm(const uint16_t *ticks, double tick_s, uint16_t *counts)
     for (c = 0; c < 16; c++) {
         double q = 0, t, n;
         for (r = 0; r < 16; r++)
-            q += (double)ticks[r] * tick_s * m->current_a[r][c] * (m->read_v / 1.8);
+            q += (double)ticks[r] * tick_s * m->current_a[r][c] * (m->read_v / 1.8) * MIRROR;
         t = (full - q) / d->reference_current_a; /* s after the window: reference discharge */
         n = t <= 0 ? 0 : floor(t / m->settings.tdc_lsb_s + 0.5);
         counts[c] = (uint16_t)(n > max_count ? max_count : n);
