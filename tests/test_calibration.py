@@ -314,8 +314,8 @@ def test_cli_calibrate_json_subprocess(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--patterns", "0"], "fit_patterns=0"),
-    (["--iterations", "-3"], "fit_iterations=-3"),
+    (["--patterns", "0"], "--patterns: 0; expected an integer in [16, 1000000]"),
+    (["--iterations", "-3"], "--iterations: -3; expected an integer in [1, 100000]"),
     (["--file", "/no/such/dir/cal.npz"], "does not exist"),
     (["--backend", "gpib://x"], "unknown backend scheme"),
 ])

@@ -409,7 +409,7 @@ def _unwritable_store(tmp_path) -> str:
     (["--backend", "sim://?seed=x"], "seed"),
     (["--vg", "2.0", "1.0"], "gate sweep"),
     (["--vg", "0.5", "3.0"], "outside the allowed"),
-    (["--vg", "1.0", "2.0", "--vg-points", "1"], "gate sweep points"),
+    (["--vg", "1.0", "2.0", "--vg-points", "1"], "--vg-points: 1; expected an integer in [2, 10000]"),
     (["--compliance", "1"], "compliance"),
     (["--droop-levels", "2"], "droop_levels"),
     (["--repeats", "1"], "repeats"),

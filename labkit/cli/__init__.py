@@ -65,7 +65,10 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a one-line argument error already printed
+        return exc.code if isinstance(exc.code, int) else 2
     out = Console(quiet=args.json)
     try:
         result = args._run(args, out)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+from pathlib import Path
 
 
 def count(lo: int, hi: int, what: str = "an integer"):
@@ -41,12 +43,29 @@ def number(lo: float, hi: float, what: str = "a number", open_low: bool = False)
     return parse
 
 
+def output_file(what: str):
+    """argparse type: a file path to write: not a directory, in a writable directory
+    that exists (checked now, so a run never measures for a file it cannot write)."""
+    def parse(text: str) -> str:
+        p = Path(text)
+        parent = p.resolve().parent
+        if p.is_dir():
+            raise argparse.ArgumentTypeError(f"{text!r} is a directory; expected a {what} file")
+        if not parent.is_dir():
+            raise argparse.ArgumentTypeError(f"{text!r}: directory {parent} does not exist")
+        if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+            raise argparse.ArgumentTypeError(f"{text!r} is not writable; expected a {what} file")
+        return text
+    parse.__name__ = "path"
+    return parse
+
+
 SEED = count(0, 2**32 - 1, "a seed")
 
 COMMON: dict[str, tuple[tuple[str, ...], dict]] = {
     "backend": (("--backend",), dict(default="sim://", metavar="URI",
                                      help="backend: sim://?seed=N (emulated) or station:FILE.yaml (default sim://)")),
-    "store": (("--out",), dict(metavar="DB", default=None,
+    "store": (("--out",), dict(metavar="DB", default=None, type=output_file("run store"),
                                help="run store file (default $LABKIT_STORE or ./labkit-runs.sqlite)")),
     "seed": (("--seed",), dict(type=SEED, default=0, help="seed (default 0)")),
     "data": (("--data",), dict(metavar="DIR", default=None, help="data set directory (MNIST IDX / CIFAR-10)")),

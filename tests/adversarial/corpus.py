@@ -171,7 +171,8 @@ def build(d: Path) -> list[Case]:
                        ("program", [f["w_ok"], "--state", d / "cs.json"]), ("live", ["--frames", "1"]),
                        ("deploy", [f["ck_nan"]])):
         for u in uris:
-            add(cmd, f"--backend {u!r}", [cmd, *extra, "--backend", u])
+            link_fault = u.endswith("badport.yaml")  # nothing listens: a link fault, exit 4
+            add(cmd, f"--backend {u!r}", [cmd, *extra, "--backend", u], codes=(4,) if link_fault else (2,))
     # characterize options
     for opt in ("--patterns", "--repeats", "--crosstalk-repeats", "--droop-levels", "--vg-points", "--seed"):
         for v in INTS_BAD:

@@ -50,7 +50,9 @@ class Outcome:
             return "wrong acceptance"
         if self.code not in self.case.codes:
             return f"exit {self.code}"
-        if len(self.stderr.strip().splitlines()) != 1:
+        lines = self.stderr.strip().splitlines()  # progress lines may come first
+        errors = [k for k, line in enumerate(lines) if ": error: " in line]
+        if len(errors) != 1 or errors[0] != len(lines) - 1:
             return "multi-line"
         if self.touched and not self.case.touch:
             return "touched first"
