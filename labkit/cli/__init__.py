@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"labkit {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return code
-    if args.json:
-        json.dump(strict_json(result or {}), sys.stdout, allow_nan=False)
+    if args.json and result is not None:  # None: nothing to report (a torchrun rank other than 0)
+        json.dump(strict_json(result), sys.stdout, allow_nan=False)
         sys.stdout.write("\n")
     return 0
 
