@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import labkit
-from labkit.measure import characterize as ch
+from labkit import measure as ch
 from labkit import cli
 from labkit.measure import metrics
 from labkit.backend import GateSweep, SafeArray, VirtualClock
@@ -331,6 +331,42 @@ def test_routine_bad_input_is_value_error_before_measuring():
             with pytest.raises(ValueError):
                 call()
         assert chip.noise_rng.bit_generator.state == before  # nothing was measured
+
+
+def test_one_baseline_gives_deployment_its_mean_per_column():
+    """Deployment reads outputs from ``measure_baseline(backend, repeats).t0_s``: the mean
+    (s) per column of exactly that many zero-input VMMs, with their spread."""
+    with labkit.open_backend(sim_uri(6)) as a, labkit.open_backend(sim_uri(6)) as b:
+        base = ch.measure_baseline(a, repeats=32)
+        direct = b.vmm(np.zeros((32, 16)))
+    assert isinstance(base, ch.Baseline) and base.n == 32
+    np.testing.assert_array_equal(base.t0_s, direct.mean(axis=0))
+    np.testing.assert_allclose(base.std_s, direct.std(axis=0, ddof=1))
+    assert np.all(base.std_s > 0)  # the emulated chip is noisy: a real spread, per column
+
+
+def test_an_interrupted_repeat_table_loads_its_complete_repeats(tmp_path):
+    """Points of a repeat table in any order, the last repeat cut short (a run killed
+    mid-chunk): the store gives back the complete repeats, as they were measured."""
+    uri = sim_uri(4)
+    with labkit.open_backend(uri) as b, RunStore(tmp_path / "runs.sqlite") as store:
+        with store.run("characterize", backend_uri=uri, chip_id=b.identity.chip_id, settings=b.settings) as run:
+            base = ch.measure_baseline(b, 16, run)
+            rep = ch.vmm_repeats(b, base, patterns=8, repeats=4)
+            R, B = rep.t_s.shape[:2]
+            repeat, pattern = np.repeat(np.arange(R), B)[:-3], np.tile(np.arange(B), R)[:-3]
+            order = np.random.default_rng(0).permutation(len(repeat))
+            repeat, pattern = repeat[order], pattern[order]
+            run.add_points("vmm_repeat", x=rep.x[pattern], t=rep.t_s[repeat, pattern],
+                           y=rep.y_s[repeat, pattern], pattern=pattern, repeat=repeat)
+        r = store.load(run.id)
+        got = ch.load_dataset(r, "vmm_repeat")
+        assert got.y_s.shape == (R - 1, B, 16)
+        np.testing.assert_array_equal(got.x, rep.x)
+        np.testing.assert_array_equal(got.t_s, rep.t_s[:-1])
+        np.testing.assert_array_equal(got.y_s, rep.y_s[:-1])
+        with pytest.raises(ValueError, match=f"{R - 1} complete repeats of its {B} patterns; expected at least {R}"):
+            ch.load_repeats(r, "vmm_repeat", min_repeats=R)
 
 
 # ----------------------------------------------------------------------------- command line

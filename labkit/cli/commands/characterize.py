@@ -12,7 +12,7 @@ import dataclasses
 import math
 from pathlib import Path
 
-from labkit.measure import characterize as ch
+from labkit import measure as ch
 from labkit.backend import open_backend
 from labkit.cli import options
 from labkit.store.runstore import RunStore, default_store_path, sigterm_as_keyboard_interrupt
