@@ -90,3 +90,14 @@ def test_close_disarms_the_board(bench):
     assert fw.armed
     board.close()
     assert not fw.armed
+
+
+def test_id_vg_routes_the_cell_to_the_smu_with_an_explicit_command(tmp_path):
+    with VirtualBench(seed=3, chip_options={"noise": False}, instruments=("smu",),
+                      station_out=tmp_path / "s.yaml") as bench:
+        with labkit.open_backend(f"station:{tmp_path / 's.yaml'}") as chip:
+            reads = bench.firmware.frames
+            currents = chip.inner.id_vg((2, 3), [1.0, 1.8], 2e-6)
+            assert bench.firmware.routed == (2, 3) and bench.bench_array.wiring.smu_cell == (2, 3)
+            assert currents[1] > currents[0] > 0
+            assert bench.firmware.frames == reads + 1  # one ROUTE frame, no READ to latch the path
