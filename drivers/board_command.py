@@ -44,7 +44,7 @@ def _link_baud(args) -> float | None:
 
 
 def run(args, out) -> dict:
-    from .conformance import Suite, run_conformance
+    from .conformance import Suite, verdict, run_conformance
 
     if args.board_command != "conformance":  # pragma: no cover (argparse enforces the choice)
         raise ValueError(f"unknown board sub-command {args.board_command!r}")
@@ -59,10 +59,12 @@ def run(args, out) -> dict:
     if unknown:
         raise ValueError(f"--only {','.join(unknown)}: unknown check(s); known: {', '.join(Suite.CHECKS)}")
     quiet = getattr(args, "json", False)
+
+    def progress(check) -> None:  # one line per check on stderr while the suite runs
+        print(f"  {check.name:<18} {verdict(check.ok)}", file=sys.stderr)
+
     report = run_conformance(args.port, baudrate=args.baud, link_baud=_link_baud(args), timeout=args.timeout,
-                             vectors=args.vectors, only=only,
-                             progress=None if quiet else lambda c: print(f"  {c.name:<18} {c.ok and 'pass' or c.ok is None and 'n/a' or 'FAIL'}",
-                                                                          file=sys.stderr))
+                             vectors=args.vectors, only=only, progress=None if quiet else progress)
     result = report.to_dict()
     out.table(report.rows(), header=("check", "result", "detail"))
     passed = sum(c.ok is True for c in report.checks)

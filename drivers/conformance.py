@@ -65,15 +65,15 @@ class Report:
             "failed": self.failed,
             "board": self.info,
             "figures": self.figures,
-            "checks": [{"name": c.name, "result": _word(c.ok), "detail": c.detail, "seconds": round(c.seconds, 4)}
+            "checks": [{"name": c.name, "result": verdict(c.ok), "detail": c.detail, "seconds": round(c.seconds, 4)}
                        for c in self.checks],
         }
 
     def rows(self) -> list[tuple[str, str, str]]:
-        return [(c.name, _word(c.ok), c.detail) for c in self.checks]
+        return [(c.name, verdict(c.ok), c.detail) for c in self.checks]
 
 
-def _word(ok: bool | None) -> str:
+def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("pass" if ok else "FAIL")
 
 
