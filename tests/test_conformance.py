@@ -58,10 +58,11 @@ def test_suite_passes_against_the_python_emulator_and_checks_everything():
     assert report.figures["vmm_vectors_per_s"] > 500
 
 
-def test_suite_passes_over_a_real_socket_link():
-    with BoardServer(emulator()).start() as server:
-        report = run_conformance(server.url, vectors=512)
+def test_suite_passes_over_a_socket_paced_like_a_uart_and_holds_throughput_to_the_link_rate():
+    with BoardServer(emulator(), baud=921600).start() as server:
+        report = run_conformance(server.url, vectors=1024, link_baud=921600)
     assert report.passed, describe(report)
+    assert 0.5 <= report.figures["share_of_link_rate"] <= 1.05  # pipelined VMM keeps the paced link busy
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +148,15 @@ def test_a_misreading_in_the_c_firmware_fails_the_suite(tmp_path, flag):
 
 
 # ------------------------------------------------------------- the command
+
+
+def test_the_board_command_is_registered_for_the_labkit_command_line():
+    from importlib.metadata import entry_points
+
+    (ep,) = [e for e in entry_points(group="labkit.commands") if e.name == "board"]
+    module = ep.load()
+    assert ep.value == "drivers.board_command" and isinstance(module.HELP, str)
+    assert callable(module.add_arguments) and callable(module.run)
 
 
 def test_board_command_reports_json_and_exit_codes():

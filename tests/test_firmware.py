@@ -265,3 +265,21 @@ def test_the_emulator_codec_shares_no_code_with_the_host_codec():
         imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         assert not any(m.startswith("drivers") for m in imported), (name, imported)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 0xFFFF), st.integers(0, 0x7F), st.integers(0, 9), st.binary(max_size=600))
+def test_the_two_independent_codecs_agree_on_every_frame(seq, cmd, status, payload):
+    """Host codec (drivers.protocol) and board codec (simulator.wire), written apart."""
+    from simulator import wire as w
+
+    board = w.Wire()
+    (host_view,) = p.FrameDecoder().feed(board.reply(seq, cmd, status, payload))
+    assert (host_view.seq, host_view.command, host_view.status, host_view.payload, host_view.reply) == \
+        (seq, cmd, status, payload, True)
+    board_view = board.parse(p.request(seq, cmd, payload)[:-1])
+    assert (board_view.seq, board_view.command, board_view.payload, board_view.is_reply, board_view.version) == \
+        (seq, cmd, payload, False, 1)
+    stuffed = p.request(seq, cmd, payload)[:-1]
+    off = stuffed[:-1] + bytes([1 + stuffed[-1] % 255])  # the last byte changed (never to 0x00)
+    assert isinstance(board.parse(off), w.Garbled)  # one byte off: refused, never misread
