@@ -27,16 +27,15 @@ Bench wiring assumed (and emulated by the virtual bench):
 from __future__ import annotations
 
 import functools
-import math
 import signal
 import threading
 import weakref
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
 
-from labkit.backend import Identity, SafetyEnvelope, SafetyError, VmmSettings
-from labkit.units import si
+from labkit.backend import Identity, SafetyEnvelope, VmmSettings
 
 from .board import TestBoard
 from .protocol import Capability
@@ -168,17 +167,11 @@ class SiliconBackend:
                 if inst is not None:
                     inst.close()
 
-    # -- shared checks of the capability methods (SafeArray covers only the primitives)
-    def _cell(self, cell) -> tuple[int, int]:
-        g = self.geometry
-        try:
-            r, c = (int(v) for v in cell)
-            ok = (r, c) == tuple(cell) and 0 <= r < g.rows and 0 <= c < g.cols
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise ValueError(f"cell {cell!r}; expected (row, col) with row in [0, {g.rows}) and col in [0, {g.cols})")
-        return r, c
+    def provenance(self) -> dict:
+        """The station file as read (path and text)."""
+        if self.station is None:
+            return {}
+        return {"station_file": {"path": str(Path(self.station.path).resolve()), "text": self.station.text}}
 
 
 class _GateSweepPath:
@@ -187,23 +180,11 @@ class _GateSweepPath:
     def id_vg(self, cell, gate_v, compliance_a) -> np.ndarray:
         """Drain current (A) of ``cell`` at each gate voltage (V); the SMU clips at
         ``compliance_a`` (A), which may not exceed the envelope's ``max_compliance_a``."""
-        r, c = self._cell(cell)
-        v = np.atleast_1d(np.asarray(si(gate_v, "V", "gate_v"), dtype=float))
-        comp = float(si(compliance_a, "A", "compliance_a"))
-        env = self.envelope
-        if v.ndim != 1 or v.size == 0 or not np.all(np.isfinite(v)):
-            raise ValueError(f"gate_v={gate_v!r}; expected a non-empty 1-D array of finite volts")
-        lo, hi = env.read_voltage_range_v
-        if v.min() < lo or v.max() > hi:
-            bad = v[(v < lo) | (v > hi)][0]
-            raise SafetyError(f"gate voltage {bad:g} V is outside the allowed [{lo:g}, {hi:g}] V")
-        if not (math.isfinite(comp) and 0 < comp <= env.max_compliance_a):
-            raise SafetyError(f"compliance_a={comp:g} A is outside the allowed (0, {env.max_compliance_a:g}] A")
         if self.board.has(Capability.ROUTE):
-            self.board.route((r, c))
+            self.board.route(tuple(cell))
         else:
-            self.board.read_currents(np.array([[r, c]]))  # latches the read path on the cell
-        return self.smu.sweep(v, comp)
+            self.board.read_currents(np.array([cell]))  # latches the read path on the cell
+        return self.smu.sweep(gate_v, compliance_a)
 
 
 class _ScopeCapture:
@@ -215,13 +196,7 @@ class _ScopeCapture:
         channels = {column: ch for ch, column in self.scope_columns.items()}
         if isinstance(col, bool) or not isinstance(col, (int, np.integer)) or int(col) not in channels:
             raise ValueError(f"col={col!r} is not probed by the scope; probed columns: {sorted(channels)}")
-        w = np.asarray(si(widths_s, "s", "widths_s"), dtype=float)
-        s = self.settings
-        if w.shape != (self.geometry.rows,):
-            raise ValueError(f"widths_s has shape {w.shape}; expected ({self.geometry.rows},)")
-        if not np.all(np.isfinite(w)) or w.min() < 0 or w.max() > s.integration_time_s:
-            bad = w[~np.isfinite(w) | (w < 0) | (w > s.integration_time_s)][0]
-            raise SafetyError(f"pulse width {bad:g} s is outside the allowed [0, {s.integration_time_s:g}] s")
+        w, s = widths_s, self.settings
         ch = channels[int(col)]
         v0 = self.datasheet.precharge_v
         self.scope.arm_single(ch, window_s=s.integration_time_s + s.tdc_full_scale_s,
@@ -238,10 +213,7 @@ class _ThermalControl:
 
     def set_temperature_k(self, kelvin) -> None:
         """Regulate the chip at ``kelvin`` (K) and wait until it is there."""
-        k = float(si(kelvin, "K", "kelvin"))
-        if not (math.isfinite(k) and k > 0):
-            raise ValueError(f"kelvin={kelvin!r}; expected a finite temperature > 0 K")
-        self.tempctl.regulate(k)
+        self.tempctl.regulate(kelvin)
         self.tempctl.wait_stable(self.settle_tolerance_k, self.settle_timeout_s, poll_s=0.5)
 
     def temperature_k(self) -> float | None:

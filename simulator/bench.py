@@ -105,6 +105,9 @@ class BenchArray:
         with self.lock:
             self.array.advance_time_s(seconds)
 
+    def provenance(self) -> dict:
+        return self.array.provenance()
+
     def close(self) -> None:
         pass
 

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 import labkit
-from labkit import characterize as ch
-from labkit import cli, metrics
+from labkit.measure import characterize as ch
+from labkit import cli
+from labkit.measure import metrics
 from labkit.backend import GateSweep, SafeArray, VirtualClock
-from labkit.store import RunStore, StoreError
+from labkit.store.runstore import RunStore, StoreError
 from simulator.chip import K_B_OVER_Q, Q_E
 from tests.conftest import chip_of, sim_uri
 
@@ -408,7 +409,7 @@ def _unwritable_store(tmp_path) -> str:
     (["--backend", "sim://?seed=x"], "seed"),
     (["--vg", "2.0", "1.0"], "gate sweep"),
     (["--vg", "0.5", "3.0"], "outside the allowed"),
-    (["--vg", "1.0", "2.0", "--vg-points", "1"], "gate sweep points"),
+    (["--vg", "1.0", "2.0", "--vg-points", "1"], "--vg-points: 1; expected an integer in [2, 10000]"),
     (["--compliance", "1"], "compliance"),
     (["--droop-levels", "2"], "droop_levels"),
     (["--repeats", "1"], "repeats"),
@@ -487,7 +488,7 @@ def test_cli_subprocess_unknown_backend():
     assert proc.stderr.count("\n") == 1 and "unknown backend scheme" in proc.stderr
 
 
-def test_cli_unreachable_station_is_one_line_and_exit_2(tmp_path, capsys):
+def test_cli_unreachable_station_is_one_line_and_exit_4_a_link_fault(tmp_path, capsys):
     pytest.importorskip("drivers.silicon")
     import socket
 
@@ -498,7 +499,7 @@ def test_cli_unreachable_station_is_one_line_and_exit_2(tmp_path, capsys):
     station.write_text(f"name: nowhere\nboard:\n  url: socket://127.0.0.1:{port}\n  timeout_s: 0.5\n")
     db = tmp_path / "runs.sqlite"
     code, out, err = run_cli(capsys, "characterize", "--quick", "--backend", f"station:{station}", "--out", str(db))
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert code == 4 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert str(port) in err
     assert not db.exists()  # nothing was started
 

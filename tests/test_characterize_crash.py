@@ -15,8 +15,8 @@ import time
 import numpy as np
 import pytest
 
-from labkit import characterize as ch
-from labkit.store import RunStore
+from labkit.measure import characterize as ch
+from labkit.store.runstore import RunStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PATTERNS = 200_000

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from labkit.calibration import read_calibration
-from labkit.chipstate import ChipState
-from labkit.store import RunStore
+from labkit.calibrate.calibration import read_calibration
+from labkit.program.chipstate import ChipState
+from labkit.store.runstore import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"

@@ -20,7 +20,7 @@ from labkit import cli  # noqa: E402
 from labkit.backend import BackendError, SafeArray  # noqa: E402
 from tests.conftest import chip_of, sim_uri  # noqa: E402
 
-live = pytest.importorskip("labkit.live")
+live = pytest.importorskip("labkit.ui.live")
 pytest.importorskip("PySide6")
 
 

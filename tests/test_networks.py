@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from labkit import networks as N
-from labkit import training as T
-from labkit.datasets import DatasetNotFoundError
+from labkit.train import networks as N
+from labkit.train import training as T
+from labkit.train.datasets import DatasetNotFoundError
 
 PLAIN = (nn.Sequential, nn.Linear, nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten)
 

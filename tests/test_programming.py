@@ -14,9 +14,9 @@ import pytest
 import labkit
 from labkit import cli
 from labkit.backend import BackendError
-from labkit.chipstate import ChipMismatchError, ChipState
-from labkit.mapping import WeightWindow, map_weights
-from labkit.programming import ProgramConfig, program_array, refresh
+from labkit.program.chipstate import ChipMismatchError, ChipState
+from labkit.program.mapping import WeightWindow, map_weights
+from labkit.program.programming import ProgramConfig, program_array, refresh
 from tests.conftest import chip_of, sim_uri
 
 TOL = 0.01
@@ -344,7 +344,7 @@ def test_program_command_json_and_refresh(tmp_path, capsys, spy_scheme, monkeypa
     assert d["weight_rms_error"] < 0.01 and d["state"] == "chipstate-EMU-0002.json"
     st = ChipState.load(tmp_path / "chipstate-EMU-0002.json")
     assert st.run_status == "complete" and np.allclose(st.weights, w)
-    from labkit.store import RunStore
+    from labkit.store.runstore import RunStore
 
     with RunStore(tmp_path / "runs.db") as store:
         (run,) = store.list_runs(kind="program")
