@@ -168,19 +168,20 @@ def test_board_command_reports_json_and_exit_codes():
 
         code = board_command.main(["--json", "conformance", "--port", url, "--only", "ping,replay"])
         assert code == 0
-        with pytest.raises(SystemExit) as exit_info:
-            board_command.main(["conformance", "--port", bad, "--timeout", "0.2"])
-        assert exit_info.value.code == 3
+        assert board_command.main(["conformance", "--port", bad, "--timeout", "0.2"]) == 3
         assert board_command.main(["conformance", "--port", url, "--only", "nosuch"]) == 2
     finally:
         serial_handler.detach("cmd_ok")
         serial_handler.detach("cmd_bad")
 
 
-def test_board_command_as_a_process_prints_one_json_object(c_firmware):
+def test_labkit_board_conformance_as_a_process_prints_one_json_object(c_firmware):
     with hf.running(c_firmware) as pty:
-        run = subprocess.run([sys.executable, "-m", "drivers.board_command", "--json", "conformance", "--port", pty,
+        run = subprocess.run([sys.executable, "-m", "labkit.cli", "board", "conformance", "--json", "--port", pty,
                               "--only", "hello,replay,corrupt_crc"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
     assert result["passed"] and [c["name"] for c in result["checks"]] == ["hello", "replay", "corrupt_crc"]
+    run = subprocess.run([sys.executable, "-m", "labkit.cli", "board", "conformance", "--port", "/nonexistent/tty"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 4 and len(run.stderr.strip().splitlines()) == 1, run.stderr  # a link fault
