@@ -3,7 +3,8 @@
 Registered as the ``board`` entry of ``labkit.commands`` (labkit never imports drivers).
 ``python -m drivers.board_command conformance --port URL [--json]`` runs it without the
 labkit command line. Exit code 0 when every check passes, 3 when one fails (the board
-does not conform), 2 for a usage mistake.
+does not conform: :class:`labkit.errors.ResultError`), 2 for a usage mistake, 4 when the
+port cannot be opened.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import argparse
 import json
 import math
 import sys
+
+from labkit.errors import ResultError, exit_code
 
 HELP = "test board tools: 'labkit board conformance --port URL' checks a board against docs/board-protocol.md"
 
@@ -44,7 +47,7 @@ def _link_baud(args) -> float | None:
 
 
 def run(args, out) -> dict:
-    from .conformance import Suite, run_conformance
+    from .conformance import Suite, verdict, run_conformance
 
     if args.board_command != "conformance":  # pragma: no cover (argparse enforces the choice)
         raise ValueError(f"unknown board sub-command {args.board_command!r}")
@@ -59,10 +62,12 @@ def run(args, out) -> dict:
     if unknown:
         raise ValueError(f"--only {','.join(unknown)}: unknown check(s); known: {', '.join(Suite.CHECKS)}")
     quiet = getattr(args, "json", False)
+
+    def progress(check) -> None:  # one line per check on stderr while the suite runs
+        print(f"  {check.name:<18} {verdict(check.ok)}", file=sys.stderr)
+
     report = run_conformance(args.port, baudrate=args.baud, link_baud=_link_baud(args), timeout=args.timeout,
-                             vectors=args.vectors, only=only,
-                             progress=None if quiet else lambda c: print(f"  {c.name:<18} {c.ok and 'pass' or c.ok is None and 'n/a' or 'FAIL'}",
-                                                                          file=sys.stderr))
+                             vectors=args.vectors, only=only, progress=None if quiet else progress)
     result = report.to_dict()
     out.table(report.rows(), header=("check", "result", "detail"))
     passed = sum(c.ok is True for c in report.checks)
@@ -70,10 +75,10 @@ def run(args, out) -> dict:
               f"{sum(c.ok is None for c in report.checks)} not applicable: "
               f"{'CONFORMS' if report.passed else 'DOES NOT CONFORM'}")
     if not report.passed:
-        if quiet:
+        if quiet:  # the whole report still goes to stdout, then the one-line error
             json.dump(result, sys.stdout, allow_nan=False)
             sys.stdout.write("\n")
-        raise SystemExit(3)
+        raise ResultError(f"the board at {args.port!r} does not conform: {', '.join(report.failed)} failed")
     return result
 
 
@@ -83,13 +88,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     add_arguments(parser)
     args = parser.parse_args(argv)
-    from labkit.console import Console
+    from labkit.ui.console import Console
 
     try:
         result = run(args, Console(quiet=args.json))
-    except ValueError as exc:
+    except Exception as exc:
+        code = exit_code(exc)
+        if code is None:
+            raise
         print(f"labkit board: error: {exc}", file=sys.stderr)
-        return 2
+        return code
     if args.json:
         json.dump(result, sys.stdout, allow_nan=False)
         sys.stdout.write("\n")

@@ -65,15 +65,15 @@ class Report:
             "failed": self.failed,
             "board": self.info,
             "figures": self.figures,
-            "checks": [{"name": c.name, "result": _word(c.ok), "detail": c.detail, "seconds": round(c.seconds, 4)}
+            "checks": [{"name": c.name, "result": verdict(c.ok), "detail": c.detail, "seconds": round(c.seconds, 4)}
                        for c in self.checks],
         }
 
     def rows(self) -> list[tuple[str, str, str]]:
-        return [(c.name, _word(c.ok), c.detail) for c in self.checks]
+        return [(c.name, verdict(c.ok), c.detail) for c in self.checks]
 
 
-def _word(ok: bool | None) -> str:
+def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("pass" if ok else "FAIL")
 
 
@@ -623,13 +623,13 @@ def run_conformance(url: str, *, baudrate: int = 921600, link_baud: float | None
                     vectors: int = 4096, only: tuple[str, ...] = (),
                     progress: Callable[[CheckResult], None] | None = None) -> Report:
     """Run the suite against the board at ``url``; ``link_baud`` (bits/s) is the rate
-    the throughput check is held against (None: an unpaced link such as a pty)."""
+    the throughput check is held against (None: an unpaced link such as a pty).
+    A port that does not open is a :class:`~drivers.protocol.LinkError`."""
     report = Report(url)
     try:
         link = RawLink(url, baudrate, timeout)
     except (serial.SerialException, OSError, ValueError) as exc:
-        report.checks.append(CheckResult("open", False, f"cannot open {url!r}: {exc}", 0.0))
-        return report
+        raise p.LinkError(f"cannot open the test board at {url!r}: {exc}") from None
     suite = Suite(link, url, baudrate, link_baud, timeout, vectors)
     try:
         link.write(p.DELIMITER)

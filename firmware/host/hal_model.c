@@ -39,6 +39,13 @@ void lkb_model_reset(uint32_t seed)
     m->settings = config.default_settings;
 }
 
+int lkb_host_start(unsigned long seed, int bridge_fd)
+{
+    (void)bridge_fd;
+    lkb_model_reset((uint32_t)seed);
+    return 0;
+}
+
 uint32_t lkb_hal_entropy(void)
 {
     uint32_t x = lkb_model_state.rng; /* xorshift32 */

@@ -16,4 +16,8 @@ typedef struct {
 extern lkb_model lkb_model_state;
 void lkb_model_reset(uint32_t seed);
 
+/* Start the host HAL (hal_model.c: the chip model, seeded; hal_bridge.c: the emulated
+ * chip across the socket bridge_fd). 0 on success. */
+int lkb_host_start(unsigned long seed, int bridge_fd);
+
 #endif

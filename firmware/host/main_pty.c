@@ -4,6 +4,7 @@
  * (when started with --stdin-ends).
  *
  *   labkit-fw-host [--arm-timeout-ms N] [--seed N] [--stdin-ends]
+ *   labkit-fw-bridge ... --bridge-fd FD    (the same, over the emulated chip: hal_bridge.c)
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -62,7 +63,7 @@ static void make_raw(int fd)
 int main(int argc, char **argv)
 {
     unsigned long arm_timeout = 1000, seed = 1;
-    int stdin_ends = 0, slave, i;
+    int stdin_ends = 0, slave, i, bridge_fd = -1;
     const char *path;
     uint8_t buf[4096];
     for (i = 1; i < argc; i++) {
@@ -70,10 +71,12 @@ int main(int argc, char **argv)
             arm_timeout = strtoul(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--seed") && i + 1 < argc)
             seed = strtoul(argv[++i], NULL, 10);
+        else if (!strcmp(argv[i], "--bridge-fd") && i + 1 < argc)
+            bridge_fd = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--stdin-ends"))
             stdin_ends = 1;
         else {
-            fprintf(stderr, "usage: %s [--arm-timeout-ms N] [--seed N] [--stdin-ends]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--arm-timeout-ms N] [--seed N] [--bridge-fd FD] [--stdin-ends]\n", argv[0]);
             return 2;
         }
     }
@@ -90,7 +93,10 @@ int main(int argc, char **argv)
     make_raw(slave);
     signal(SIGTERM, on_signal);
     signal(SIGINT, on_signal);
-    lkb_model_reset((uint32_t)seed);
+    if (lkb_host_start(seed, bridge_fd)) {
+        fprintf(stderr, "hardware layer did not start\n");
+        return 1;
+    }
     lkb_init(&board, now_ms(), (uint32_t)arm_timeout);
     printf("%s\n", path);
     fflush(stdout);
