@@ -215,7 +215,7 @@ def _from_fields(cls, d: Mapping | None, what: str):
 def load_calibration_set(store, run_ref, holdout_fraction: float = 0.25) -> CalibrationSet:
     """The datasets of a stored run (a ``calibration`` run, or a ``characterize`` run:
     its ``vmm_random`` table is split into fit and held-out parts). ``store`` is an open
-    :class:`~labkit.store.runstore.RunStore`; ``run_ref`` an id, uid or ``'latest'``."""
+    :class:`~labkit.store.RunStore`; ``run_ref`` an id, uid or ``'latest'``."""
     r = store.load(run_ref)
     have = set(r.tables)
     need = {"baseline", "vmm_onehot", "vmm_repeat"}

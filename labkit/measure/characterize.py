@@ -1,7 +1,7 @@
 """Backend-agnostic characterization of a 16x16 array (only the ArrayBackend contract).
 
 Every routine takes a :class:`~labkit.backend.SafeArray`, returns numpy results (small
-dataclasses), and, when given an open store :class:`~labkit.store.runstore.Run`, writes its
+dataclasses), and, when given an open store :class:`~labkit.store.Run`, writes its
 points to the run *as it goes* (in chunks), so an interrupted run keeps what was
 measured. Optional ``progress(label, total)`` returns a context manager with
 ``advance(n)`` (``Console.progress`` fits).

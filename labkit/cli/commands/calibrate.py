@@ -15,7 +15,7 @@ from pathlib import Path
 from labkit.calibrate import calibration as cal
 from labkit.measure import characterize as ch
 from labkit.backend import open_backend
-from labkit.store.runstore import RunStore, default_store_path, sigterm_as_keyboard_interrupt
+from labkit.store import RunStore, default_store_path, sigterm_as_keyboard_interrupt
 
 HELP = "measure and fit the chip's hardware-aware model (naive, linear, model-based) and save a calibration file"
 
