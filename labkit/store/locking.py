@@ -59,7 +59,9 @@ def write_lock_holder(db_path: str | os.PathLike) -> LockHolder | None:
         os.close(fd)
     if l_type == fcntl.F_UNLCK or pid <= 0:
         return None
-    command = _proc_text(pid, "cmdline").replace("\0", " ").strip()[:200]
+    command = " ".join(_proc_text(pid, "cmdline").replace("\0", " ").split())  # one line
+    if len(command) > 120:
+        command = command[:117] + "..."
     stat = _proc_text(pid, "stat")
     state = stat.rsplit(")", 1)[-1].split()[:1]
     return LockHolder(pid, command, state in (["T"], ["t"]))
