@@ -56,10 +56,11 @@ def read_bytes(path: str | os.PathLike, what: str, max_bytes: int) -> bytes:
         raise _fail(what, path, "does not exist") from None
     except OSError as exc:
         raise _fail(what, path, f"cannot be opened ({exc.strerror})") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise _fail(what, path, "is not a regular file (a device, pipe or directory); expected a file")
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise _fail(what, path, "is not a regular file (a device, pipe or directory); expected a file")
         if st.st_size > max_bytes:
             raise _fail(what, path, f"is {st.st_size} bytes; expected at most {max_bytes}")
         data = f.read(max_bytes + 1)
@@ -132,8 +133,9 @@ def load_yaml(path: str | os.PathLike, what: str, *, max_bytes: int = MAX_TEXT_B
                 stack.extend((k, depth + 1) for k in kids)
         loader.node = node
 
-    loader = StrictLoader(text)
+    loader = None
     try:
+        loader = StrictLoader(text)
         compose_depth(loader)
         return None if loader.node is None else loader.construct_document(loader.node)
     except yaml.MarkedYAMLError as exc:
@@ -146,7 +148,8 @@ def load_yaml(path: str | os.PathLike, what: str, *, max_bytes: int = MAX_TEXT_B
     except RecursionError:
         raise _fail(what, path, f"nested too deeply; expected at most {max_depth} levels") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def load_json(path: str | os.PathLike, what: str, *, max_bytes: int = MAX_TEXT_BYTES,

@@ -18,11 +18,11 @@ directory searched and the files expected there.
 from __future__ import annotations
 
 import functools
-import gzip
 import io
 import pickle
 import re
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,17 +30,20 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from labkit.errors import UsageError
+from labkit.files import FileFormatError, read_bytes
+
 __all__ = [
     "DataSplit", "DatasetNotFoundError", "DatasetFormatError", "lowres_digits", "mnist",
     "cifar10", "take", "read_idx", "load_cifar_batch", "MNIST_FILES", "CIFAR10_FILES",
 ]
 
 
-class DatasetNotFoundError(FileNotFoundError, ValueError):
+class DatasetNotFoundError(FileNotFoundError, UsageError):
     """A data set's files are not where they were looked for (the message says where)."""
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(FileFormatError):
     """A data file exists but is not in the expected format (or is unsafe to load)."""
 
 
@@ -122,6 +125,24 @@ MNIST_FILES = {
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
+MAX_IDX_BYTES = 256 * 2**20  # one IDX file, after decompression (MNIST's largest: 47 MB)
+MAX_CIFAR_BATCH_BYTES = 64 * 2**20  # one CIFAR batch file (the real ones: 31 MB)
+
+
+def _gunzip_bounded(path: Path, raw: bytes, limit: int) -> bytes:
+    """gzip data decompressed, refused once it would exceed ``limit`` bytes."""
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = d.decompress(raw, limit + 1)
+    except zlib.error as exc:
+        raise DatasetFormatError(f"{path}: corrupt gzip data ({exc})") from None
+    if len(out) > limit:
+        raise DatasetFormatError(f"{path}: decompresses to over {limit} bytes; expected at most {limit}")
+    if not d.eof:
+        raise DatasetFormatError(f"{path}: corrupt gzip data (truncated)")
+    return out
+
+
 def read_idx(path: str | Path) -> np.ndarray:
     """The array stored in an IDX file (plain or gzip-compressed, told apart by content).
 
@@ -129,12 +150,12 @@ def read_idx(path: str | Path) -> np.ndarray:
     dimensions, one big-endian uint32 per dimension, then the data, big-endian, C order.
     """
     path = Path(path)
-    raw = path.read_bytes()
+    try:
+        raw = read_bytes(path, "IDX file", MAX_IDX_BYTES)
+    except FileFormatError as exc:
+        raise DatasetFormatError(str(exc)) from None
     if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise DatasetFormatError(f"{path}: corrupt gzip data ({exc})") from exc
+        raw = _gunzip_bounded(path, raw, MAX_IDX_BYTES)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES or raw[3] == 0:
         raise DatasetFormatError(
             f"{path}: not an IDX file (header {raw[:4].hex() or 'empty'}; expected "
@@ -143,6 +164,8 @@ def read_idx(path: str | Path) -> np.ndarray:
     head = 4 + 4 * ndim
     if len(raw) < head:
         raise DatasetFormatError(f"{path}: IDX header truncated")
+    if ndim > 4:
+        raise DatasetFormatError(f"{path}: IDX header declares {ndim} dimensions; expected at most 4")
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     dtype = np.dtype(_IDX_TYPES[raw[2]])
     expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
@@ -391,10 +414,16 @@ class _BatchUnpickler(pickle.Unpickler):
                 "only dicts, lists, bytes, numbers and numeric numpy arrays") from None
 
 
-def _materialize(obj, depth: int = 0):
-    """Replace the stubs left by :class:`_BatchUnpickler` with the arrays they built."""
+def _materialize(obj, depth: int = 0, memo: dict | None = None):
+    """Replace the stubs left by :class:`_BatchUnpickler` with the arrays they built.
+
+    A pickle can reference one object many times (its memo); each is converted once and
+    shared, so a small file cannot expand into a huge tree here."""
+    memo = {} if memo is None else memo
     if depth > 20:
         raise DatasetFormatError("pickled data nested too deeply")
+    if id(obj) in memo:
+        return memo[id(obj)]
     if isinstance(obj, _ArrayStub):
         if obj.array is None:
             raise DatasetFormatError("pickled array has no data")
@@ -403,13 +432,16 @@ def _materialize(obj, depth: int = 0):
         raise DatasetFormatError("pickled dtype outside an array refused")
     if isinstance(obj, dict):
         out = {}
+        memo[id(obj)] = out
         for k, v in obj.items():
             if not isinstance(k, (str, bytes, int)):
                 raise DatasetFormatError(f"pickled dict key of type {type(k).__name__} refused")
-            out[k.decode("latin1") if isinstance(k, bytes) else k] = _materialize(v, depth + 1)
+            out[k.decode("latin1") if isinstance(k, bytes) else k] = _materialize(v, depth + 1, memo)
         return out
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_materialize(v, depth + 1) for v in obj)
+        out = type(obj)(_materialize(v, depth + 1, memo) for v in obj)
+        memo[id(obj)] = out
+        return out
     if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
         return obj
     raise DatasetFormatError(f"pickled object of type {type(obj).__name__} refused")
@@ -424,18 +456,24 @@ def load_cifar_batch(source) -> dict:
     :class:`_BatchUnpickler`): a file that names anything else raises
     :class:`DatasetFormatError` and runs nothing.
     """
+    name = str(source) if isinstance(source, (str, Path)) else getattr(source, "name", "CIFAR batch")
     if isinstance(source, (str, Path)):
-        with open(source, "rb") as f:
-            return load_cifar_batch(f)
-    name = getattr(source, "name", "CIFAR batch")
+        try:
+            source = io.BytesIO(read_bytes(source, "CIFAR batch file", MAX_CIFAR_BATCH_BYTES))
+        except FileFormatError as exc:
+            raise DatasetFormatError(str(exc)) from None
     try:
         obj = _BatchUnpickler(source, encoding="bytes").load()
     except DatasetFormatError as exc:
         raise DatasetFormatError(f"{name}: {exc}") from None
     except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError,
-            IndexError, KeyError, MemoryError, UnicodeError) as exc:
-        raise DatasetFormatError(f"{name}: not a CIFAR python batch file ({exc})") from None
-    batch = _materialize(obj)
+            IndexError, KeyError, MemoryError, UnicodeError, RecursionError, OverflowError) as exc:
+        raise DatasetFormatError(f"{name}: not a CIFAR python batch file "
+                                 f"({' '.join(str(exc).split())[:200]})") from None
+    try:
+        batch = _materialize(obj)
+    except DatasetFormatError as exc:
+        raise DatasetFormatError(f"{name}: {exc}") from None
     if not isinstance(batch, dict):
         raise DatasetFormatError(f"{name}: expected a dict, found {type(batch).__name__}")
     return batch
@@ -444,11 +482,13 @@ def load_cifar_batch(source) -> dict:
 def _cifar_arrays(batch: dict, name: str) -> tuple[np.ndarray, np.ndarray]:
     data, labels = batch.get("data"), batch.get("labels")
     if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072 \
-            or labels is None or len(labels) != len(data):
+            or data.dtype != np.uint8 or not isinstance(labels, (list, tuple)) or len(labels) != len(data):
         raise DatasetFormatError(
-            f"{name}: expected 'data' uint8 (N, 3072) and N 'labels'; found "
-            f"{getattr(data, 'shape', type(data).__name__)} and "
-            f"{len(labels) if labels is not None else 'no'} labels")
+            f"{name}: expected 'data' uint8 (N, 3072) and a list of N 'labels'; found "
+            f"{getattr(data, 'shape', type(data).__name__)} {getattr(data, 'dtype', '')} and "
+            f"{len(labels) if isinstance(labels, (list, tuple)) else type(labels).__name__} labels")
+    if not all(type(v) is int for v in labels):  # a flat list: nothing nested to expand
+        raise DatasetFormatError(f"{name}: labels: expected whole numbers 0..9")
     y = np.asarray(labels, dtype=np.int64)
     if y.size and (y.min() < 0 or y.max() > 9):
         raise DatasetFormatError(f"{name}: labels outside 0..9")
@@ -465,10 +505,15 @@ def _cifar_batches(root: Path) -> tuple[dict[str, dict], str]:
     if archive.is_file():  # read members in memory; nothing is extracted to disk
         out = {}
         with tarfile.open(archive, "r:gz") as tar:
-            for member in tar.getmembers():
+            for count, member in enumerate(tar):
                 base = member.name.rsplit("/", 1)[-1]
+                if count > 100:
+                    raise DatasetFormatError(f"{archive}: over 100 members; expected the CIFAR-10 batches")
                 if member.isfile() and base in CIFAR10_FILES:
-                    data = tar.extractfile(member).read()
+                    if member.size > MAX_CIFAR_BATCH_BYTES:
+                        raise DatasetFormatError(f"{archive}: {member.name} is {member.size} bytes; "
+                                                 f"expected at most {MAX_CIFAR_BATCH_BYTES}")
+                    data = tar.extractfile(member).read(MAX_CIFAR_BATCH_BYTES)
                     out[base] = load_cifar_batch(io.BytesIO(data))
         if "test_batch" in out and "data_batch_1" in out:
             return out, str(archive)
