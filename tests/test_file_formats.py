@@ -27,7 +27,7 @@ from labkit.files import FileFormatError, load_json, load_yaml
 from labkit.model import ArrayModel
 from labkit.train import networks as N
 from labkit.train.checkpoint import load_checkpoint, save_checkpoint
-from labkit.train.datasets import DatasetFormatError, load_cifar_batch, read_idx
+from labkit.train.datafiles import DatasetFormatError, cifar_arrays, load_cifar_batch, read_idx
 
 HERE = Path(__file__).parent
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
@@ -334,9 +334,7 @@ def _dataset_corpus(tmp: Path) -> list[tuple[Path, object]]:
 
 
 def _cifar_checked(path):
-    from labkit.train.datasets import _cifar_arrays  # noqa: PLC2701 - the format check under test
-
-    return _cifar_arrays(load_cifar_batch(path), str(path))
+    return cifar_arrays(load_cifar_batch(path), str(path))
 
 
 def test_dataset_corpus_refused_in_one_line(tmp_path):
