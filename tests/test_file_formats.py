@@ -383,3 +383,18 @@ def test_hostile_small_files_stay_within_memory_bound(tmp_path, good_calibration
     n, base_mb, peak_mb, grew_mb = (int(v) for v in proc.stdout.split())
     print(f"{n} hostile files: peak RSS {peak_mb} MB, {grew_mb} MB over the {base_mb} MB after imports")
     assert n >= 25 and grew_mb < MEMORY_LIMIT_MB
+
+
+def test_cli_bad_checkpoint_is_one_line_exit_2(good_checkpoint, tmp_path):
+    """Through the command line: a checkpoint with NaN weights is exit 2 and one line."""
+    payload = _payload(good_checkpoint)
+    first = next(iter(payload["state_dict"]))
+    payload["state_dict"][first] = payload["state_dict"][first] * float("nan")
+    bad = tmp_path / "nan.pt"
+    torch.save(payload, bad)
+    proc = subprocess.run([sys.executable, "-m", "labkit.cli", "train", "--model", "mlp", "--mode", "hw",
+                           "--from", str(bad), "--subset", "20", "--epochs", "1", "--out", str(tmp_path / "o.pt")],
+                          capture_output=True, text=True, cwd=HERE.parent, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and str(bad) in proc.stderr and "NaN" in proc.stderr
+    assert not (tmp_path / "o.pt").exists()
