@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 import labkit  # noqa: E402
 from labkit import calibrate as cal  # noqa: E402
-from labkit.store.runstore import RunStore  # noqa: E402
+from labkit.store import RunStore  # noqa: E402
 
 from run_all import print_table  # noqa: E402 (benchmarks/ is on sys.path when a bench runs)
 

@@ -19,7 +19,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from labkit.store.runstore import RunStore  # noqa: E402
+from labkit.store import RunStore  # noqa: E402
 
 from run_all import print_table  # noqa: E402 (benchmarks/ is on sys.path when a bench runs)
 

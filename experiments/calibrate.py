@@ -41,7 +41,7 @@ from labkit import open_backend
 from labkit import calibrate as cal
 from labkit import measure as ch
 from labkit.ui.console import Console
-from labkit.store.runstore import RunStore, default_store_path, sigterm_as_keyboard_interrupt
+from labkit.store import RunStore, default_store_path, sigterm_as_keyboard_interrupt
 
 # ------------------------------------------------------------------ settings (edit these)
 SETTINGS = dict(seed=0, zero_fraction=0.4, activation_zero_fraction=0.5, onehot_levels=(0.5, 1.0))

@@ -34,7 +34,7 @@ from labkit import measure as ch
 from labkit.backend import TemperatureControl, VirtualClock
 from labkit.ui.console import Console
 from labkit.ui.plots import characterization_report
-from labkit.store.runstore import RunStore, default_store_path, sigterm_as_keyboard_interrupt
+from labkit.store import RunStore, default_store_path, sigterm_as_keyboard_interrupt
 from labkit.units import fmt
 
 # ------------------------------------------------------------------ settings (edit these)

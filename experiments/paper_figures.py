@@ -52,7 +52,7 @@ from labkit.backend import parse_uri
 from labkit.cli import strict_json
 from labkit.ui.console import Console
 from labkit.ui.plots import save_png
-from labkit.store.runstore import RunStore, sigterm_as_keyboard_interrupt
+from labkit.store import RunStore, sigterm_as_keyboard_interrupt
 
 METHODS = ("naive", "linear", "model")
 FAMILIES = {"holdout": "held-out random patterns", "activations": "activation-like patterns"}

@@ -44,7 +44,7 @@ from labkit.ui.console import Console
 from labkit.program.mapping import WeightWindow, precision, unmap_currents
 from labkit.ui.plots import save_png
 from labkit.program.programming import ProgramConfig, program_weights, refresh
-from labkit.store.runstore import RunStore, default_store_path, sigterm_as_keyboard_interrupt
+from labkit.store import RunStore, default_store_path, sigterm_as_keyboard_interrupt
 
 # ------------------------------------------------------------------ settings (edit these)
 TOLERANCE = 0.01  # |I / I_target - 1| that counts as programmed

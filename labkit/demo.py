@@ -29,7 +29,7 @@ from labkit.backend import open_backend
 from labkit.calibrate import CalibrationConfig
 from labkit.deploy.deployment import calibrate_tile, deploy, open_chips
 from labkit.train.networks import DEFAULTS, build, dataset_for
-from labkit.store.runstore import RunStore
+from labkit.store import RunStore
 from labkit.train.training import evaluate, hardware_aware, train
 
 

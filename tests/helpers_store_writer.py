@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from labkit.store.runstore import RunStore, sigterm_as_keyboard_interrupt
+from labkit.store import RunStore, sigterm_as_keyboard_interrupt
 
 
 def say(line: str) -> None:

@@ -25,7 +25,7 @@ from labkit.calibrate.file import FORMAT, CalibrationMismatch
 from labkit.errors import FitDivergedError, exit_code
 from labkit.measure.metrics import ser_db
 from labkit.model import ArrayModel
-from labkit.store.runstore import RunStore
+from labkit.store import RunStore
 from tests.conftest import chip_of, sim_uri
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -19,7 +19,7 @@ from labkit import measure as ch
 from labkit import cli
 from labkit.measure import metrics
 from labkit.backend import GateSweep, SafeArray, VirtualClock
-from labkit.store.runstore import RunStore, StoreError
+from labkit.store import RunStore, StoreError
 from simulator.chip import K_B_OVER_Q, Q_E
 from tests.conftest import chip_of, sim_uri
 

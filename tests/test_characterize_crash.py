@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from labkit import measure as ch
-from labkit.store.runstore import RunStore
+from labkit.store import RunStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PATTERNS = 200_000

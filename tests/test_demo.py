@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from labkit.store.runstore import RunStore
+from labkit.store import RunStore
 
 
 def test_demo_quick_runs_end_to_end_and_reports_every_field(tmp_path):

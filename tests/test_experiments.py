@@ -18,7 +18,7 @@ import pytest
 
 from labkit.calibrate import read_calibration
 from labkit.program.chipstate import ChipState
-from labkit.store.runstore import RunStore
+from labkit.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"

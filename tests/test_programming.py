@@ -344,7 +344,7 @@ def test_program_command_json_and_refresh(tmp_path, capsys, spy_scheme, monkeypa
     assert d["weight_rms_error"] < 0.01 and d["state"] == "chipstate-EMU-0002.json"
     st = ChipState.load(tmp_path / "chipstate-EMU-0002.json")
     assert st.run_status == "complete" and np.allclose(st.weights, w)
-    from labkit.store.runstore import RunStore
+    from labkit.store import RunStore
 
     with RunStore(tmp_path / "runs.db") as store:
         (run,) = store.list_runs(kind="program")

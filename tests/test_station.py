@@ -77,9 +77,9 @@ def _edit(path: str, value):
         (_edit("limits.max_voltage", 3.0), r"limits\.max_voltage: unknown key"),
         (_edit("limits.max_compliance_a", "1 uA"), r"limits\.max_compliance_a: '1 uA'; expected a finite number"),
         (_edit("faults", [1, 2]), r"faults: expected a mapping"),
-        ("board: [unclosed", r"not valid YAML"),
+        ("board: [unclosed", r"line 1, column 17: .*expected a YAML mapping"),
         ("- just\n- a list\n", r"expected a mapping with a 'board' key"),
-        ("board: !!python/object/apply:os.system ['true']\n", r"not valid YAML"),  # safe_load refuses
+        ("board: !!python/object/apply:os.system ['true']\n", r"could not determine a constructor"),  # safe_load refuses
     ],
 )
 def test_station_errors_name_the_key(text, match):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from labkit import VmmSettings
-from labkit.store.runstore import RunStore, StoreError, default_store_path
+from labkit.store import RunStore, StoreError, default_store_path
 
 HERE = Path(__file__).parent
 WRITER = HERE / "helpers_store_writer.py"

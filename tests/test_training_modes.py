@@ -14,7 +14,8 @@ from labkit.nn.analog import AnalogConfig, AnalogLinear, TileParams, analog_laye
 from labkit.calibrate import CalibrationConfig, calibrate, save_calibration
 from labkit.cli import main as cli
 from labkit.deploy.deployment import deploy, open_chips
-from labkit.train.training import hardware_aware, load_checkpoint, train_in_loop
+from labkit.train.checkpoint import load_checkpoint
+from labkit.train.training import hardware_aware, train_in_loop
 
 QUICK = CalibrationConfig.quick(fit_iterations=40, fit_patterns=768, holdout_patterns=256, activation_patterns=256)
 

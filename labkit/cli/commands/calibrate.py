@@ -15,7 +15,7 @@ from pathlib import Path
 from labkit import calibrate as cal
 from labkit.backend import open_backend
 from labkit.cli import options
-from labkit.store.runstore import RunStore, default_store_path, sigterm_as_keyboard_interrupt
+from labkit.store import RunStore, default_store_path, sigterm_as_keyboard_interrupt
 
 HELP = "measure and fit the chip's hardware-aware model (naive, linear, model-based) and save a calibration file"
 

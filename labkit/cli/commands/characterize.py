@@ -15,7 +15,7 @@ from pathlib import Path
 from labkit import measure as ch
 from labkit.backend import open_backend
 from labkit.cli import options
-from labkit.store.runstore import RunStore, default_store_path, sigterm_as_keyboard_interrupt
+from labkit.store import RunStore, default_store_path, sigterm_as_keyboard_interrupt
 from labkit.units import fmt, si
 
 HELP = "run the standard characterization suite (current map, VMM datasets, crosstalk, droop) into the run store"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from labkit.cli import options
-from labkit.store.runstore import RunStore, default_store_path, sigterm_as_keyboard_interrupt
+from labkit.store import RunStore, default_store_path, sigterm_as_keyboard_interrupt
 from labkit.units import fmt
 
 HELP = "characterize, calibrate, train (ideal and hardware-aware), program and evaluate on emulated chips"

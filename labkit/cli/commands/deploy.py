@@ -34,7 +34,8 @@ def run(args, out) -> dict:
     from labkit.deploy.deployment import chip_uris, deploy, open_chips
     from labkit.train.networks import dataset_for
     from labkit.program.programming import ProgramConfig
-    from labkit.train.training import hardware_aware, load_checkpoint
+    from labkit.train.checkpoint import load_checkpoint
+    from labkit.train.training import hardware_aware
 
     for name in ("subset", "batch_size", "passes", "reads"):
         v = getattr(args, name)

@@ -22,7 +22,7 @@ from labkit.backend import open_backend
 from labkit.program.chipstate import ChipState
 from labkit.program.mapping import SCHEMES, WeightWindow, map_weights, precision, unmap_currents
 from labkit.program.programming import PLANNERS, ProgramConfig, program_array, refresh
-from labkit.store.runstore import RunStore
+from labkit.store import RunStore
 
 HELP = "program signed weights onto the array (program-and-verify), or --refresh a programmed chip"
 

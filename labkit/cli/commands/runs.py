@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 
-from labkit.store.runstore import LoadedRun, RunStore, default_store_path
+from labkit.store import LoadedRun, RunStore, default_store_path
 from labkit.units import fmt
 
 HELP = "list, show and export stored runs (the run store, --out FILE)"

@@ -88,8 +88,8 @@ def _spread(n, config, seed):
 
 def run(args, out) -> dict:
     from labkit.nn.analog import AnalogConfig, analog_layers
-    from labkit.train.training import (evaluate, hardware_aware, init_distributed, is_main_process, load_checkpoint,
-                            save_checkpoint, train, train_in_loop)
+    from labkit.train.checkpoint import load_checkpoint, save_checkpoint
+    from labkit.train.training import evaluate, hardware_aware, init_distributed, is_main_process, train, train_in_loop
 
     for name in ("epochs", "batch_size", "subset"):
         _positive(f"--{name.replace('_', '-')}", getattr(args, name))
