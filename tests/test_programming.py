@@ -14,9 +14,7 @@ import pytest
 import labkit
 from labkit import cli
 from labkit.backend import BackendError
-from labkit.program.chipstate import ChipMismatchError, ChipState
-from labkit.program.mapping import WeightWindow, map_weights
-from labkit.program.programming import ProgramConfig, program_array, refresh
+from labkit.program import ChipMismatchError, ChipState, ProgramConfig, WeightWindow, map_weights, program_array, refresh
 from tests.conftest import chip_of, sim_uri
 
 TOL = 0.01
@@ -155,11 +153,13 @@ def test_interrupted_run_leaves_a_state_file_that_says_exactly_which_cells_are_d
         assert 0 < done.sum() < targeted.sum() and pulsing.sum() > 0
         # every cell the file calls done really is within tolerance (the guard band keeps it so)
         assert np.all(np.abs(truth[done] / targets[done] - 1) <= TOL)
-        # pulse counts are exact, except that the in-flight pulse may or may not have landed
+        # pulse counts are exact, except that the in-flight pulse is counted as possibly applied
         settled = targeted & ~pulsing
         assert np.array_equal(st.pulses[settled], flaky.applied[settled])
-        landed = flaky.applied[pulsing] - st.pulses[pulsing]
-        assert set(landed.tolist()) == {0, 1}  # the board died half-way through the call
+        assert np.all(st.pulses_unconfirmed[settled] == 0) and np.all(st.pulses_unconfirmed[pulsing] == 1)
+        landed = flaky.applied[pulsing] - (st.pulses - st.pulses_unconfirmed)[pulsing]
+        assert set(landed.tolist()) == {0, 1}  # the board died half-way through the call: never short
+        assert st.intent["op"] == "pulse" and st.program_cycles == st.pulses.sum()
         # untargeted rows never pulsed; recorded currents of done cells are their verify reads
         assert flaky.applied[~targeted].sum() == 0
         assert np.all(np.abs(st.achieved_a[done] / targets[done] - 1) <= TOL)
@@ -282,7 +282,8 @@ def test_chip_state_file_is_strict_json_and_round_trips(tmp_path):
     with labkit.open_backend(sim_uri(13)) as backend:
         t = log_uniform_targets(backend, [1])
         path = tmp_path / "chip.json"
-        program_array(backend, t, state_path=path, weights=np.zeros((16, 8)), window={"i_min_a": 1e-9})
+        program_array(backend, t, state_path=path, weights=np.zeros((16, 8)),
+                      window={"i_min_a": 1e-9, "i_max_a": 1e-8, "scheme": "offset"})
     text = path.read_text()
     d = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     assert d["format"] == "labkit.program.chipstate/1" and d["chip_id"] == "EMU-0013"
