@@ -11,9 +11,11 @@ verified current (A), program pulses counted, and a status:
 - ``pulsing``: a pulse was about to be applied, or in flight, when the record was
   written; it is counted in ``pulses`` (possibly applied) and its current is unknown
   until it is read again;
-- ``unknown``: its row was about to be erased (or in flight): its current is unknown
-  until it is read again;
-- ``done``: read within tolerance at its last verify;
+- ``unknown``: its row was about to be erased (or in flight), or, while a job runs, a
+  cell in its row or column was pulsed since its last read (half-select disturb): its
+  current is unknown until it is read again;
+- ``done``: read within tolerance at its last verify, and nothing pulsed its row or
+  column since;
 - ``failed``: gave up (``reasons`` says why: unreachable, max pulses, overshoot).
 
 ``intent`` is the operation announced by the last write (``{"op": "erase", "rows": ...}``

@@ -69,6 +69,8 @@ class ProgramJob:
         self.stale = np.full(self.n, "", dtype=object)  # "unknown" / "pulsing" until the cell is read again
         self.ops = 0  # erase and pulse calls so far
         self.read_at = np.full(self.n, -1)  # ops count at each cell's last read
+        self.row_touch = np.full(state.rows, -1)  # ops count of the last pulse in each row / column
+        self.col_touch = np.full(state.cols, -1)
         erased = state.model.get("erased_a")
         top = np.full(self.n, float(backend.datasheet.erased_current_a))
         if erased is not None:
@@ -110,6 +112,7 @@ class ProgramJob:
         status = self.status.copy()
         stale = (self.stale != "") & (status != "failed")
         status[stale] = self.stale[stale]
+        status[(status == "done") & ~self.verified()] = "unknown"  # half-select disturb since its read
         st.status[self.rc] = status
         st.achieved_a[self.rc] = self.i_meas
         st.pulses[self.rc] = self.base_pulses + self.pulses
@@ -119,6 +122,11 @@ class ProgramJob:
         st.model["erase_rate_per_s"] = self.erase_rate
         if self.path is not None:
             st.save(self.path)
+
+    def verified(self) -> np.ndarray:
+        """Per job cell: read since the last pulse in its row or column and the last erase."""
+        touched = np.maximum(self.row_touch[self.cells[:, 0]], self.col_touch[self.cells[:, 1]])
+        return (self.read_at >= touched) & (self.stale == "")
 
     def _report(self, text: str) -> None:
         if self.progress is not None:
@@ -203,6 +211,8 @@ class ProgramJob:
         self.stale[js] = "pulsing"
         self.full_erased[js] = False
         self._announce({"op": "pulse", "cells": self.cells[js].tolist()})
+        self.row_touch[self.cells[js, 0]] = self.ops + 1  # reads from now on are older than this pulse
+        self.col_touch[self.cells[js, 1]] = self.ops + 1
         self.b.program_pulses(self.cells[js], volts, self.cfg.width_s)
         self.ops += 1
         st.pulses_unconfirmed[rc] -= 1
@@ -284,7 +294,9 @@ class ProgramJob:
                 grid = np.array([[np.nan if x is None else x for x in r] for r in erased], dtype=float)
             grid[self.rc] = self.i_meas
             self.st.model["erased_a"] = [[None if not np.isfinite(x) else float(x) for x in r] for r in grid]
-        else:  # a refresh: every cell is read first (unknown ones on record included)
+        else:  # a refresh: every cell is unknown until read again (nothing on record is trusted)
+            self.stale[:] = "unknown"
+            self._sync()
             self._read(np.arange(self.n), cfg.final_reads)
             self.st.intent = None  # whatever was in flight is now measured
             err = self.i_meas / self.target - 1
@@ -367,7 +379,7 @@ class ProgramJob:
     def _final_verify(self) -> None:
         """Done cells not read since the chip last changed are read now (``complete``
         is only ever written after this); those out of tolerance fail."""
-        js = np.flatnonzero((self.status == "done") & (self.read_at < self.ops))
+        js = np.flatnonzero((self.status == "done") & ~self.verified())
         if len(js):
             self._read(js, self.cfg.final_reads)
             err = self.i_meas[js] / self.target[js] - 1
