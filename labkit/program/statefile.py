@@ -46,14 +46,20 @@ def _constant(name: str):
     raise UsageError(f"non-JSON constant {name}; expected null or a finite number")
 
 
-def read_json(path: str | Path, what: str = "chip-state file") -> dict:
-    """The JSON object in ``path``, with its size and depth bounded before parsing."""
+def check_file(path: str | Path, what: str, max_bytes: int) -> Path:
+    """``path`` as a Path, if it is a regular file of at most ``max_bytes`` (UsageError otherwise)."""
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"{what} {p} does not exist or is not a file")
     size = p.stat().st_size
-    if size > MAX_BYTES:
-        raise UsageError(f"{what} {p} is {size} bytes; expected at most {MAX_BYTES} bytes")
+    if size > max_bytes:
+        raise UsageError(f"{what} {p} is {size} bytes; expected at most {max_bytes} bytes")
+    return p
+
+
+def read_json(path: str | Path, what: str = "chip-state file") -> dict:
+    """The JSON object in ``path``, with its size and depth bounded before parsing."""
+    p = check_file(path, what, MAX_BYTES)
     with open(p, "rb") as f:
         raw = f.read(MAX_BYTES + 1)
     try:

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.lib.format as npy
 
 from labkit.errors import UsageError
+from labkit.program.statefile import check_file
 
 MAX_FILE_BYTES = 64 << 20
 MAX_MEMBERS = 64
@@ -53,12 +54,7 @@ def weights_header(f, where: str) -> tuple[tuple[int, ...], np.dtype]:
 
 def load_weights(path: str | Path) -> np.ndarray:
     """The 2-d array ``weights`` of an npz file, as float (UsageError naming what is wrong)."""
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"weights file {p} does not exist or is not a file")
-    size = p.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise UsageError(f"weights file {p} is {size} bytes; expected at most {MAX_FILE_BYTES}")
+    p = check_file(path, "weights file", MAX_FILE_BYTES)
     with open(p, "rb") as f:
         if f.read(6) == b"\x93NUMPY":
             raise UsageError(f"weights file {p} holds a single .npy array; expected an .npz file with an array "
