@@ -177,7 +177,7 @@ def test_missing_or_directory_weights_path(tmp_path, capsys, path, match):
     assert match in refused(capsys, tmp_path, path)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(dtype=st.sampled_from(["f8", "f4", "f2", "i8", "i2", "u1", "c16", "?", "m8[ns]", "U2"]),
        shape=st.lists(st.integers(0, 20), min_size=0, max_size=3).map(tuple))
 def test_any_array_other_than_a_real_16x8_is_refused(tmp_path, capsys, dtype, shape):
@@ -188,7 +188,7 @@ def test_any_array_other_than_a_real_16x8_is_refused(tmp_path, capsys, dtype, sh
     refused(capsys, tmp_path, "w.npz")
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.binary(max_size=2000), keep=st.integers(0, 1200))
 def test_random_bytes_and_mangled_npz_never_traceback(tmp_path, capsys, data, keep):
     good = saved(weights=GOOD)

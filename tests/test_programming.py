@@ -14,7 +14,8 @@ import pytest
 import labkit
 from labkit import cli
 from labkit.backend import BackendError
-from labkit.program import ChipMismatchError, ChipState, ProgramConfig, WeightWindow, map_weights, program_array, refresh
+from labkit.program import (ChipMismatchError, ChipState, ProgramConfig, WeightWindow, map_weights, program_array,
+                            refresh)
 from tests.conftest import chip_of, sim_uri
 
 TOL = 0.01

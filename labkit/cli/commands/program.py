@@ -23,7 +23,7 @@ from labkit.backend import open_backend
 from labkit.errors import UsageError
 from labkit.program import (PLANNERS, SCHEMES, ChipState, FailedCellsError, ProgramConfig, WeightWindow,
                             check_recipe, check_state_path, load_weights, make_planner, plan_weights, precision,
-                            program_array, refresh, weight_errors)
+                            program_weights, refresh, weight_errors)
 from labkit.store.runstore import RunStore
 
 HELP = "program signed weights onto the array (program-and-verify), or --refresh a programmed chip"
@@ -108,9 +108,8 @@ def run(args, out) -> dict:
                 result = refresh(backend, state, config=config, algorithm=args.algorithm,
                                  state_path=state_path, progress=progress)
             else:
-                result = program_array(backend, plan.targets_a, config=config, algorithm=args.algorithm,
-                                       state_path=state_path, progress=progress, weights=weights,
-                                       window=window.to_dict())
+                result, _, _ = program_weights(backend, raw, window=window, clip=args.clip, config=config,
+                                               algorithm=args.algorithm, state_path=state_path, progress=progress)
             summary = result.summary()
             final = ChipState.load(state_path)
             if run_ is not None:
