@@ -69,10 +69,6 @@ class Station:
     faults: dict[str, Any]
     text: str  # the file as read, for provenance
 
-    def envelope(self, chip: SafetyEnvelope) -> SafetyEnvelope:
-        """The chip's envelope tightened by this station's limits (SafetyError if looser)."""
-        return chip.tightened(**self.limits) if self.limits else chip
-
 
 def load_station(path: str | Path) -> Station:
     """Read and validate a station file."""

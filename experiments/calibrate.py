@@ -18,7 +18,7 @@ its crosstalk switched off, not refitted (``ABLATIONS``).
 What it writes: a ``calibrate`` run in the run store (``--out``; every dataset, so the
 fit can be redone later with ``--refit RUN``) and the calibration file (``--file``,
 default ``calibration-CHIP.npz`` next to the store; a NumPy archive, no pickle) that
-analog layers, training and deployment load (``labkit.calibrate.calibration.load_calibration``).
+analog layers, training and deployment load (``labkit.calibrate.load_calibration``).
 
 How to run it::
 
@@ -38,8 +38,8 @@ import time
 from pathlib import Path
 
 from labkit import open_backend
-from labkit.calibrate import calibration as cal
-from labkit.measure import characterize as ch
+from labkit import calibrate as cal
+from labkit import measure as ch
 from labkit.ui.console import Console
 from labkit.store.runstore import RunStore, default_store_path, sigterm_as_keyboard_interrupt
 

@@ -19,7 +19,7 @@ How to run it::
     python experiments/characterize.py --backend station:bench.yaml  # virtual bench or a real one
 
 Copy it and edit the settings below: the steps in ``measure`` are plain calls into
-:mod:`labkit.measure.characterize`; drop one, change its arguments or add your own.
+:mod:`labkit.measure`; drop one, change its arguments or add your own.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from labkit import open_backend
-from labkit.measure import characterize as ch
+from labkit import measure as ch
 from labkit.backend import TemperatureControl, VirtualClock
 from labkit.ui.console import Console
 from labkit.ui.plots import characterization_report

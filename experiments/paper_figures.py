@@ -47,8 +47,7 @@ from urllib.parse import parse_qsl, urlencode
 import numpy as np
 
 from labkit import open_backend
-from labkit.calibrate import calibration as cal
-from labkit.measure import characterize as ch
+from labkit import calibrate as cal
 from labkit.backend import parse_uri
 from labkit.cli import strict_json
 from labkit.ui.console import Console

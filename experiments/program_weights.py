@@ -37,7 +37,7 @@ import numpy as np
 
 from labkit import open_backend
 from labkit.backend import VirtualClock
-from labkit.measure.characterize import cell_current_map
+from labkit.measure import cell_current_map
 from labkit.program import ChipState, load_weights
 from labkit.ui.console import Console
 from labkit.program import WeightWindow, precision, unmap_currents

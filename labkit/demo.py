@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from labkit.measure import characterize as ch
+from labkit import measure as ch
 from labkit.nn.analog import AnalogConfig, tile_plan
 from labkit.backend import open_backend
-from labkit.calibrate.calibration import CalibrationConfig
+from labkit.calibrate import CalibrationConfig
 from labkit.deploy.deployment import calibrate_tile, deploy, open_chips
 from labkit.train.networks import DEFAULTS, build, dataset_for
 from labkit.store.runstore import RunStore

@@ -40,7 +40,9 @@ class InstrumentError(BackendError):
     """A bench instrument reported an error or stopped answering."""
 
 
-EXIT_CODES = ((UsageError, 2), (ResultError, 3), (BackendError, 4))
+# first match wins: a board's refusal of an out-of-envelope value is still a SafetyError
+# (2); any other ValueError is taken as a user mistake too.
+EXIT_CODES = ((ResultError, 3), (UsageError, 2), (BackendError, 4), (ValueError, 2))
 
 
 def exit_code(exc: BaseException) -> int | None:

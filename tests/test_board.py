@@ -169,7 +169,7 @@ def test_an_unrecoverable_link_ends_in_a_clear_error_not_a_hang(connect):
 
 @pytest.mark.parametrize("transport", ["inproc", "tcp"])
 def test_a_pulled_cable_is_a_prompt_link_error(connect, transport):
-    fw = firmware(faults=FaultConfig(disconnect_after=4))
+    fw = firmware(faults=FaultConfig(disconnect_after=6))  # open: HELLO, ARM 0, STATUS, GET_CONFIG
     board = connect(fw, transport, timeout=0.2, retries=3)
     board.ping()
     t0 = time.monotonic()

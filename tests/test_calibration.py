@@ -18,10 +18,11 @@ import pytest
 import torch
 
 import labkit
-from labkit.calibrate import calibration as cal
-from labkit.measure import characterize as ch
+from labkit import calibrate as cal
+from labkit import measure as ch
 from labkit import cli
 from labkit.calibrate.file import FORMAT, CalibrationMismatch
+from labkit.errors import FitDivergedError, exit_code
 from labkit.measure.metrics import ser_db
 from labkit.model import ArrayModel
 from labkit.store.runstore import RunStore
@@ -265,17 +266,28 @@ def test_refit_from_a_characterization_run(tmp_path):
     assert result.report["noise_floor_activations_ser_db"] is None
 
 
+def test_a_diverged_model_fit_is_a_fit_diverged_error(default_chip):
+    """A non-finite loss is its own error type (exit code 3, the one deployment retries),
+    not a ValueError that the CLI would report as a user mistake."""
+    with RunStore(default_chip.db, create=False) as store:
+        cs = cal.load_calibration_set(store, default_chip.run_id)
+    bad = dataclasses.replace(cs, fit=dataclasses.replace(cs.fit, t_s=np.full_like(cs.fit.t_s, np.nan)))
+    with pytest.raises(FitDivergedError, match="diverged") as info:
+        cal.fit_model(bad, iterations=5)
+    assert not isinstance(info.value, ValueError) and exit_code(info.value) == 3
+
+
 # ----------------------------------------------------------------------------- patterns and config
 
 
 def test_activation_like_patterns_are_sparse_and_skewed():
-    x = cal.activation_like_patterns(4000, zero_fraction=0.5, seed=3)
+    x = ch.activation_like_patterns(4000, zero_fraction=0.5, seed=3)
     assert x.shape == (4000, 16) and x.min() == 0.0 and x.max() <= 1.0
     np.testing.assert_array_equal(x, np.round(x * 256) / 256)  # on the input grid
     assert 0.45 < np.mean(x == 0) < 0.6
     nz = x[x > 0]
     assert np.median(nz) < nz.mean() < 0.35  # ReLU-like: many small values, a long tail
-    np.testing.assert_array_equal(x, cal.activation_like_patterns(4000, zero_fraction=0.5, seed=3))
+    np.testing.assert_array_equal(x, ch.activation_like_patterns(4000, zero_fraction=0.5, seed=3))
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -314,8 +326,8 @@ def test_cli_calibrate_json_subprocess(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--patterns", "0"], "fit_patterns=0"),
-    (["--iterations", "-3"], "fit_iterations=-3"),
+    (["--patterns", "0"], "--patterns: 0; expected an integer in [16, 1000000]"),
+    (["--iterations", "-3"], "--iterations: -3; expected an integer in [1, 100000]"),
     (["--file", "/no/such/dir/cal.npz"], "does not exist"),
     (["--backend", "gpib://x"], "unknown backend scheme"),
 ])

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from labkit.calibrate.calibration import read_calibration
+from labkit.calibrate import read_calibration
 from labkit.program.chipstate import ChipState
 from labkit.store.runstore import RunStore
 

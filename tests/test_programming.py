@@ -287,7 +287,7 @@ def test_chip_state_file_is_strict_json_and_round_trips(tmp_path):
                       window={"i_min_a": 1e-9, "i_max_a": 1e-8, "scheme": "offset"})
     text = path.read_text()
     d = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
-    assert d["format"] == "labkit.program.chipstate/1" and d["chip_id"] == "EMU-0013"
+    assert d["format"] == "labkit.chipstate/1" and d["chip_id"] == "EMU-0013"
     st = ChipState.load(path)
     assert np.array_equal(np.isnan(st.targets_a), np.isnan(t)) and np.allclose(st.targets_a[1], t[1])
     assert set(st.status[1]) == {"done"} and set(st.status[0]) == {"untargeted"}

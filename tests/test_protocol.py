@@ -64,6 +64,11 @@ EXACT = [
     ("temperature request", lambda: p.request(13, C.TEMPERATURE), "03010d0240010105299f911c00"),
     ("temperature reply", lambda: p.reply(13, C.TEMPERATURE, p.encode_temperature(300.0)),
      "03010d02c00208010101010108c0724014fcdb6000"),
+    ("reset request", lambda: p.request(14, C.RESET), "03010e020601010566ea7a2400"),
+    ("reset reply", lambda: p.reply(14, C.RESET), "03010e02860101055d5c23c900"),
+    ("route request", lambda: p.request(15, C.ROUTE, p.encode_route((3, 4))), "03010f0212020207030480ee05e000"),
+    ("route reply, port disconnected", lambda: p.reply(15, C.ROUTE, p.encode_route(None)),
+     "03010f0292020207ffff7d7fd36c00"),
     ("temperature reply, no sensor", lambda: p.reply(13, C.TEMPERATURE, p.encode_temperature(None)),
      "03010d02c0020801010101010107f87fa8377e8600"),
 ]

@@ -41,7 +41,7 @@ def test_a_good_station_file_parses():
     assert st.instruments["scope"].model == "infiniivision"  # the default model of the role
     assert st.instruments["scope"].columns == {1: 0, 3: 9}
     assert st.instruments["tempctl"].read_termination == "\r\n"
-    env = st.envelope(labkit.SafetyEnvelope())
+    env = labkit.SafetyEnvelope().tightened(**st.limits)
     assert env.max_program_voltage_v == 6.0 and env.program_width_range_s == (1e-8, 1e-4)
     assert st.faults == {"drop": 0.1}
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from labkit.nn.analog import AnalogConfig, AnalogLinear, TileParams, analog_layers, convert
-from labkit.calibrate.calibration import CalibrationConfig, calibrate, save_calibration
+from labkit.calibrate import CalibrationConfig, calibrate, save_calibration
 from labkit.cli import main as cli
 from labkit.deploy.deployment import deploy, open_chips
 from labkit.train.training import hardware_aware, load_checkpoint, train_in_loop

@@ -19,7 +19,7 @@ A calibration file is a NumPy ``.npz`` archive of plain arrays (read back with
 Model convention: the stored crossing-time offset is *physical* (before the TDC floors
 the time to its LSB), so ``ArrayModel`` with ``quantize=True`` reproduces measured
 times; the mean of a measured (floored) time is half an LSB earlier than the model's
-unquantized output (:func:`labkit.calibrate.calibration.predict_mean_s` applies that shift).
+unquantized output (:func:`labkit.calibrate.fits.predict_mean_s` applies that shift).
 """
 
 from __future__ import annotations

@@ -16,11 +16,6 @@ import math
 import numpy as np
 
 
-def outputs_from_times(t_s, baseline_s) -> np.ndarray:
-    """``y = t(x=0) - t(x)`` (s): crossing times ``(..., cols)`` against the baseline ``(cols,)``."""
-    return np.asarray(baseline_s, dtype=float) - np.asarray(t_s, dtype=float)
-
-
 def to_db(ratio: float) -> float:
     """A power ratio in dB (``inf`` stays ``inf``; ``0`` is ``-inf``)."""
     ratio = float(ratio)

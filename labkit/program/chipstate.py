@@ -46,7 +46,7 @@ import numpy as np
 from labkit.errors import UsageError
 from labkit.program import statefile as sf
 
-FORMAT = "labkit.program.chipstate/1"
+FORMAT = "labkit.chipstate/1"
 STATUSES = ("untargeted", "pending", "pulsing", "unknown", "done", "failed")
 RUN_STATUSES = ("programming", "refreshing", "interrupted", "complete")
 MODEL_NUMBERS = ("b", "c", "delta", "a_pop", "var_pop", "sigma_m", "granule", "v_ref", "erase_rate_per_s")

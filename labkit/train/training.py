@@ -26,7 +26,6 @@ read back with ``torch.load(..., weights_only=True)``: loading one never runs co
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from labkit.model.memory import keep_freed_memory
+from labkit.validate import check_positive
 
 __all__ = ["train", "evaluate", "save_checkpoint", "load_checkpoint", "Checkpoint", "MODES",
            "hardware_aware", "train_in_loop", "init_distributed", "is_main_process"]
@@ -48,15 +48,6 @@ ProgressFn = Callable[[int, int, dict], None]
 
 CHECKPOINT_FORMAT = "labkit-checkpoint"
 CHECKPOINT_VERSION = 1
-
-
-def _check_positive(name: str, value, integer: bool = True) -> None:
-    ok = isinstance(value, (int, float)) and math.isfinite(value) and value > 0
-    if integer:
-        ok = ok and int(value) == value
-    if not ok:
-        kind = "a positive whole number" if integer else "a positive number"
-        raise ValueError(f"{name}={value!r}: expected {kind}")
 
 
 @torch.no_grad()
@@ -125,9 +116,9 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None, epochs: 
     "train_accuracy": final accuracy on train_ds, "history": [per-epoch dicts with
     epoch, loss, train_accuracy (running, during the epoch), test_accuracy, seconds]}``.
     """
-    _check_positive("epochs", epochs)
-    _check_positive("batch_size", batch_size)
-    _check_positive("lr", lr, integer=False)
+    check_positive("epochs", epochs)
+    check_positive("batch_size", batch_size)
+    check_positive("lr", lr, integer=False)
     if len(train_ds) == 0:
         raise ValueError("train: the training set is empty")
     keep_freed_memory()  # the same large temporaries every step: no page faults

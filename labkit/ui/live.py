@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from labkit.measure import linearity_levels, linearity_step, measure_baseline
+
 COLORMAP = "viridis"
 
 
@@ -268,9 +270,10 @@ class LiveMeasurement(threading.Thread):
 
     Every step reads the whole current map and measures one sweep level (every row at
     input level ``x_k``, ``repeats`` VMMs, output averaged over the columns against a
-    zero-input baseline); the sweep restarts after ``levels`` levels. Each step puts one
-    :class:`Frame` on ``frames`` (give it a bounded queue: the measurement then waits
-    for the display). The backend is used by this thread only.
+    zero-input baseline: :func:`labkit.measure.linearity_step` at the levels of
+    :func:`labkit.measure.linearity_levels`); the sweep restarts after ``levels``
+    levels. Each step puts one :class:`Frame` on ``frames`` (give it a bounded queue:
+    the measurement then waits for the display). The backend is used by this thread only.
     """
 
     def __init__(self, backend, frames: queue.Queue, levels: int = 16, repeats: int = 4,
@@ -291,17 +294,15 @@ class LiveMeasurement(threading.Thread):
     def run(self) -> None:  # noqa: D401 (threading API)
         b = self.backend
         try:
-            rows = b.geometry.rows
-            steps = 2 ** int(b.settings.input_bits)
-            xs = np.unique(np.round(np.arange(1, self.levels + 1) / self.levels * steps) / steps)
-            t0 = b.vmm_x(np.zeros((max(8, self.repeats), rows))).mean(axis=0)
+            xs = linearity_levels(self.levels, b.settings.input_bits)
+            base = measure_baseline(b, max(8, self.repeats))
             sx, sy = [], []
             while not self.stop_event.is_set():
                 k = self.steps % len(xs)
                 if k == 0:
                     sx, sy = [], []
                 i = b.read_currents()
-                y = (t0 - b.vmm_x(np.full((self.repeats, rows), xs[k]))).mean()
+                y = float(linearity_step(b, base, xs[k], self.repeats).mean())
                 sx.append(xs[k])
                 sy.append(y)
                 self.last_currents = i

@@ -43,7 +43,7 @@ def _heatmap(fig, ax, data, title: str, unit: str, cmap: str = "viridis", log: b
 
 
 def characterization_report(result, path: str | os.PathLike, title: str | None = None) -> Path:
-    """Write the PNG report of a :class:`labkit.measure.characterize.Characterization`; returns the path.
+    """Write the PNG report of a :class:`labkit.measure.Characterization`; returns the path.
 
     Written to ``PATH.part`` first and renamed, so a failed write leaves no half file;
     an unwritable path raises ``OSError`` naming it."""

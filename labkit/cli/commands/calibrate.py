@@ -12,25 +12,25 @@ import dataclasses
 import math
 from pathlib import Path
 
-from labkit.calibrate import calibration as cal
-from labkit.measure import characterize as ch
+from labkit import calibrate as cal
 from labkit.backend import open_backend
+from labkit.cli import options
 from labkit.store.runstore import RunStore, default_store_path, sigterm_as_keyboard_interrupt
 
 HELP = "measure and fit the chip's hardware-aware model (naive, linear, model-based) and save a calibration file"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--backend", default="sim://", help="backend URI (default: sim://)")
-    parser.add_argument("--out", metavar="DB", default=None,
-                        help="run store file (default $LABKIT_STORE or ./labkit-runs.sqlite)")
-    parser.add_argument("--file", metavar="NPZ", default=None,
+    options.add(parser, "backend", "store")
+    parser.add_argument("--file", metavar="NPZ", default=None, type=options.output_file("calibration"),
                         help="calibration file to write (default: calibration-CHIP.npz next to the run store)")
     parser.add_argument("--quick", action="store_true", help="smaller datasets (same code path)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the input patterns (default 0)")
-    parser.add_argument("--patterns", type=int, default=None, help="random fit patterns")
-    parser.add_argument("--holdout", type=int, default=None, help="held-out random (and activation-like) patterns")
-    parser.add_argument("--iterations", type=int, default=None, help="most L-BFGS iterations of the model fit")
+    options.add(parser, "seed", seed="seed of the input patterns (default 0)")
+    parser.add_argument("--patterns", type=options.count(16, 1_000_000), default=None, help="random fit patterns")
+    parser.add_argument("--holdout", type=options.count(8, 1_000_000), default=None,
+                        help="held-out random (and activation-like) patterns")
+    parser.add_argument("--iterations", type=options.count(1, 100_000), default=None,
+                        help="most L-BFGS iterations of the model fit")
 
 
 def config_from_args(args) -> cal.CalibrationConfig:
@@ -49,8 +49,6 @@ def config_from_args(args) -> cal.CalibrationConfig:
 def run(args, out) -> dict:
     config = config_from_args(args)
     db = Path(args.out) if args.out else default_store_path()
-    if args.file is not None and not Path(args.file).parent.is_dir():
-        raise ValueError(f"--file {args.file}: directory {Path(args.file).parent} does not exist")
     with open_backend(args.backend) as backend:
         chip = backend.identity.chip_id
         path = Path(args.file) if args.file else db.with_name(f"calibration-{_safe(chip)}.npz")

@@ -12,8 +12,9 @@ import dataclasses
 import math
 from pathlib import Path
 
-from labkit.measure import characterize as ch
+from labkit import measure as ch
 from labkit.backend import open_backend
+from labkit.cli import options
 from labkit.store.runstore import RunStore, default_store_path, sigterm_as_keyboard_interrupt
 from labkit.units import fmt, si
 
@@ -21,22 +22,22 @@ HELP = "run the standard characterization suite (current map, VMM datasets, cros
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--backend", default="sim://", help="backend URI (default: sim://)")
-    parser.add_argument("--out", metavar="DB", default=None,
-                        help="run store file (default $LABKIT_STORE or ./labkit-runs.sqlite)")
+    options.add(parser, "backend", "store")
     parser.add_argument("--quick", action="store_true", help="small datasets (same code path): seconds on sim://")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random input patterns (default 0)")
-    parser.add_argument("--report", metavar="PNG", default=None,
+    options.add(parser, "seed", seed="seed of the random input patterns (default 0)")
+    parser.add_argument("--report", metavar="PNG", default=None, type=options.output_file("PNG report"),
                         help="PNG report path (default: next to the store, DB-runID.png)")
     parser.add_argument("--no-report", action="store_true", help="do not draw the PNG report")
     parser.add_argument("--vg", nargs=2, metavar=("START", "STOP"), default=None,
                         help="Id-Vg gate sweep range in V (default 1.0 2.2)")
-    parser.add_argument("--vg-points", type=int, default=None, help="points per Id-Vg curve")
+    parser.add_argument("--vg-points", type=options.count(2, 10_000), default=None, help="points per Id-Vg curve")
     parser.add_argument("--compliance", default=None, help="Id-Vg compliance current in A (default 2e-6)")
-    parser.add_argument("--patterns", type=int, default=None, help="random VMM patterns")
-    parser.add_argument("--repeats", type=int, default=None, help="repeats of the noise-floor patterns")
-    parser.add_argument("--crosstalk-repeats", type=int, default=None, help="repeats of each crosstalk probe")
-    parser.add_argument("--droop-levels", type=int, default=None, help="levels of the droop sweep")
+    parser.add_argument("--patterns", type=options.count(16, 1_000_000), default=None, help="random VMM patterns")
+    parser.add_argument("--repeats", type=options.count(2, 100_000), default=None,
+                        help="repeats of the noise-floor patterns")
+    parser.add_argument("--crosstalk-repeats", type=options.count(1, 100_000), default=None,
+                        help="repeats of each crosstalk probe")
+    parser.add_argument("--droop-levels", type=options.count(2, 4096), default=None, help="levels of the droop sweep")
     parser.add_argument("--no-temperature", action="store_true", help="skip the temperature sweep")
     parser.add_argument("--no-retention", action="store_true", help="skip the retention check")
 
@@ -71,8 +72,6 @@ def _number(text: str, name: str):
 def run(args, out) -> dict:
     config = config_from_args(args)  # bad sizes and sweep ranges: before anything opens
     db = Path(args.out) if args.out else default_store_path()
-    if args.report is not None and not Path(args.report).parent.is_dir():
-        raise ValueError(f"--report {args.report}: directory {Path(args.report).parent} does not exist")
     with open_backend(args.backend) as backend:  # opening measures nothing
         config.validate(backend)  # ranges against this backend's envelope
         with RunStore(db) as store:  # a read-only or unopenable store fails here, before measuring

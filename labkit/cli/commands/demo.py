@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from labkit.cli import options
 from labkit.store.runstore import RunStore, default_store_path, sigterm_as_keyboard_interrupt
 from labkit.units import fmt
 
@@ -13,10 +14,9 @@ HELP = "characterize, calibrate, train (ideal and hardware-aware), program and e
 def add_arguments(parser) -> None:
     parser.add_argument("--chips", default="sim://?seed=100",
                         help="chips, one per tile: sim://?seed=N (N, N+1, ...) or comma-separated URIs")
-    parser.add_argument("--out", metavar="DB", default=None,
-                        help="run store file (default $LABKIT_STORE or ./labkit-runs.sqlite)")
+    options.add(parser, "store")
     parser.add_argument("--quick", action="store_true", help="reduced mode: fewer samples and epochs, same code path")
-    parser.add_argument("--seed", type=int, default=0, help="seed of data splits and training")
+    options.add(parser, "seed", seed="seed of data splits and training (default 0)")
 
 
 def run(args, out) -> dict:

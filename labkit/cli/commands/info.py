@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 
 from labkit.backend import open_backend
+from labkit.cli import options
 
 HELP = "show identity, geometry, operating point and safety limits of a backend"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--backend", default="sim://", help="backend URI (default: sim://)")
+    options.add(parser, "backend")
 
 
 def run(args, out) -> dict:

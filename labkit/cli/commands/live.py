@@ -16,13 +16,15 @@ import threading
 from pathlib import Path
 
 from labkit.backend import BackendError, open_backend
+from labkit.cli import options
+from labkit.errors import UsageError
 from labkit.units import si
 
 HELP = "live dashboard: array heatmap and running sweep while measuring (pyqtgraph)"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--backend", default="sim://", help="backend URI (default: sim://)")
+    options.add(parser, "backend")
     parser.add_argument("--frames", type=int, default=None, help="stop after N frames")
     parser.add_argument("--seconds", type=float, default=None, help="stop after S seconds")
     parser.add_argument("--screenshot", metavar="PNG", default=None, help="save the window as PNG at the end")
@@ -44,13 +46,29 @@ def _check(args) -> None:
         parent = Path(args.screenshot).resolve().parent
         if not parent.is_dir():
             raise ValueError(f"--screenshot {args.screenshot}: directory {parent} does not exist")
-    if args.interval < 1:
-        raise ValueError(f"--interval {args.interval}; expected >= 1 ms")
+    if not 1 <= args.interval <= 60_000:
+        raise UsageError(f"--interval {args.interval}; expected 1 to 60000 ms")
+    if not 2 <= args.sweep_levels <= 256:
+        raise UsageError(f"--sweep-levels {args.sweep_levels}; expected 2 to 256 levels")
+    if not 1 <= args.repeats <= 1024:
+        raise UsageError(f"--repeats {args.repeats}; expected 1 to 1024 VMMs per level")
+    w, h = args.size
+    if not (64 <= w <= 8192 and 64 <= h <= 8192):
+        raise UsageError(f"--size {w} {h}; expected a width and height of 64 to 8192 pixels")
+    if args.levels is not None:
+        lo, hi = (float(si(_num(v), "A", "--levels")) for v in args.levels)
+        if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi):
+            raise UsageError(f"--levels {args.levels[0]} {args.levels[1]}; expected colour levels 0 < LOW < HIGH in A")
 
 
 def run(args, out) -> dict:
     _check(args)
-    from labkit.ui import live
+    try:
+        import pyqtgraph  # noqa: F401  (and through it a Qt binding)
+
+        from labkit.ui import live
+    except ImportError as exc:
+        raise UsageError(f"labkit live needs a Qt binding ({exc}); install it with: pip install 'labkit[qt]'") from None
 
     offscreen = live.ensure_display()
     if offscreen:

@@ -1,13 +1,12 @@
 """``labkit sim serve``: run the virtual bench (emulated board and instruments on loopback).
 
-The emulator lives in the ``simulator`` package; labkit does not depend on it: it is
-imported here, when the command runs.
+Contributed to the ``labkit`` command line by the ``simulator`` package through the
+``labkit.commands`` entry point (labkit itself names no backend).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import signal
 import threading
 import time
@@ -58,8 +57,9 @@ def run(args, out) -> dict:
     if "seed" in chip:
         raise ValueError("--chip seed=...: use --seed")
     faults = _pairs(args.faults, "--faults option")
-    bench_module = importlib.import_module("simulator.bench")
-    bench = bench_module.VirtualBench(seed=args.seed, chip_options=chip, faults=faults or None,
+    from .bench import VirtualBench
+
+    bench = VirtualBench(seed=args.seed, chip_options=chip, faults=faults or None,
                                       baud=args.baud, station_out=args.station_out)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -1,0 +1,19 @@
+/* The host build's chip model (host/hal_model.c): state visible to the host programs. */
+#ifndef LKB_HAL_MODEL_H
+#define LKB_HAL_MODEL_H
+
+#include "lkb_hal.h"
+
+typedef struct {
+    double current_a[16][16];
+    int hv, row, col, smu_row, smu_col;
+    double program_v, erase_v, read_v;
+    unsigned long pulses_applied, pulses_without_hv;
+    lkb_settings settings;
+    uint32_t rng;
+} lkb_model;
+
+extern lkb_model lkb_model_state;
+void lkb_model_reset(uint32_t seed);
+
+#endif
