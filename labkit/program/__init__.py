@@ -11,7 +11,8 @@ weights -> targets -> program pipeline, and refresh), :mod:`~labkit.program.mapp
 """
 
 from labkit.program.chipstate import ChipMismatchError, ChipState
-from labkit.program.config import PRECISION_FLOOR, ProgramConfig, check_recipe, check_targets, from_u, to_u
+from labkit.program.config import (MAX_PULSES, PRECISION_FLOOR, ProgramConfig, check_recipe, check_targets, from_u,
+                                   to_u)
 from labkit.program.job import ProgramJob
 from labkit.program.mapping import (SCHEMES, WeightRangeError, WeightWindow, check_weights, map_weights, precision,
                                     unmap_currents)
@@ -21,7 +22,7 @@ from labkit.program.planners import PLANNERS, AdaptivePlanner, IsppPlanner, Plan
 from labkit.program.results import FailedCellsError, ProgramResult
 from labkit.program.weightsfile import load_weights
 
-__all__ = ["AdaptivePlanner", "ChipMismatchError", "ChipState", "FailedCellsError", "IsppPlanner", "PLANNERS",
+__all__ = ["MAX_PULSES", "AdaptivePlanner", "ChipMismatchError", "ChipState", "FailedCellsError", "IsppPlanner", "PLANNERS",
            "PRECISION_FLOOR", "Planner", "ProgramConfig", "ProgramJob", "ProgramResult", "SCHEMES", "WeightPlan",
            "WeightRangeError", "WeightWindow", "check_recipe", "check_state_path", "check_targets", "check_weights",
            "from_u", "load_weights", "make_planner", "map_weights", "plan_weights", "precision", "program_array",

@@ -24,6 +24,8 @@ from labkit.errors import UsageError
 #: cell by at least ~0.2 % of its current (charge comes in electrons) and the averaged
 #: verify reads scatter by ~0.1 %; below this, cells fail after their whole pulse budget.
 PRECISION_FLOOR = 0.002
+MAX_PULSES = 10_000  # program pulses per cell and job, at most (the default budget is 150)
+MAX_READS = 4096  # reads averaged per verify, at most
 
 
 @dataclass(frozen=True)
@@ -60,9 +62,11 @@ class ProgramConfig:
                              f"{PRECISION_FLOOR:g}")
         if not 0 < self.guard <= 1:
             raise UsageError(f"guard={self.guard}; expected 0 < guard <= 1")
-        for name in ("max_pulses", "reads", "final_reads", "max_reads"):
-            if not isinstance(getattr(self, name), (int, np.integer)) or getattr(self, name) < 1:
-                raise UsageError(f"{name}={getattr(self, name)}; expected >= 1")
+        for name, hi in (("max_pulses", MAX_PULSES), ("reads", MAX_READS), ("final_reads", MAX_READS),
+                         ("max_reads", MAX_READS), ("max_rounds", 10 * MAX_PULSES)):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not 1 <= v <= hi:
+                raise UsageError(f"{name}={v}; expected an integer in [1, {hi}]")
         if self.final_passes < 0 or self.max_partial_erases < 0 or self.max_block_erases < 0:
             raise UsageError("final_passes, max_partial_erases and max_block_erases must be >= 0")
         if not 0 < self.v_min < self.v_max:

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from labkit.backend import open_backend
+from labkit.cli import options
 from labkit.errors import UsageError
-from labkit.program import (PLANNERS, SCHEMES, ChipState, FailedCellsError, ProgramConfig, WeightWindow,
+from labkit.program import (MAX_PULSES, PLANNERS, SCHEMES, ChipState, FailedCellsError, ProgramConfig, WeightWindow,
                             check_recipe, check_state_path, load_weights, make_planner, plan_weights, precision,
                             program_weights, refresh, weight_errors)
 from labkit.store.runstore import RunStore
@@ -32,7 +33,7 @@ HELP = "program signed weights onto the array (program-and-verify), or --refresh
 def add_arguments(parser) -> None:
     parser.add_argument("weights", nargs="?", metavar="WEIGHTS.npz",
                         help="npz file holding one array named 'weights' (rows x signed outputs, e.g. 16x8)")
-    parser.add_argument("--backend", default="sim://", help="backend URI (default: sim://)")
+    options.add(parser, "backend", "store", store="also record the job as a run in this run store")
     parser.add_argument("--tolerance", type=float, default=None,
                         help="relative current tolerance per cell (default 0.01 = 1 %%; "
                              "with --refresh: the one on record)")
@@ -46,8 +47,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--headroom", type=float, default=0.9,
                         help="fraction of the bit line's full-scale charge a column may use (default 0.9)")
     parser.add_argument("--scheme", choices=SCHEMES, default="offset", help="dual-branch scheme (default offset)")
-    parser.add_argument("--max-pulses", type=int, default=None, help="program pulses per cell at most (default 150)")
-    parser.add_argument("--out", metavar="DB", default=None, help="also record the job as a run in this run store")
+    parser.add_argument("--max-pulses", type=options.count(1, MAX_PULSES, "a number of pulses"), default=None,
+                        help="program pulses per cell at most (default 150)")
 
 
 def default_state_path(chip_id: str) -> Path:
