@@ -26,8 +26,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 import labkit  # noqa: E402
-from labkit.program.mapping import WeightWindow, map_weights  # noqa: E402
-from labkit.program.programming import ProgramConfig, program_array  # noqa: E402
+from labkit.program import ProgramConfig, WeightWindow, map_weights, program_array  # noqa: E402
 
 from run_all import print_table  # noqa: E402 (benchmarks/ is on sys.path when a bench runs)
 

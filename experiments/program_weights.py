@@ -38,12 +38,11 @@ import numpy as np
 from labkit import open_backend
 from labkit.backend import VirtualClock
 from labkit.measure import cell_current_map
-from labkit.program.chipstate import ChipState
-from labkit.cli.commands.program import load_weights
+from labkit.program import ChipState, load_weights
 from labkit.ui.console import Console
-from labkit.program.mapping import WeightWindow, precision, unmap_currents
+from labkit.program import WeightWindow, precision, unmap_currents
 from labkit.ui.plots import save_png
-from labkit.program.programming import ProgramConfig, program_weights, refresh
+from labkit.program import ProgramConfig, program_weights, refresh
 from labkit.store import RunStore, default_store_path, sigterm_as_keyboard_interrupt
 
 # ------------------------------------------------------------------ settings (edit these)

@@ -10,9 +10,8 @@ from hypothesis.extra.numpy import arrays
 
 import labkit
 from labkit.backend import Datasheet, Geometry
-from labkit.program.mapping import (WeightRangeError, WeightWindow, check_weights, map_weights, precision,
-                            unmap_currents)
-from labkit.program.programming import ProgramConfig, program_weights
+from labkit.program import (ProgramConfig, WeightRangeError, WeightWindow, check_weights, map_weights, precision,
+                            program_weights, unmap_currents)
 
 G = Geometry()
 SHEET = Datasheet()

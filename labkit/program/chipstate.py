@@ -1,19 +1,34 @@
 """The chip-state file: what was programmed onto which chip, cell by cell (JSON, no pickle).
 
-Written by program-and-verify after every round, atomically (temporary file in the same
-folder, fsync, ``os.replace``), so an interrupted run leaves a consistent record that
-says exactly which cells are done. Per cell (``(rows, cols)`` grids, ``null`` where
-not applicable): target current (A), last verified current (A), program pulses completed,
-and a status:
+Written by program-and-verify atomically (temporary file in the same folder, fsync,
+``os.replace``) **before** every erase or pulse call (write-ahead) and after every round,
+so whenever the writer dies the record never claims more than the chip holds. Per cell
+(``(rows, cols)`` grids, ``null`` where not applicable): target current (A), last
+verified current (A), program pulses counted, and a status:
 
 - ``untargeted``: not part of the programming job;
 - ``pending``: not yet within tolerance (or re-opened by a disturb / erase);
-- ``pulsing``: a pulse was being applied when the record was written (one more pulse
-  than ``pulses`` may have landed); its current is unknown until it is read again;
-- ``done``: read within tolerance at the last verify;
+- ``pulsing``: a pulse was about to be applied, or in flight, when the record was
+  written; it is counted in ``pulses`` (possibly applied) and its current is unknown
+  until it is read again;
+- ``unknown``: its row was about to be erased (or in flight), or, while a job runs, a
+  cell in its row or column was pulsed since its last read (half-select disturb): its
+  current is unknown until it is read again;
+- ``done``: read within tolerance at its last verify, and nothing pulsed its row or
+  column since;
 - ``failed``: gave up (``reasons`` says why: unreachable, max pulses, overshoot).
 
-Currents are SI amperes; times are seconds since the epoch.
+``intent`` is the operation announced by the last write (``{"op": "erase", "rows": ...}``
+or ``{"op": "pulse", "cells": ...}``) or null once a later write recorded its result; a
+file loaded with an intent still set died during that operation, and :meth:`ChipState.load`
+marks the cells it names unknown whatever else the file says. Counts are never short:
+``pulses`` and ``row_erases`` count every operation announced, and
+``pulses_unconfirmed`` / ``row_erases_unconfirmed`` how many of them were in flight when
+a run died (so ``pulses - pulses_unconfirmed <= applied <= pulses``). ``erase_cycles`` and
+``program_cycles`` count row erases and program pulses over the chip's life on record
+(carried from one job to the next on the same chip). ``run_status`` is ``complete`` only
+after a final verify read of every cell. Currents are SI amperes; times are seconds
+since the epoch. The file is read strictly (labkit.program.statefile).
 """
 
 from __future__ import annotations
@@ -28,27 +43,22 @@ from pathlib import Path
 
 import numpy as np
 
+from labkit.errors import UsageError
+from labkit.program import statefile as sf
+
 FORMAT = "labkit.chipstate/1"
-STATUSES = ("untargeted", "pending", "pulsing", "done", "failed")
+STATUSES = ("untargeted", "pending", "pulsing", "unknown", "done", "failed")
+RUN_STATUSES = ("programming", "refreshing", "interrupted", "complete")
+MODEL_NUMBERS = ("b", "c", "delta", "a_pop", "var_pop", "sigma_m", "granule", "v_ref", "erase_rate_per_s")
 
 
-class ChipMismatchError(ValueError):
+class ChipMismatchError(UsageError):
     """A chip-state file that belongs to another chip."""
 
 
 def _grid(a: np.ndarray) -> list:
     """Float grid -> nested lists with None for NaN (strict JSON)."""
     return [[None if not np.isfinite(v) else float(v) for v in row] for row in np.asarray(a, dtype=float)]
-
-
-def _ungrid(rows: list, shape: tuple[int, int], name: str) -> np.ndarray:
-    try:
-        a = np.array([[np.nan if v is None else float(v) for v in row] for row in rows], dtype=float)
-    except (TypeError, ValueError):
-        raise ValueError(f"chip-state field {name!r} is not a grid of numbers") from None
-    if a.shape != shape:
-        raise ValueError(f"chip-state field {name!r} has shape {a.shape}; expected {shape}")
-    return a
 
 
 @dataclass
@@ -60,7 +70,7 @@ class ChipState:
     cols: int
     targets_a: np.ndarray
     achieved_a: np.ndarray
-    pulses: np.ndarray  # int, program pulses used per cell (all runs on this record)
+    pulses: np.ndarray  # int, program pulses counted per cell (all runs on this record; possibly applied included)
     status: np.ndarray  # str, one of STATUSES
     backend: str = ""
     firmware: str = ""
@@ -68,14 +78,27 @@ class ChipState:
     algorithm: str = ""
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
-    run_status: str = "programming"  # programming | complete | interrupted | refreshing
+    run_status: str = "programming"  # one of RUN_STATUSES
     reasons: dict = field(default_factory=dict)  # "r,c" -> why the cell failed
-    row_erases: list = field(default_factory=list)  # erase pulses per row
+    row_erases: list = field(default_factory=list)  # erase pulses per row (announced ones included)
     settings: dict = field(default_factory=dict)  # read voltage, integration time, temperature
     window: dict | None = None  # WeightWindow.to_dict() when the targets came from weights
     weights: np.ndarray | None = None  # (rows, pairs) when mapped from weights
     model: dict = field(default_factory=dict)  # learned programming response (reused on refresh)
     history: list = field(default_factory=list)  # [{"time", "event", ...}]
+    intent: dict | None = None  # the erase / pulse announced by the last write, until its result is recorded
+    pulses_unconfirmed: np.ndarray | None = None  # int grid: counted pulses that were in flight when a run died
+    row_erases_unconfirmed: list = field(default_factory=list)
+    erase_cycles: int = 0  # row erases over the chip's life on record
+    program_cycles: int = 0  # program pulses over the chip's life on record
+
+    def __post_init__(self):
+        if self.pulses_unconfirmed is None:
+            self.pulses_unconfirmed = np.zeros((self.rows, self.cols), dtype=int)
+        if not self.row_erases:
+            self.row_erases = [0] * self.rows
+        if not self.row_erases_unconfirmed:
+            self.row_erases_unconfirmed = [0] * self.rows
 
     @classmethod
     def new(cls, identity, rows: int, cols: int, targets_a: np.ndarray, **kw) -> "ChipState":
@@ -83,8 +106,13 @@ class ChipState:
         status = np.where(np.isfinite(t), "pending", "untargeted").astype(object)
         return cls(chip_id=identity.chip_id, rows=rows, cols=cols, targets_a=t.copy(),
                    achieved_a=np.full((rows, cols), np.nan), pulses=np.zeros((rows, cols), dtype=int),
-                   status=status, backend=identity.backend, firmware=identity.firmware,
-                   row_erases=[0] * rows, **kw)
+                   status=status, backend=identity.backend, firmware=identity.firmware, **kw)
+
+    def carry_counters(self, earlier: "ChipState") -> None:
+        """Take over the chip's life counters (cycles, erases per row) from an earlier record."""
+        self.erase_cycles, self.program_cycles = earlier.erase_cycles, earlier.program_cycles
+        if earlier.rows == self.rows:
+            self.row_erases = list(earlier.row_erases)
 
     # ---------------------------------------------------------------- queries
     def cells(self, status: str) -> np.ndarray:
@@ -100,6 +128,22 @@ class ChipState:
             raise ChipMismatchError(f"chip-state file is for chip {self.chip_id!r}, but the backend is chip "
                                     f"{identity.chip_id!r}; nothing was programmed")
 
+    def apply_intent(self) -> None:
+        """Cells named by an unfinished intent become unknown (``pulsing`` for pulses)."""
+        it = self.intent
+        if not it:
+            return
+        live = np.isin(self.status, ("pending", "done", "pulsing", "unknown"))
+        if it["op"] == "erase":
+            hit = np.zeros_like(live)
+            hit[list(it["rows"])] = True
+            self.status[hit & live] = "unknown"
+        else:
+            cells = np.asarray(it["cells"], dtype=int).reshape(-1, 2)
+            hit = np.zeros_like(live)
+            hit[cells[:, 0], cells[:, 1]] = True
+            self.status[hit & live & (self.status != "unknown")] = "pulsing"
+
     # ---------------------------------------------------------------- file
     def to_dict(self) -> dict:
         return {
@@ -112,7 +156,10 @@ class ChipState:
             "pulses": np.asarray(self.pulses, dtype=int).tolist(),
             "status": [list(map(str, row)) for row in self.status],
             "reasons": dict(self.reasons), "row_erases": [int(x) for x in self.row_erases],
-            "model": self.model, "history": self.history,
+            "model": self.model, "history": self.history, "intent": self.intent,
+            "pulses_unconfirmed": np.asarray(self.pulses_unconfirmed, dtype=int).tolist(),
+            "row_erases_unconfirmed": [int(x) for x in self.row_erases_unconfirmed],
+            "erase_cycles": int(self.erase_cycles), "program_cycles": int(self.program_cycles),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -136,45 +183,126 @@ class ChipState:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ChipState":
+        """Check every field (UsageError naming the field and what was expected) and build."""
         if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise ValueError(f"not a chip-state file (format {d.get('format') if isinstance(d, dict) else None!r}; "
-                             f"expected {FORMAT!r})")
-        try:
-            rows, cols = int(d["rows"]), int(d["cols"])
-            shape = (rows, cols)
-            status = np.array(d["status"], dtype=object)
-            pulses = np.array(d["pulses"], dtype=int)
-            if status.shape != shape or pulses.shape != shape:
-                raise ValueError(f"status/pulses grids are not {shape}")
-            bad = set(status.ravel()) - set(STATUSES)
-            if bad:
-                raise ValueError(f"unknown cell status {sorted(bad)}")
-            weights = d.get("weights")
-            return cls(
-                chip_id=str(d["chip_id"]), rows=rows, cols=cols,
-                targets_a=_ungrid(d["targets_a"], shape, "targets_a"),
-                achieved_a=_ungrid(d["achieved_a"], shape, "achieved_a"), pulses=pulses, status=status,
-                backend=str(d.get("backend", "")), firmware=str(d.get("firmware", "")),
-                tolerance=float(d.get("tolerance", 0.01)), algorithm=str(d.get("algorithm", "")),
-                created_at=float(d.get("created_at", 0.0)), updated_at=float(d.get("updated_at", 0.0)),
-                run_status=str(d.get("run_status", "")), reasons=dict(d.get("reasons", {})),
-                row_erases=[int(x) for x in d.get("row_erases", [0] * rows)],
-                settings=dict(d.get("settings", {})), window=d.get("window"),
-                weights=None if weights is None else np.array(weights, dtype=float),
-                model=dict(d.get("model", {})), history=list(d.get("history", [])),
-            )
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"malformed chip-state file: missing or bad field {exc}") from None
+            got = d.get("format") if isinstance(d, dict) else None
+            raise UsageError(f"not a chip-state file (format {sf._short(got)}; expected {FORMAT!r})")
+        unknown = set(d) - set(FIELDS)
+        if unknown:
+            raise UsageError(f"unknown field {sorted(unknown)[0]!r}; expected only {', '.join(FIELDS)}")
+        rows, cols = sf.integer(d, "rows", 1, sf.MAX_SIDE), sf.integer(d, "cols", 1, sf.MAX_SIDE)
+        shape = (rows, cols)
+        status = sf.grid(d.get("status"), "status", shape, "str")
+        bad = set(status.ravel()) - set(STATUSES)
+        if bad:
+            raise UsageError(f"field 'status' holds {sorted(bad)[0]!r}; expected one of {list(STATUSES)}")
+        pulses = sf.grid(d.get("pulses"), "pulses", shape, "int")
+        unconfirmed = sf.grid(d.get("pulses_unconfirmed", np.zeros(shape, int).tolist()), "pulses_unconfirmed",
+                              shape, "int")
+        if np.any(unconfirmed > pulses):
+            raise UsageError("field 'pulses_unconfirmed' exceeds 'pulses'; expected at most the pulses counted")
+        weights = d.get("weights")
+        if weights is not None:
+            weights = sf.grid(weights, "weights", (rows, None), "float", width_max=cols)
+            if not np.all(np.isfinite(weights)):
+                raise UsageError("field 'weights' holds null; expected finite weights")
+        window = d.get("window")
+        if window is not None:
+            window = check_window(window)
+        history = d.get("history", [])
+        if not isinstance(history, list) or len(history) > sf.MAX_HISTORY:
+            raise UsageError(f"field 'history' is not a list of at most {sf.MAX_HISTORY} events")
+        history = [sf.scalar_dict(h, f"history[{i}]") for i, h in enumerate(history)]
+        reasons = d.get("reasons", {})
+        if not isinstance(reasons, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in reasons.items()):
+            raise UsageError("field 'reasons' is not an object of \"row,col\" -> text")
+        st = cls(
+            chip_id=sf.string(d, "chip_id"), rows=rows, cols=cols,
+            targets_a=sf.grid(d.get("targets_a"), "targets_a", shape),
+            achieved_a=sf.grid(d.get("achieved_a"), "achieved_a", shape), pulses=pulses, status=status,
+            backend=sf.string(d, "backend", default=""), firmware=sf.string(d, "firmware", default=""),
+            tolerance=sf.number(d, "tolerance", 1e-12, 0.5), algorithm=sf.string(d, "algorithm", default=""),
+            created_at=sf.number(d, "created_at", default=0.0), updated_at=sf.number(d, "updated_at", default=0.0),
+            run_status=sf.string(d, "run_status", RUN_STATUSES), reasons=dict(reasons),
+            row_erases=sf.int_list(d.get("row_erases", [0] * rows), "row_erases", rows),
+            settings=sf.scalar_dict(d.get("settings", {}), "settings"), window=window, weights=weights,
+            model=_check_model(d.get("model", {}), shape), history=history,
+            intent=_check_intent(d.get("intent"), shape), pulses_unconfirmed=unconfirmed,
+            row_erases_unconfirmed=sf.int_list(d.get("row_erases_unconfirmed", [0] * rows),
+                                               "row_erases_unconfirmed", rows),
+            erase_cycles=sf.integer(d, "erase_cycles", default=0),
+            program_cycles=sf.integer(d, "program_cycles", default=0),
+        )
+        st.apply_intent()
+        return st
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ChipState":
-        """Read a chip-state file (ValueError if it is not one)."""
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not a chip-state file: {exc}") from None
+        """Read a chip-state file strictly (UsageError naming the file and the field)."""
+        d = sf.read_json(path)
         try:
             return cls.from_dict(d)
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from None
+        except UsageError as exc:
+            raise type(exc)(f"chip-state file {path}: {exc}") from None
+
+
+FIELDS = tuple(ChipState(chip_id="", rows=1, cols=1, targets_a=np.zeros((1, 1)), achieved_a=np.zeros((1, 1)),
+                         pulses=np.zeros((1, 1), int), status=np.zeros((1, 1), object)).to_dict())
+
+
+def check_window(v) -> dict:
+    """A WeightWindow.to_dict() record, checked (UsageError naming the field)."""
+    from labkit.program.mapping import WeightWindow
+
+    if not isinstance(v, dict) or set(v) - {"i_min_a", "i_max_a", "scheme"}:
+        raise UsageError(f"field 'window' is {sf._short(v)}; expected an object of i_min_a, i_max_a, scheme")
+    try:
+        sf.number(v, "i_min_a", 0.0, 1.0)
+        sf.number(v, "i_max_a", 0.0, 1.0)
+        return WeightWindow.from_dict(v).to_dict()
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UsageError(f"field 'window': {exc}") from None
+
+
+def _check_model(v, shape: tuple[int, int]) -> dict:
+    if not isinstance(v, dict):
+        raise UsageError(f"field 'model' is {sf._short(v)}; expected an object")
+    allowed = set(MODEL_NUMBERS) | {"planner", "a", "erased_a"}
+    if set(v) - allowed:
+        raise UsageError(f"field 'model' has unknown key {sorted(set(v) - allowed)[0]!r}; "
+                         f"expected some of {sorted(allowed)}")
+    for name in MODEL_NUMBERS:
+        if name in v:
+            sf.number(v, name)
+    if "erase_rate_per_s" in v and v["erase_rate_per_s"] <= 0:
+        raise UsageError("field 'model'.erase_rate_per_s is not positive; expected a rate in 1/s")
+    if "planner" in v:
+        sf.string(v, "planner")
+    if "erased_a" in v:
+        sf.grid(v["erased_a"], "model.erased_a", shape)
+    if "a" in v:
+        a = v["a"]
+        if not isinstance(a, list) or not 1 <= len(a) <= shape[0]:
+            raise UsageError(f"field 'model.a' is not a list of 1 to {shape[0]} rows")
+        sf.grid(a, "model.a", (len(a), None), width_max=shape[1])
+    return dict(v)
+
+
+def _check_intent(v, shape: tuple[int, int]) -> dict | None:
+    if v is None:
+        return None
+    if not isinstance(v, dict) or v.get("op") not in ("erase", "pulse"):
+        raise UsageError(f"field 'intent' is {sf._short(v)}; expected null or an erase / pulse operation")
+    if v["op"] == "erase":
+        rows = v.get("rows")
+        if not isinstance(rows, list) or not rows or not all(
+                isinstance(r, int) and not isinstance(r, bool) and 0 <= r < shape[0] for r in rows):
+            raise UsageError(f"field 'intent'.rows is {sf._short(rows)}; expected row numbers below {shape[0]}")
+    else:
+        cells = sf.grid(v.get("cells"), "intent.cells", (len(v.get("cells") or []), 2), "int") \
+            if isinstance(v.get("cells"), list) and v.get("cells") else None
+        if cells is None or np.any(cells[:, 0] >= shape[0]) or np.any(cells[:, 1] >= shape[1]):
+            raise UsageError(f"field 'intent'.cells is {sf._short(v.get('cells'))}; expected [row, col] pairs "
+                             f"inside {shape[0]}x{shape[1]}")
+    return dict(v)

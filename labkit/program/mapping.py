@@ -39,11 +39,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from labkit.errors import UsageError
+
 SCHEMES = ("offset", "balanced")
 MIN_RANGE = 2.0  # I_max must be at least this many times I_min (else weights drown in the zero error)
 
 
-class WeightRangeError(ValueError):
+class WeightRangeError(UsageError):
     """Weights outside what the current window can represent (use clip=True to clip)."""
 
 
@@ -57,9 +59,9 @@ class WeightWindow:
 
     def __post_init__(self):
         if self.scheme not in SCHEMES:
-            raise ValueError(f"weight scheme {self.scheme!r}; expected one of {SCHEMES}")
+            raise UsageError(f"weight scheme {self.scheme!r}; expected one of {SCHEMES}")
         if not (np.isfinite(self.i_min_a) and np.isfinite(self.i_max_a) and 0 < self.i_min_a < self.i_max_a):
-            raise ValueError(f"weight window [{self.i_min_a:g}, {self.i_max_a:g}] A; expected 0 < I_min < I_max")
+            raise UsageError(f"weight window [{self.i_min_a:g}, {self.i_max_a:g}] A; expected 0 < I_min < I_max")
 
     @property
     def i_scale_a(self) -> float:
@@ -77,14 +79,14 @@ class WeightWindow:
     def from_datasheet(cls, datasheet, integration_time_s: float, rows: int, headroom: float = 0.9,
                        i_min_a: float | None = None, scheme: str = "offset") -> "WeightWindow":
         if not 0 < headroom <= 1:
-            raise ValueError(f"headroom={headroom}; expected 0 < headroom <= 1")
+            raise UsageError(f"headroom={headroom}; expected 0 < headroom <= 1")
         lo, hi = datasheet.cell_current_range_a
         i_min = lo if i_min_a is None else float(i_min_a)
         if not lo <= i_min <= hi:
-            raise ValueError(f"i_min_a={i_min:g} A is outside the programmable [{lo:g}, {hi:g}] A")
+            raise UsageError(f"i_min_a={i_min:g} A is outside the programmable [{lo:g}, {hi:g}] A")
         i_max = min(hi, headroom * datasheet.full_scale_charge_c / (rows * integration_time_s))
         if i_max < MIN_RANGE * i_min:
-            raise ValueError(
+            raise UsageError(
                 f"no weight window: full scale {datasheet.full_scale_charge_c:g} C over {rows} rows and "
                 f"T = {integration_time_s:g} s allows at most {i_max:g} A per cell, less than {MIN_RANGE:g} x "
                 f"I_min = {i_min:g} A; shorten the integration time")
@@ -113,22 +115,24 @@ class WeightWindow:
 def check_weights(weights, geometry, *, clip: bool = False, pad: bool = False) -> np.ndarray:
     """Validated float copy of a ``(rows, signed outputs)`` weight matrix.
 
-    ValueError for the wrong shape (``pad=True`` accepts smaller tiles, padded with
-    zeros), NaN or infinite entries; :class:`WeightRangeError` for ``|w| > 1`` unless
-    ``clip``.
+    UsageError for a dtype that is not real or integer (complex, bool, timedelta,
+    objects), the wrong shape (exact, no broadcasting; ``pad=True`` accepts smaller tiles,
+    padded with zeros), NaN or infinite entries; :class:`WeightRangeError` for
+    ``|w| > 1`` unless ``clip``.
     """
     w = np.asarray(weights)
     want = (geometry.rows, geometry.signed_outputs)
-    if w.dtype == object or not (np.issubdtype(w.dtype, np.number) or w.dtype == bool):
-        raise ValueError(f"weights have dtype {w.dtype}; expected a numeric {want[0]}x{want[1]} array")
+    if w.dtype.kind not in "iuf":
+        raise UsageError(f"weights have dtype {w.dtype}; expected real or integer numbers, a {want[0]}x{want[1]} "
+                         f"array")
     w = w.astype(float)
     fits = w.ndim == 2 and (w.shape == want or (pad and w.shape[0] <= want[0] and w.shape[1] <= want[1]))
     if not fits:
-        raise ValueError(f"weights have shape {w.shape}; expected {want} (rows x signed outputs)"
+        raise UsageError(f"weights have shape {w.shape}; expected {want} (rows x signed outputs)"
                          + (" or smaller" if pad else ""))
     if not np.all(np.isfinite(w)):
         r, c = np.argwhere(~np.isfinite(w))[0]
-        raise ValueError(f"weights[{r}, {c}] = {w[r, c]}; expected finite values")
+        raise UsageError(f"weights[{r}, {c}] = {w[r, c]}; expected finite values")
     if w.shape != want:
         full = np.zeros(want)
         full[: w.shape[0], : w.shape[1]] = w
@@ -166,7 +170,7 @@ def unmap_currents(currents, window: WeightWindow, geometry) -> np.ndarray:
     """Weights ``(rows, pairs)`` that cell currents ``(rows, cols)`` in A represent."""
     i = np.asarray(currents, dtype=float)
     if i.shape != (geometry.rows, geometry.cols):
-        raise ValueError(f"currents have shape {i.shape}; expected {(geometry.rows, geometry.cols)}")
+        raise UsageError(f"currents have shape {i.shape}; expected {(geometry.rows, geometry.cols)}")
     return np.stack([window.weights(i[:, p], i[:, m]) for p, m in geometry.pairs], axis=1)
 
 
@@ -179,7 +183,7 @@ def precision(window: WeightWindow, tolerance: float) -> dict:
     over [-1, 1] at that error.
     """
     if not 0 < tolerance < 1:
-        raise ValueError(f"tolerance={tolerance}; expected a fraction in (0, 1)")
+        raise UsageError(f"tolerance={tolerance}; expected a fraction in (0, 1)")
 
     def err(w):
         ip, im = window.currents(np.asarray(w))

@@ -2,11 +2,12 @@
 
 ``labkit program --backend URI WEIGHTS.npz [--tolerance 0.01] [--json]`` maps the
 array ``weights`` (rows x signed outputs, 16x8 for one array) onto dual-branch
-currents (labkit.program.mapping), erases the array and programs it cell by cell with
-program-and-verify (labkit.program.programming), writing the chip-state file as it goes.
+currents and programs it cell by cell with program-and-verify, writing the chip-state
+file ahead of every erase and pulse (labkit.program.program_weights).
 ``labkit program --refresh`` re-verifies a programmed chip against its chip-state file
-and re-programs only the cells out of tolerance. Every input is validated before the
-first pulse.
+and re-programs only the cells out of tolerance (labkit.program.refresh). Every input,
+the ``--state`` path included, is validated before the first pulse. Exit code 3 when
+cells failed (labkit.program.FailedCellsError).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from labkit.backend import open_backend
-from labkit.program.chipstate import ChipState
-from labkit.program.mapping import SCHEMES, WeightWindow, map_weights, precision, unmap_currents
-from labkit.program.programming import PLANNERS, ProgramConfig, program_array, refresh
+from labkit.cli import options
+from labkit.errors import UsageError
+from labkit.program import (MAX_PULSES, PLANNERS, SCHEMES, ChipState, FailedCellsError, ProgramConfig, WeightWindow,
+                            check_recipe, check_state_path, load_weights, make_planner, plan_weights, precision,
+                            program_weights, refresh, weight_errors)
 from labkit.store import RunStore
 
 HELP = "program signed weights onto the array (program-and-verify), or --refresh a programmed chip"
@@ -30,7 +33,7 @@ HELP = "program signed weights onto the array (program-and-verify), or --refresh
 def add_arguments(parser) -> None:
     parser.add_argument("weights", nargs="?", metavar="WEIGHTS.npz",
                         help="npz file holding one array named 'weights' (rows x signed outputs, e.g. 16x8)")
-    parser.add_argument("--backend", default="sim://", help="backend URI (default: sim://)")
+    options.add(parser, "backend", "store", store="also record the job as a run in this run store")
     parser.add_argument("--tolerance", type=float, default=None,
                         help="relative current tolerance per cell (default 0.01 = 1 %%; "
                              "with --refresh: the one on record)")
@@ -44,28 +47,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--headroom", type=float, default=0.9,
                         help="fraction of the bit line's full-scale charge a column may use (default 0.9)")
     parser.add_argument("--scheme", choices=SCHEMES, default="offset", help="dual-branch scheme (default offset)")
-    parser.add_argument("--max-pulses", type=int, default=None, help="program pulses per cell at most (default 150)")
-    parser.add_argument("--out", metavar="DB", default=None, help="also record the job as a run in this run store")
-
-
-def load_weights(path: str) -> np.ndarray:
-    """The array ``weights`` of an npz file (no pickle); ValueError naming what is wrong."""
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"weights file {path} does not exist")
-    try:
-        data = np.load(p, allow_pickle=False)
-    except Exception as exc:  # not numpy at all, a corrupt zip, a pickle
-        raise ValueError(f"{path} is not a readable .npz file ({type(exc).__name__}: {exc})") from None
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path} holds a single array; expected an .npz file with an array named 'weights'")
-    with data:
-        if "weights" not in data.files:
-            raise ValueError(f"{path} holds {sorted(data.files)}; expected an array named 'weights'")
-        try:
-            return np.array(data["weights"])
-        except ValueError:
-            raise ValueError(f"{path}: 'weights' is an object array; expected numbers") from None
+    parser.add_argument("--max-pulses", type=options.count(1, MAX_PULSES, "a number of pulses"), default=None,
+                        help="program pulses per cell at most (default 150)")
 
 
 def default_state_path(chip_id: str) -> Path:
@@ -78,31 +61,35 @@ def run(args, out) -> dict:
         overrides["max_pulses"] = args.max_pulses
     config = ProgramConfig(**overrides)  # bad tolerance / budget: before anything opens
     if args.refresh and args.weights:
-        raise ValueError("--refresh re-verifies against the chip-state file (--state); do not pass WEIGHTS")
+        raise UsageError("--refresh re-verifies against the chip-state file (--state); do not pass WEIGHTS")
     if not args.refresh and not args.weights:
-        raise ValueError("WEIGHTS.npz is required (or --refresh with a chip-state file)")
+        raise UsageError("WEIGHTS.npz is required (or --refresh with a chip-state file)")
     raw = None if args.refresh else load_weights(args.weights)
-    if args.state is not None and args.refresh and not Path(args.state).is_file():
-        raise ValueError(f"chip-state file {args.state} does not exist")
+    if args.state is not None:
+        check_state_path(args.state)  # the path and any record there, before the backend opens
+        if args.refresh and not Path(args.state).is_file():
+            raise UsageError(f"chip-state file {args.state} does not exist")
     with open_backend(args.backend) as backend:  # opening applies nothing
         ident, g = backend.identity, backend.geometry
         state_path = Path(args.state) if args.state else default_state_path(ident.chip_id)
+        check_recipe(config, backend.envelope, make_planner(args.algorithm))
         if args.refresh:
             if not state_path.is_file():
-                raise ValueError(f"no chip-state file {state_path} for chip {ident.chip_id}; pass --state FILE")
+                raise UsageError(f"no chip-state file {state_path} for chip {ident.chip_id}; pass --state FILE")
             state = ChipState.load(state_path)
             state.check_chip(ident)  # another chip's record: an error before the first pulse
             if args.tolerance is None:
                 config = dataclasses.replace(config, tolerance=state.tolerance)
             window = WeightWindow.from_dict(state.window) if state.window else None
             weights = state.weights
+            if weights is not None and weights.shape != (g.rows, g.signed_outputs):
+                raise UsageError(f"chip-state file {state_path}: field 'weights' has shape {weights.shape}; "
+                                 f"expected {(g.rows, g.signed_outputs)}")
             what = f"re-verifying {int(np.sum(np.isfinite(state.targets_a)))} cells"
         else:
-            window = WeightWindow.for_backend(backend, headroom=args.headroom, scheme=args.scheme)
-            weights = _checked(raw, g, args.clip)
-            targets = map_weights(weights, window, g)
-            if state_path.exists():
-                ChipState.load(state_path).check_chip(ident)
+            plan = plan_weights(backend, raw, headroom=args.headroom, scheme=args.scheme, clip=args.clip)
+            window, weights = plan.window, plan.weights
+            check_state_path(state_path, ident)
             what = f"programming {g.rows * g.cols} cells to +-{config.tolerance:g}"
         out.info(f"{ident.chip_id} on {args.backend}: {what} ({args.algorithm}); chip state -> {state_path}")
         with contextlib.ExitStack() as stack:
@@ -122,9 +109,8 @@ def run(args, out) -> dict:
                 result = refresh(backend, state, config=config, algorithm=args.algorithm,
                                  state_path=state_path, progress=progress)
             else:
-                result = program_array(backend, targets, config=config, algorithm=args.algorithm,
-                                       state_path=state_path, progress=progress, weights=weights,
-                                       window=window.to_dict())
+                result, _, _ = program_weights(backend, raw, window=window, clip=args.clip, config=config,
+                                               algorithm=args.algorithm, state_path=state_path, progress=progress)
             summary = result.summary()
             final = ChipState.load(state_path)
             if run_ is not None:
@@ -137,17 +123,12 @@ def run(args, out) -> dict:
         info["window"] = window.to_dict()
         info["precision"] = precision(window, config.tolerance)
         if weights is not None and np.all(np.isfinite(final.achieved_a)):
-            got = unmap_currents(final.achieved_a, window, g)
-            info["weight_rms_error"] = float(np.sqrt(np.mean((got - weights) ** 2)))
-            info["weight_max_error"] = float(np.max(np.abs(got - weights)))
+            info.update(weight_errors(final.achieved_a, window, g, weights))
     _print(out, info)
+    if info["failed_cells"]:
+        raise FailedCellsError(f"{info['failed_cells']} of {info['cells']} cells failed (not within "
+                               f"+-{info['tolerance']:g}); see {state_path}")
     return info
-
-
-def _checked(raw, geometry, clip: bool) -> np.ndarray:
-    from labkit.program.mapping import check_weights
-
-    return check_weights(raw, geometry, clip=clip)
 
 
 def _print(out, info: dict) -> None:
