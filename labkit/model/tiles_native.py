@@ -1,6 +1,6 @@
 """Optional fused tile kernels of the analog layers (``analog_tiles.c``, through ctypes).
 
-:class:`labkit.nn.analog._TileBmm` computes, for all row tiles of a layer, the products
+:class:`labkit.model.tile_physics.TileBmm` computes, for all row tiles of a layer, the products
 (cell currents and crosstalk), the readout (droop, edge order, noise, TDC, clip) and the
 signed row-tile sums; in torch that is four batched matrix products and about fifteen
 passes over a (tiles, columns, samples) tensor several times larger than the network's
