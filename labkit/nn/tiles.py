@@ -27,10 +27,13 @@ from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
 import numpy as np
 import torch
 
-from labkit.model import tile_physics
+from labkit.measure.characterize import measure_baseline
+from labkit.model import ArrayModel, tile_physics
 from labkit.model.units import FC, FF, NA, US
 from labkit.nn.config import AnalogConfig
 from labkit.nn.tileparams import TileParams
+from labkit.program.mapping import WeightWindow, map_weights
+from labkit.program.programming import ProgramConfig, program_array
 
 if TYPE_CHECKING:
     from labkit.nn.layers import AnalogLayer
@@ -81,9 +84,6 @@ class ModelTile:
         """The same tile as a :class:`labkit.model.ArrayModel` (the exact slot integration
         of the same equations, as calibration fits it): currents mapped from the weights,
         this tile's parameters; ``switches`` pass through (e.g. ``dtype``, ``quantize``)."""
-        from labkit.model import ArrayModel
-        from labkit.program.mapping import map_weights
-
         op, p = self.config.operating, self._params
         currents = map_weights(self._w.double().numpy(), self.config.window(), op.geometry())
         return ArrayModel(op.datasheet(), currents_a=currents, eta_per_v=p.eta_per_v, crosstalk_c=p.crosstalk_c,
@@ -157,10 +157,6 @@ class ChipTile:
                           self.chip_id)
 
     def set_weights(self, w: np.ndarray) -> dict:
-        from labkit.measure.characterize import measure_baseline
-        from labkit.program.mapping import WeightWindow, map_weights
-        from labkit.program.programming import ProgramConfig, program_array
-
         self.configure()
         b, op = self.backend, self.config.operating
         g = b.geometry
