@@ -147,12 +147,13 @@ def test_tampered_entry_is_rebuilt(tmp_path):
     assert loaded == str(entry)
 
 
-def test_cache_writable_by_others_is_not_used(tmp_path):
+@pytest.mark.parametrize("loose", ["native", "root"])
+def test_cache_writable_by_others_is_not_used(tmp_path, loose):
     cache, marker = tmp_path / "cache", tmp_path / "marker"
     entry = _entry(cache)
     _plant(entry, tmp_path)
     _record_for(entry)  # even with a consistent record: anyone could have written both
-    entry.parent.chmod(0o777)
+    (entry.parent if loose == "native" else cache).chmod(0o777)  # or swapped the directory
     loaded, err = _load_in_subprocess(cache, marker)
     assert not marker.exists()
     assert "writable by others" in err and loaded != str(entry)

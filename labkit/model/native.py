@@ -10,9 +10,10 @@ links without it, so the library does not switch the process to flush-to-zero.
 Verified builds: every cache entry ``NAME-KEY.so`` has a record ``NAME-KEY.json`` with
 the SHA-256 of the source, the flags, the CPU key and the SHA-256 of the library; an
 entry is loaded only when its record matches the shipped source and flags and the
-library's bytes match the record, otherwise it is rebuilt. The cache directory must be
-owned by the user and not writable by group or others; if it is not, it is not used
-(a warning names it) and the kernel is built in a private temporary directory. A loaded
+library's bytes match the record, otherwise it is rebuilt. The cache directory and the
+one holding it must be owned by the user and not writable by group or others; if not,
+the cache is not used (a warning names it) and the kernel is built in a private
+temporary directory. A loaded
 library that lacks a declared symbol is rebuilt (in a private directory) instead of
 failing. No compiler, a failed build, a platform other than Linux, or
 ``LABKIT_NATIVE=0``: :func:`load` returns None and the caller runs its torch path
@@ -74,7 +75,7 @@ def _usable_cache() -> Path:
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError:
         return _private_dir()
-    if trusted_dir(d):
+    if trusted_dir(d) and trusted_dir(d.parent):  # nobody else can swap the directory either
         return d
     warnings.warn(f"labkit: kernel cache {d} is not owned by this user or is writable by others; "
                   "not using it (building in a private directory)", RuntimeWarning, stacklevel=3)
