@@ -32,7 +32,7 @@ class TileParams:
                 crosstalk_c: float = 0.5e-15) -> "TileParams":
         """Datasheet values: the same for every column and cell."""
         R, C = op.rows, op.cols
-        q_fs = op.bitline_capacitance_f * (op.precharge_v - op.threshold_v)
+        q_fs = op.datasheet().full_scale_charge_c
         return cls(np.full(C, eta_per_v), np.full((R, C), crosstalk_c),
                    np.full(C, q_fs / op.reference_current_a), np.full(C, 1.0 / op.reference_current_a),
                    "nominal")
