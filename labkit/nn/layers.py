@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from labkit.model import tile_physics, tiles_native
+from labkit.model.kernels import InputQuantize
 from labkit.model.units import FC, FF, NA, US
 from labkit.nn.config import AnalogConfig
 from labkit.nn.tileparams import TileParams, tile_sources
@@ -84,10 +85,6 @@ class _UnfoldT(torch.autograd.Function):
         return gx[:, :, ph: ph + H, pw: pw + W], None, None, None, None, None, None
 
 
-def _ste(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return x + (y - x).detach()
-
-
 # ----------------------------------------------------------------------------- layers
 
 class AnalogLayer(nn.Module):
@@ -131,7 +128,7 @@ class AnalogLayer(nn.Module):
         self._T_us = op.integration_time_s / US
         self._lsb_us = op.tdc_lsb_s / US
         self._cmax = float(2**op.tdc_bits - 1)
-        self._levels = float(2**op.input_bits)
+        self._levels = int(2**op.input_bits)
         self._c_ff = op.bitline_capacitance_f / FF
 
     # -------------------------------------------------------------- tiles
@@ -224,11 +221,9 @@ class AnalogLayer(nn.Module):
 
     # -------------------------------------------------------------- forward pieces
     def pulse_inputs(self, a: torch.Tensor) -> torch.Tensor:
-        """Activations -> inputs in [0, 1] on the input clock (straight-through)."""
-        x = (a / self.input_scale).clamp(0.0, 1.0)
-        if self.config.quantize:
-            x = _ste(x, torch.round(x * self._levels) / self._levels)
-        return x
+        """Activations -> inputs in [0, 1] on the input clock (the array model's
+        :class:`~labkit.model.kernels.InputQuantize`: straight-through inside [0, 1])."""
+        return InputQuantize.apply(a / self.input_scale, self._levels if self.config.quantize else 0)
 
     def _opts(self, col: int) -> tuple:
         cfg = self.config
