@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from labkit.model import ArrayModel, keep_freed_memory, native  # noqa: E402
+from labkit.model import ArrayModel, keep_freed_memory, slots_native  # noqa: E402
 
 from run_all import print_table  # noqa: E402 (benchmarks/ is on sys.path when a bench runs)
 
@@ -123,7 +123,7 @@ def main() -> list[dict]:
                      peer=f"ideal tiled bmm {t_i * 1e3:.3f} ms"))
     rows.append(dict(name="  ratio to the ideal tiled layer", value=t_f / t_i, unit="x", target="-", peer="1"))
 
-    slot = "compiled C (labkit/model/slots.c)" if native.library() is not None else "torch (no C compiler)"
+    slot = "compiled C (labkit/model/slots.c)" if slots_native.library() is not None else "torch (no C compiler)"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, slot kernel: {slot}")
     print_table(rows)
     return rows

@@ -29,7 +29,7 @@ import time
 import torch
 from torch import nn
 
-from labkit.nn.analog import ChipSpread, convert
+from labkit.nn import ChipSpread, convert
 from labkit.model import keep_freed_memory
 from labkit.train.networks import lenet5
 

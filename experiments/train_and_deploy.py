@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from labkit.nn.analog import AnalogConfig, TileParams, tile_plan
+from labkit.nn import AnalogConfig, TileParams, TrainingNoise, tile_plan
 from labkit.calibrate import CalibrationConfig
 from labkit.train.datasets import DatasetNotFoundError, lowres_digits
 from labkit.deploy.deployment import calibrate_tile, deploy, open_chips
@@ -144,7 +144,7 @@ def run_network(name: str, args) -> dict:
             if relative else dict(noise_std_s=scale * cal["noise_std_s_median"])
         percentile = h["percentile"] if args.percentile is None else args.percentile
         res.update(hw_noise=noise, hw_percentile=percentile)
-        hw = hardware_aware(net, split.train, tiles, AnalogConfig(**noise, jitter=args.jitter), percentile,
+        hw = hardware_aware(net, split.train, tiles, AnalogConfig(noise=TrainingNoise(**noise, jitter=args.jitter)), percentile,
                             seed=args.seed)
         res["ideal_model_calibrated"] = evaluate(hw, split.test)
         t1 = time.monotonic()

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from labkit import measure as ch
-from labkit.nn.analog import AnalogConfig, tile_plan
+from labkit.nn import AnalogConfig, TrainingNoise, tile_plan
 from labkit.backend import open_backend
 from labkit.calibrate import CalibrationConfig
 from labkit.deploy.deployment import calibrate_tile, deploy, open_chips
@@ -121,8 +121,8 @@ def run_demo(store: RunStore, config: DemoConfig = DemoConfig(), out=None, repor
         ser_db = {k: float(np.median([r["ser_db"][k] for r in reports])) for k in ("naive", "linear", "model")}
         floor_db = float(np.median([r["noise_floor_ser_db"] for r in reports]))
         # hw training noise as the chips measured it: a floor plus a part growing with the output
-        noise = AnalogConfig(noise_std_s=float(np.median([r["noise_floor_s"] for r in reports])),
-                             noise_relative=float(np.median([r["noise_relative"] for r in reports])))
+        noise = AnalogConfig(noise=TrainingNoise(noise_std_s=float(np.median([r["noise_floor_s"] for r in reports])),
+                                                 noise_relative=float(np.median([r["noise_relative"] for r in reports]))))
 
         info("[4/4] deploying the ideal and the hardware-aware network")
         ideal_analog = hardware_aware(net, split.train, None, AnalogConfig(), seed=config.seed)

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import TensorDataset
 
-from labkit.nn.analog import ChipSpread
+from labkit.nn import ChipSpread
 from labkit.train.networks import mlp_lowres
 from labkit.train.training import hardware_aware, init_distributed, train
 

@@ -11,21 +11,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labkit.nn.analog import (AnalogConfig, AnalogConv2d, AnalogLinear, ChipSpread, TileParams, _TileBmm,
-                           analog_layers, convert, input_scales, tile_plan)
-from labkit.program.mapping import map_weights
-from labkit.model import ArrayModel
+from labkit.model import tile_physics
+from labkit.model.tile_physics import TileBmm
+from labkit.nn import (AnalogConfig, AnalogConv2d, AnalogLinear, ChipSpread, OperatingPoint, TileParams, TrainingNoise,
+                       WeightMapping, analog_layers, convert, input_scales, tile_plan)
 
 CFG = AnalogConfig()
+OP = CFG.operating
 IS = CFG.window().i_scale_a
 # one TDC LSB of one column in the layers' output unit (w x, i.e. I_scale T)
-LSB = CFG.tdc_lsb_s * CFG.reference_current_a / (IS * CFG.integration_time_s)
+LSB = OP.tdc_lsb_s * OP.reference_current_a / (IS * OP.integration_time_s)
 
 
 def strong_tile(seed: int) -> TileParams:
     """A tile with large drain coefficients and doubled crosstalk (harder than the chips)."""
-    t = ChipSpread().sample(CFG, seed=seed)
-    t.eta_per_v = np.random.default_rng(seed).uniform(0.3, 1.4, CFG.cols)
+    t = ChipSpread().sample(OP, seed=seed)
+    t.eta_per_v = np.random.default_rng(seed).uniform(0.3, 1.4, OP.cols)
     t.crosstalk_c = 2 * t.crosstalk_c
     return t
 
@@ -33,17 +34,13 @@ def strong_tile(seed: int) -> TileParams:
 @torch.no_grad()
 def reference(layer: AnalogLinear, x: torch.Tensor, **switches) -> torch.Tensor:
     """Sum over row tiles of ArrayModel.signed (exact adaptive slots) for every tile."""
-    w = layer.tile_weights()
     rt, ct = layer.row_tiles, layer.col_tiles
-    R, P = CFG.rows, CFG.outputs_per_tile
+    R, P = OP.rows, OP.outputs_per_tile
     xp = F.pad(x, (0, rt * R - x.shape[1])).double()
     y = torch.zeros(x.shape[0], ct * P, dtype=torch.float64)
     for r in range(rt):
         for c in range(ct):
-            tp = layer.tile_params(r * ct + c)
-            m = ArrayModel(CFG.datasheet(), currents_a=map_weights(w[r, c], CFG.window(), CFG.geometry()),
-                           eta_per_v=tp.eta_per_v, crosstalk_c=tp.crosstalk_c, offset_s=tp.offset_s,
-                           gain_s_per_c=tp.gain_s_per_c, dtype=torch.float64, **switches).eval()
+            m = layer.model_tile(r * ct + c).array_model(dtype=torch.float64, **switches).eval()
             y[:, c * P:(c + 1) * P] += m.signed(xp[:, r * R:(r + 1) * R], i_scale_a=IS)
     return y[:, : layer.out_features]
 
@@ -91,7 +88,7 @@ def test_quantized_outputs_match_array_model_with_tdc():
 
 
 def test_tiles_partial_sums_and_output_scale_reproduce_a_linear_layer_without_physics():
-    cfg = dataclasses.replace(CFG, droop=False, crosstalk=False, quantize=False, noise_std_s=0.0)
+    cfg = dataclasses.replace(CFG, droop=False, crosstalk=False, quantize=False).with_noise(noise_std_s=0.0)
     torch.manual_seed(0)
     ref = nn.Linear(37, 19)
     layer = convert(nn.Sequential(ref), None, cfg)[0]
@@ -137,7 +134,7 @@ def test_custom_backward_is_the_derivative_of_the_tile_physics():
     gc = torch.full((rt, 1, 2 * n), 0.2, dtype=torch.float64)
     # no TDC floor (piecewise constant) and no edge-order term (a forward-only correction)
     opts = (True, False, (0.0, 0.0), 1e9, 2, True, False)
-    assert torch.autograd.gradcheck(lambda a, b: _TileBmm.apply(a, b, kx, e, t0c, gc, opts), (x, i0t))
+    assert torch.autograd.gradcheck(lambda a, b: TileBmm.apply(a, b, kx, e, t0c, gc, opts), (x, i0t))
 
 
 def test_signed_inputs_are_split_into_two_vmms_or_refused():
@@ -148,7 +145,7 @@ def test_signed_inputs_are_split_into_two_vmms_or_refused():
         y = layer(x)
         pos, neg = layer(x.clamp_min(0)), layer((-x).clamp_min(0))
         assert torch.allclose(y, pos - neg + layer.bias, atol=1e-5)
-    strict = AnalogLinear(20, 5, config=dataclasses.replace(CFG, signed_inputs="error"))
+    strict = AnalogLinear(20, 5, config=AnalogConfig(mapping=WeightMapping(signed_inputs="error")))
     with pytest.raises(ValueError, match="negative inputs"):
         strict(x)
 
@@ -165,22 +162,21 @@ def test_readout_noise_only_in_training_with_the_configured_spread():
         layer.train()
         noisy = layer.tile_outputs(x)
     # a signed output is the difference of two columns: sqrt(2) * sigma in charge
-    sigma = CFG.noise_std_s * CFG.reference_current_a * np.sqrt(2) / (IS * CFG.integration_time_s)
+    sigma = CFG.noise.noise_std_s * OP.reference_current_a * np.sqrt(2) / (IS * OP.integration_time_s)
     assert float(noisy.std(0).mean()) == pytest.approx(sigma, rel=0.15)
 
 
 @pytest.mark.parametrize("native", [True, False])
 def test_relative_readout_noise_grows_with_the_column_output(native):
-    from labkit.nn import analog
 
     torch.manual_seed(0)
     rel = 0.02
-    cfg = AnalogConfig(noise_std_s=0.0, noise_relative=rel, crosstalk=False)  # shift = the signal's charge
+    cfg = AnalogConfig(noise=TrainingNoise(noise_std_s=0.0, noise_relative=rel), crosstalk=False)  # shift = the signal's charge
     layer = AnalogLinear(16, 8, tiles=TileParams.nominal(), config=cfg)
     with torch.no_grad():
         layer.weight.fill_(1.0)  # plus columns only
     layer.train()
-    analog._NATIVE["on"] = native
+    tile_physics.NATIVE["on"] = native
     try:
         with torch.no_grad():
             out = {}
@@ -191,7 +187,7 @@ def test_relative_readout_noise_grows_with_the_column_output(native):
                 layer.train()
                 out[level] = (quiet, layer.tile_outputs(x).std(0))
     finally:
-        analog._NATIVE["on"] = True
+        tile_physics.NATIVE["on"] = True
     # each column's rms is rel x its charge (units of I_scale T); the minus column holds
     # I_min only; the TDC adds its rounding (LSB^2 / 12 per column, dithered by the noise)
     imin = CFG.window().i_min_a / IS
@@ -235,12 +231,11 @@ def test_input_scales_are_the_activation_percentiles():
         assert s["2"] == pytest.approx(float(torch.relu(net[0](x)).max()), rel=1e-5)
 
 
-SMALL_TILES = AnalogConfig(rows=6, pairs=((0, 1), (2, 3), (4, 5)))  # rows not a multiple of 4, 3 outputs
+SMALL_TILES = AnalogConfig(operating=OperatingPoint(rows=6, pairs=((0, 1), (2, 3), (4, 5))))  # rows not a multiple of 4, 3 outputs
 
 
 @pytest.mark.parametrize("config", [CFG, SMALL_TILES], ids=["16x8", "6x3"])
 def test_fused_native_kernels_agree_with_the_torch_path(config):
-    from labkit.nn import analog
     from labkit.model import tiles_native as analog_native
 
     if not analog_native.available():
@@ -251,7 +246,7 @@ def test_fused_native_kernels_agree_with_the_torch_path(config):
     x = patterns(300, 40, seed=4)
     outs = {}
     for native in (True, False):
-        analog._NATIVE["on"] = native
+        tile_physics.NATIVE["on"] = native
         try:
             layer.eval()
             with torch.no_grad():
@@ -261,7 +256,7 @@ def test_fused_native_kernels_agree_with_the_torch_path(config):
             xg = x.clone().requires_grad_(True)
             (layer.tile_outputs(xg) * torch.linspace(-1, 1, 20)).sum().backward()
         finally:
-            analog._NATIVE["on"] = True
+            tile_physics.NATIVE["on"] = True
         outs[native] = (quiet, layer.weight.grad.clone(), xg.grad.clone())
     # float rounding may move a time across a TDC boundary now and then: one LSB at most
     diff = (outs[True][0] - outs[False][0]).abs()
@@ -274,23 +269,22 @@ def test_fused_native_kernels_agree_with_the_torch_path(config):
 
 @pytest.mark.parametrize("k,stride,pad,dil", [(5, 1, 2, 1), (3, 2, 1, 1), (3, 1, 0, 2), (2, 3, 3, 1)])
 def test_patches_match_unfold_and_their_gradient_is_its_adjoint(k, stride, pad, dil):
-    from labkit.nn import analog
 
     torch.manual_seed(0)
     conv = AnalogConv2d(3, 4, k, stride, pad, dil)
     x = torch.rand(2, 3, 11, 9, dtype=torch.float32, requires_grad=True)
     ref = F.unfold(x, k, dilation=dil, padding=pad, stride=stride)  # (B, K, L)
     ref_t = ref.permute(1, 0, 2).reshape(ref.shape[1], -1)
-    rows = conv.row_tiles * conv.config.rows
+    rows = conv.row_tiles * conv.config.operating.rows
     g = torch.randn(rows, ref_t.shape[1])
     ref_g, = torch.autograd.grad((ref_t * g[: ref_t.shape[0]]).sum(), x)
     for native in (True, False):
-        analog._NATIVE["on"] = native
+        tile_physics.NATIVE["on"] = native
         try:
             p, _ = conv.unfold(x, rows)
             gx, = torch.autograd.grad((p * g).sum(), x)
         finally:
-            analog._NATIVE["on"] = True
+            tile_physics.NATIVE["on"] = True
         assert torch.equal(p[: ref_t.shape[0]], ref_t) and not p[ref_t.shape[0]:].any()
         assert torch.allclose(gx, ref_g, atol=1e-5)
 
@@ -324,9 +318,8 @@ def test_native_kernels_split_across_threads_give_the_single_thread_result():
 
 @pytest.mark.parametrize("native", [True, False])
 def test_an_empty_batch_passes_forward_and_backward(native):
-    from labkit.nn import analog
 
-    analog._NATIVE["on"] = native
+    tile_physics.NATIVE["on"] = native
     try:
         for layer, x in ((AnalogLinear(20, 5), torch.zeros(0, 20)), (AnalogConv2d(2, 3, 3), torch.zeros(0, 2, 8, 8))):
             x.requires_grad_(True)
@@ -334,4 +327,16 @@ def test_an_empty_batch_passes_forward_and_backward(native):
             y.sum().backward()
             assert y.shape[0] == 0 and x.grad.shape == x.shape and not layer.weight.grad.any()
     finally:
-        analog._NATIVE["on"] = True
+        tile_physics.NATIVE["on"] = True
+
+
+def test_config_parts_round_trip_and_the_earlier_flat_checkpoint_layout_still_reads():
+    cfg = AnalogConfig(operating=OperatingPoint(rows=6, pairs=((0, 1), (2, 3), (4, 5))),
+                       mapping=WeightMapping(headroom=0.8), noise=TrainingNoise(2e-9, 0.01, 0.1), edge_order=False)
+    assert AnalogConfig.from_dict(cfg.to_dict()) == cfg
+    flat = {"integration_time_s": OP.integration_time_s, "rows": 6, "pairs": [[0, 1], [2, 3], [4, 5]],
+            "headroom": 0.8, "signed_inputs": "split", "noise_std_s": 2e-9, "noise_relative": 0.01, "jitter": 0.1,
+            "quantize": True, "droop": True, "crosstalk": True, "edge_order": False, "tdc_bits": OP.tdc_bits}
+    assert AnalogConfig.from_dict(flat) == cfg  # checkpoints written before the split
+    with pytest.raises(ValueError, match="noise_relative"):
+        TrainingNoise(noise_relative=1.5)

@@ -134,7 +134,7 @@ def test_calibration_file_round_trip_and_model_for_training(default_chip, tmp_pa
     # gets the same per-column gain correction as one built next to the chip
     assert back.read_currents_a.shape == (16, 16) and np.all(back.read_currents_a > 0)
     np.testing.assert_array_equal(back.read_currents_a, result.read_currents_a)
-    from labkit.nn.analog import TileParams
+    from labkit.nn import TileParams
 
     from_file = TileParams.from_calibration(path)
     beside = TileParams.from_model(result.array_model(), result.read_currents_a, chip_id=result.chip_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from labkit.nn.analog import AnalogConfig, analog_layers, tile_plan
+from labkit.nn import AnalogConfig, TrainingNoise, analog_layers, tile_plan
 from labkit.cli import main as cli
 from labkit.deploy.deployment import chip_uris, deploy, open_chips
 from labkit.train.networks import mlp_lowres, vgg_small
@@ -34,7 +35,7 @@ def test_on_ideal_chips_the_measured_network_is_the_modelled_one():
     net = nn.Sequential(nn.Linear(20, 12), nn.ReLU(), nn.Linear(12, 5))
     x = torch.rand(64, 20)
     model = hardware_aware(net, torch.utils.data.TensorDataset(x, torch.zeros(64, dtype=torch.long)),
-                           None, AnalogConfig(noise_std_s=0.0))
+                           None, AnalogConfig(noise=TrainingNoise(noise_std_s=0.0)))
     n = sum(k for _, k in tile_plan(net))
     assert n == 2 * 2 + 1 * 1
     with open_chips("sim://?seed=3&preset=ideal", n) as chips:
@@ -143,3 +144,93 @@ def test_deploy_cli_reports_accuracy_on_chips_and_refuses_too_few(tmp_path, caps
     assert "needs 8 tiles" in err and "offers 1 chip" in err and "Traceback" not in err
     assert cli(["deploy", "--backend", "sim://?seed=40", str(ck), "--reads", "0"]) == 2
     assert "--reads=0" in capsys.readouterr().err
+
+
+def test_model_and_chip_tiles_are_one_seam():
+    """A ModelTile and a ChipTile take the same weights and pulse inputs and give the same
+    outputs (on an ideal chip, to the TDC); the layer's batched model tiles are the
+    ModelTile of each tile."""
+    from labkit.nn import AnalogLinear, ChipTile, ModelTile, Tile, TileParams
+
+    cfg = AnalogConfig(noise=TrainingNoise(noise_std_s=0.0))
+    op = cfg.operating
+    rng = np.random.default_rng(3)
+    w = rng.uniform(-1, 1, (op.rows, op.outputs_per_tile))
+    w[12:, :] = np.nan  # rows the network does not use: left alone on the chip
+    x = torch.tensor(rng.random((200, op.rows)) * (rng.random((200, op.rows)) > 0.3), dtype=torch.float32)
+    x[:, 12:] = 0.0
+    with open_chips("sim://?seed=11&preset=ideal", 1) as (b,):
+        chip = ChipTile(b, cfg)
+        model = ModelTile(TileParams.nominal(op), dataclasses.replace(cfg, droop=False, crosstalk=False))
+        assert isinstance(chip, Tile) and isinstance(model, Tile)
+        summary = chip.set_weights(w)
+        model.set_weights(w)
+        assert summary["rms_rel_error"] < 0.01
+        measured = chip.forward(x)
+        assert chip.parameters().chip_id == "EMU-0011" and chip.vmm_count == int((x.sum(1) > 0).sum())
+    predicted = model.forward(x)
+    ideal = x.double() @ torch.tensor(np.nan_to_num(w))
+    lsb = op.tdc_lsb_s * op.reference_current_a / (cfg.window().i_scale_a * op.integration_time_s)
+    diff = (measured - predicted).abs()  # both floor to the TDC: whole LSBs at boundaries
+    assert float(diff.max()) <= 2.01 * lsb and float(diff.mean()) < 0.03 * float(ideal.abs().mean())
+    assert float((measured - ideal).abs().mean()) > 0.5 * float(diff.mean())  # the comparison is not trivial
+    # the layer's batched model tiles are its tiles' ModelTiles
+    torch.manual_seed(0)
+    from labkit.nn import ChipSpread
+
+    layer = AnalogLinear(16, 8, tiles=ChipSpread(), config=cfg).eval()
+    xl = layer.pulse_inputs(torch.rand(64, 16))
+    with torch.no_grad():
+        assert torch.allclose(layer.model_tile(0).forward(xl), layer.tile_outputs(xl), atol=1e-5)
+
+
+def test_deployment_builds_the_network_on_chip_tiles_and_leaves_the_model_alone():
+    from labkit.nn import ChipTiles, ModelTiles
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 8))
+    x = torch.rand(32, 16)
+    model = hardware_aware(net, torch.utils.data.TensorDataset(x, torch.zeros(32, dtype=torch.long)))
+    with torch.no_grad():
+        before = model.eval()(x)
+    with open_chips("sim://?seed=21", 1) as chips:
+        dep = deploy(model, chips)
+        on_chips = dep(x)
+    assert isinstance(model[0].tiles, ModelTiles) and isinstance(dep.network[0].tiles, ChipTiles)
+    assert dep.network[0].weight is model[0].weight  # one network, two kinds of tiles
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), before)  # the model still computes the model
+    assert not torch.equal(on_chips, before)
+
+
+def test_calibrate_tile_retries_a_diverged_fit_and_nothing_else(monkeypatch):
+    from labkit.calibrate import calibration
+    from labkit.calibrate.calibration import CalibrationConfig
+    from labkit.deploy.deployment import calibrate_tile
+    from labkit.errors import FitDivergedError
+
+    real = calibration.calibrate
+    seeds = []
+
+    def diverging_once(backend, cfg, **kw):
+        seeds.append(cfg.seed)
+        if len(seeds) == 1:
+            raise FitDivergedError("fit diverged: loss nan")
+        return real(backend, cfg, **kw)
+
+    quick = CalibrationConfig.quick(fit_iterations=20, fit_patterns=256, holdout_patterns=128,
+                                    activation_patterns=128)
+    with open_chips("sim://?seed=31", 1) as (b,):
+        monkeypatch.setattr(calibration, "calibrate", diverging_once)
+        params, report = calibrate_tile(b, quick)
+        assert seeds == [quick.seed, quick.seed + 1] and params.chip_id == "EMU-0031"
+        calls = []
+
+        def bad_input(backend, cfg, **kw):
+            calls.append(cfg.seed)
+            raise ValueError("a plain ValueError is a bug or a user mistake, not a diverged fit")
+
+        monkeypatch.setattr(calibration, "calibrate", bad_input)
+        with pytest.raises(ValueError, match="plain ValueError"):
+            calibrate_tile(b, quick)
+        assert calls == [quick.seed]  # not retried

@@ -1,11 +1,11 @@
-"""The compiled adaptive-slot kernel (labkit/model/slots.c) against the pure-torch path."""
+"""The compiled kernels: slots.c against the pure-torch path, and the verified kernel cache (planted, tampered, foreign-writable, missing-symbol entries)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from labkit.model import native
+from labkit.model import slots_native as native
 from labkit.model.kernels import ChargeFn
 
 from tests.test_model import make_model, patterns
@@ -63,3 +63,108 @@ def test_gradcheck_through_native_kernel():
 
     inputs = [x.unsqueeze(0).requires_grad_(True)] + [a.detach().clone().requires_grad_(True) for a in args]
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- verified kernel cache
+
+PLANTED = r"""
+#include <stdio.h>
+#include <stdlib.h>
+__attribute__((constructor)) static void planted(void) {
+    const char *p = getenv("PLANT_MARKER");
+    FILE *f = p ? fopen(p, "w") : NULL;
+    if (f) { fputs("constructor ran", f); fclose(f); }
+}
+int slots_fwd_f32(void) { return 0; }
+"""
+
+
+def _plant(path, tmp_path, source=PLANTED):
+    """Compile ``source`` into the library ``path`` (what an attacker would drop there)."""
+    import subprocess
+
+    c = tmp_path / "planted.c"
+    c.write_text(source)
+    subprocess.run(["cc", "-shared", "-fPIC", str(c), "-o", str(path)], check=True, capture_output=True)
+
+
+def _load_in_subprocess(cache, marker):
+    """Load the slots kernel in a fresh process with LABKIT_CACHE=cache; its stderr."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, LABKIT_CACHE=str(cache), PLANT_MARKER=str(marker), LABKIT_NATIVE="1")
+    code = ("from labkit.model import slots_native as s; lib = s.library(); "
+            "assert lib is not None and lib.slots_bwd_f64 is not None; print(lib._name)")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip(), r.stderr
+
+
+def _record_for(entry):
+    import hashlib
+    import json
+
+    from labkit.model import native as builder
+
+    rec = builder.build_record(native.SOURCE, False)
+    rec["library_sha256"] = hashlib.sha256(entry.read_bytes()).hexdigest()
+    entry.with_suffix(".json").write_text(json.dumps(rec))
+
+
+def _entry(cache):
+    from labkit.model import native as builder
+
+    d = cache / "native"
+    d.mkdir(parents=True, mode=0o700)
+    return builder.entry_path(native.SOURCE, False, d)
+
+
+def test_planted_library_in_the_cache_is_never_loaded(tmp_path):
+    cache, marker = tmp_path / "cache", tmp_path / "marker"
+    entry = _entry(cache)
+    _plant(entry, tmp_path)  # right name, no record: not built from the shipped source
+    loaded, _ = _load_in_subprocess(cache, marker)
+    assert not marker.exists()
+    assert loaded == str(entry)  # rebuilt in place, then loaded
+    from labkit.model import native as builder
+
+    assert builder.is_verified(entry, builder.build_record(native.SOURCE, False))
+
+
+def test_tampered_entry_is_rebuilt(tmp_path):
+    import hashlib
+
+    cache, marker = tmp_path / "cache", tmp_path / "marker"
+    entry = _entry(cache)
+    _load_in_subprocess(cache, marker)  # a genuine build
+    genuine = hashlib.sha256(entry.read_bytes()).hexdigest()
+    _plant(entry, tmp_path)  # the library swapped under its (genuine) record
+    loaded, _ = _load_in_subprocess(cache, marker)
+    assert not marker.exists()
+    assert hashlib.sha256(entry.read_bytes()).hexdigest() == genuine  # same compiler, same bytes
+    assert loaded == str(entry)
+
+
+@pytest.mark.parametrize("loose", ["native", "root"])
+def test_cache_writable_by_others_is_not_used(tmp_path, loose):
+    cache, marker = tmp_path / "cache", tmp_path / "marker"
+    entry = _entry(cache)
+    _plant(entry, tmp_path)
+    _record_for(entry)  # even with a consistent record: anyone could have written both
+    (entry.parent if loose == "native" else cache).chmod(0o777)  # or swapped the directory
+    loaded, err = _load_in_subprocess(cache, marker)
+    assert not marker.exists()
+    assert "writable by others" in err and loaded != str(entry)
+
+
+def test_library_missing_a_symbol_is_rebuilt(tmp_path):
+    cache, marker = tmp_path / "cache", tmp_path / "marker"
+    entry = _entry(cache)
+    _plant(entry, tmp_path, source="int slots_fwd_f32(void) { return 0; }\n")
+    _record_for(entry)  # a consistent record, but a library without the kernel's symbols
+    _load_in_subprocess(cache, marker)  # no AttributeError traceback: a working kernel
+    from labkit.model import native as builder
+
+    assert builder.is_verified(entry, builder.build_record(native.SOURCE, False))  # and the entry mended

@@ -10,13 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from labkit.nn.analog import AnalogConfig, AnalogLinear, TileParams, analog_layers, convert
+from labkit.nn import AnalogConfig, AnalogLinear, InLoopTiles, TileParams, TrainingNoise, analog_layers, convert, with_tiles
 from labkit.calibrate import CalibrationConfig, calibrate, save_calibration
 from labkit.cli import main as cli
 from labkit.deploy.deployment import deploy, open_chips
 from labkit.train.checkpoint import load_checkpoint
 from labkit.train.training import hardware_aware, train_in_loop
 
+QUIET = AnalogConfig(noise=TrainingNoise(noise_std_s=0.0))
 QUICK = CalibrationConfig.quick(fit_iterations=40, fit_patterns=768, holdout_patterns=256, activation_patterns=256)
 
 
@@ -31,13 +32,13 @@ def test_tiles_built_from_each_chips_calibration_predict_that_chip():
             cal = calibrate(b, QUICK)
             read = np.mean([b.read_currents() for _ in range(4)], axis=0)
             tiles.append(TileParams.from_model(cal.array_model(), read, chip_id=cal.chip_id))
-        calibrated = convert(net, tiles, AnalogConfig(noise_std_s=0.0))[0].eval()
-        nominal = convert(net, None, AnalogConfig(noise_std_s=0.0))[0].eval()
+        calibrated = convert(net, tiles, QUIET)[0].eval()
+        nominal = convert(net, None, QUIET)[0].eval()
         dep = deploy(nn.Sequential(calibrated), chips)
         rng = np.random.default_rng(1)
         x = torch.tensor(rng.random((400, 16)) * (rng.random((400, 16)) > 0.4), dtype=torch.float32)
         x = calibrated.pulse_inputs(x)
-        measured = dep.measure(calibrated, x)
+        measured = dep.network[0].tile_outputs(x)  # the same layer built on the chip tiles
     with torch.no_grad():
         err_cal = float((calibrated.tile_outputs(x) - measured).pow(2).mean().sqrt())
         err_nom = float((nominal.tile_outputs(x) - measured).pow(2).mean().sqrt())
@@ -46,26 +47,34 @@ def test_tiles_built_from_each_chips_calibration_predict_that_chip():
     assert calibrated.tile_chips == ["EMU-0060", "EMU-0061"]
 
 
+class Recording:
+    """Layer tiles that pass the chips' outputs through and keep them."""
+
+    def __init__(self, inner):
+        self.inner, self.seen = inner, []
+
+    def outputs(self, layer, xt):
+        y = self.inner.outputs(layer, xt)
+        self.seen.append(y)
+        return y
+
+
 def test_in_loop_forward_is_measured_and_gradient_is_the_models():
     torch.manual_seed(0)
-    layer = AnalogLinear(16, 8, config=AnalogConfig(noise_std_s=0.0))
+    layer = AnalogLinear(16, 8, config=QUIET)
     model = nn.Sequential(layer)
     x = torch.rand(32, 16)
     c = torch.randn(32, 8)
     with open_chips("sim://?seed=70", 1) as chips:
         dep = deploy(model, chips)
-        seen = []
-
-        def recording(l, xx):
-            y = dep.measure(l, xx)
-            seen.append(y)
-            return y
-        layer.measure = recording
-        layer.train()
-        y = model(x)
+        chips = Recording(dep.network[0].tiles)
+        in_loop = with_tiles(model, lambda name, l: InLoopTiles(chips))  # chips forward, model backward
+        in_loop.train()
+        y = in_loop(x)
         (y * c).sum().backward()
-        g_loop = layer.weight.grad.clone()
-        layer.measure = None
+        g_loop = layer.weight.grad.clone()  # parameters shared with the model
+    seen = chips.seen
+    assert len(seen) == 1 and model[0].tiles.__class__.__name__ == "ModelTiles"  # the model is untouched
     expected = seen[0] * (layer.output_scales() * layer.input_scale) + layer.bias
     assert torch.allclose(y, expected, atol=1e-5)  # the forward value is the measurement
     layer.zero_grad()
@@ -112,8 +121,8 @@ def test_train_cli_modes_and_analog_checkpoint_round_trip(tmp_path, capsys):
     model = ck.build()
     layers = analog_layers(model)
     assert [m.tile_chips for _, m in layers] == [["EMU-0090"] * 4, ["EMU-0090"] * 4]
-    assert all(m.config.noise_relative == 0.014 for _, m in layers)  # kept in the checkpoint
-    from labkit.nn.analog import TileParams
+    assert all(m.config.noise.noise_relative == 0.014 for _, m in layers)  # kept in the checkpoint
+    from labkit.nn import TileParams
 
     eta = TileParams.from_calibration(cal_path).eta_per_v  # with the file's read-current correction
     assert np.allclose(layers[0][1].tile_eta[0].numpy(), eta, rtol=1e-5)

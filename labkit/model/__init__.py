@@ -43,7 +43,14 @@ Outputs: ``forward`` (crossing times, s), ``crossing_us``, ``charge`` / ``charge
 :func:`keep_freed_memory` avoids re-faulting the MB-sized intermediates every step.
 
 Internal units keep gradient-based fits well conditioned: currents nA, time us,
-charge fC (= nA us), capacitance fF. Getters return SI values.
+charge fC (= nA us), capacitance fF (:mod:`labkit.model.units`, the one definition).
+Getters return SI values.
+
+Modules: ``array`` (ArrayModel), ``kernels`` (its autograd kernels; ``slots_native``
+binds ``slots.c``), ``tile_physics`` (the same equations for the many tiles of a network
+layer at once, to first order in the crosstalk droop; ``tiles_native`` binds
+``analog_tiles.c``), ``native`` (the one builder and verified cache of the C kernels),
+``units``, ``memory``.
 """
 
 from labkit.model.array import FORMAT, ArrayModel

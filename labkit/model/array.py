@@ -11,13 +11,12 @@ from torch import nn
 
 from labkit.backend import Datasheet, Geometry, VmmSettings
 from labkit.model.kernels import ChargeFn, InputQuantize, Readout, StraightThrough, fine_step_charge, per_cell_charge
+from labkit.model.units import FC, FF, NA, US
 
 __all__ = ["ArrayModel", "FORMAT"]
 
 FORMAT = "labkit.ArrayModel/1"
 
-# scaled internal units
-_NA, _US, _FC, _FF = 1e-9, 1e-6, 1e-15, 1e-15
 
 def _as_tensor(value, shape, name: str) -> np.ndarray:
     a = np.asarray(value, dtype=float)
@@ -107,11 +106,11 @@ class ArrayModel(nn.Module):
         R, C = self.rows, self.cols
         ds, st = self.datasheet, self.settings
         # fixed operating point, in scaled units (python floats: device-agnostic)
-        self.T_us = st.integration_time_s / _US
-        self.C_ff = ds.bitline_capacitance_f / _FF
-        self.iref_na = ds.reference_current_a / _NA
-        self.lsb_us = st.tdc_lsb_s / _US
-        self.tfs_us = st.tdc_full_scale_s / _US
+        self.T_us = st.integration_time_s / US
+        self.C_ff = ds.bitline_capacitance_f / FF
+        self.iref_na = ds.reference_current_a / NA
+        self.lsb_us = st.tdc_lsb_s / US
+        self.tfs_us = st.tdc_full_scale_s / US
         self.input_levels = 2**st.input_bits
 
         lead = () if n_tiles is None else (n_tiles,)
@@ -127,10 +126,10 @@ class ArrayModel(nn.Module):
             raise ValueError("currents_a must be > 0 A (the model stores their logarithm)")
         eta_shape = lead + ((R, C) if self.eta_per_cell else (C,))
         kw = dict(dtype=dtype or torch.get_default_dtype(), device=device)
-        self.log_i0 = nn.Parameter(torch.tensor(np.log(i0 / _NA), **kw))
+        self.log_i0 = nn.Parameter(torch.tensor(np.log(i0 / NA), **kw))
         self.eta = nn.Parameter(torch.tensor(_as_tensor(eta_per_v, eta_shape, "eta_per_v"), **kw))
-        self.k_xt = nn.Parameter(torch.tensor(_as_tensor(crosstalk_c, lead + (R, C), "crosstalk_c") / _FC, **kw))
-        self.t0 = nn.Parameter(torch.tensor(_as_tensor(offset_s, lead + (C,), "offset_s") / _US, **kw))
+        self.k_xt = nn.Parameter(torch.tensor(_as_tensor(crosstalk_c, lead + (R, C), "crosstalk_c") / FC, **kw))
+        self.t0 = nn.Parameter(torch.tensor(_as_tensor(offset_s, lead + (C,), "offset_s") / US, **kw))
         self.gain = nn.Parameter(
             torch.tensor(_as_tensor(gain_s_per_c, lead + (C,), "gain_s_per_c") * ds.reference_current_a, **kw)
         )
@@ -153,7 +152,7 @@ class ArrayModel(nn.Module):
 
     def currents_a(self) -> np.ndarray:
         """Effective cell currents I0 (A), (rows, cols) or (n_tiles, rows, cols)."""
-        return self.log_i0.detach().exp().cpu().double().numpy() * _NA
+        return self.log_i0.detach().exp().cpu().double().numpy() * NA
 
     def eta_per_v(self) -> np.ndarray:
         """Drain coefficients (1/V): per column, or per cell with ``eta_per_cell``."""
@@ -161,24 +160,24 @@ class ArrayModel(nn.Module):
 
     def crosstalk_c(self) -> np.ndarray:
         """Crosstalk charge per falling edge (C), (rows, cols)."""
-        return self.k_xt.detach().cpu().double().numpy() * _FC
+        return self.k_xt.detach().cpu().double().numpy() * FC
 
     def offset_s(self) -> np.ndarray:
         """Crossing time at zero removed charge (s), per column."""
-        return self.t0.detach().cpu().double().numpy() * _US
+        return self.t0.detach().cpu().double().numpy() * US
 
     def gain_s_per_c(self) -> np.ndarray:
         """Readout gain dt/dq (s/C) per column (nominally 1/I_ref)."""
-        return self._gain_us_per_fc().detach().cpu().double().numpy() * (_US / _FC)
+        return self._gain_us_per_fc().detach().cpu().double().numpy() * (US / FC)
 
     def set_si(self, **values) -> None:
         """Overwrite parameters from SI arrays: ``currents_a``, ``eta_per_v``,
         ``crosstalk_c``, ``offset_s``, ``gain_s_per_c`` (any subset)."""
         conv = {
-            "currents_a": ("log_i0", lambda a: np.log(a / _NA)),
+            "currents_a": ("log_i0", lambda a: np.log(a / NA)),
             "eta_per_v": ("eta", lambda a: a),
-            "crosstalk_c": ("k_xt", lambda a: a / _FC),
-            "offset_s": ("t0", lambda a: a / _US),
+            "crosstalk_c": ("k_xt", lambda a: a / FC),
+            "offset_s": ("t0", lambda a: a / US),
             "gain_s_per_c": ("gain", lambda a: a * self.datasheet.reference_current_a),
         }
         for key, value in values.items():
@@ -232,14 +231,14 @@ class ArrayModel(nn.Module):
     # ------------------------------------------------------------ readout
     def _readout_us(self, q: torch.Tensor) -> torch.Tensor:
         """Crossing times (us) from charge (fC), with noise, TDC quantization and clip."""
-        noise = self.noise_std_s / _US if (self.training and self.noise_std_s > 0) else 0.0
+        noise = self.noise_std_s / US if (self.training and self.noise_std_s > 0) else 0.0
         return Readout.apply(q, self._tiled(self.t0, 1).unsqueeze(1), self._tiled(self.gain, 1).unsqueeze(1),
                              self.iref_na, self.lsb_us, self.tfs_us, self.quantize, self.clip, noise)
 
     # ------------------------------------------------------------ public outputs
     def forward(self, x) -> torch.Tensor:
         """Crossing times (s) for inputs ``x`` in [0, 1] (what the backend measures)."""
-        return self.crossing_us(x) * _US
+        return self.crossing_us(x) * US
 
     def crossing_us(self, x) -> torch.Tensor:
         """Crossing times in us (the well-scaled quantity for fitting)."""
@@ -253,7 +252,7 @@ class ArrayModel(nn.Module):
 
     def charge(self, x) -> torch.Tensor:
         """Removed charge q(T) per column in C."""
-        return self.charge_fc(x) * _FC
+        return self.charge_fc(x) * FC
 
     def signed(self, x, i_scale_a: float | None = None) -> torch.Tensor:
         """Dual-branch outputs ``q_plus - q_minus`` per column pair (C), as read back
@@ -276,15 +275,15 @@ class ArrayModel(nn.Module):
         else:
             y = q[..., [p for p, _ in pairs]] - q[..., [m for _, m in pairs]]
         if i_scale_a is None:
-            return self._finish(y, lead) * _FC
-        return self._finish(y / ((i_scale_a / _NA) * self.T_us), lead)
+            return self._finish(y, lead) * FC
+        return self._finish(y / ((i_scale_a / NA) * self.T_us), lead)
 
     def linear_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The ideal linear model ``t = W x + b`` from these parameters: W (s per unit
         input), (cols, rows) or (n_tiles, cols, rows); b (s), (cols,) or (n_tiles, cols)."""
         g = self._gain_us_per_fc()
-        w = -(g.unsqueeze(-1) * self.log_i0.exp().transpose(-1, -2)) * self.T_us * _US
-        return w, self.t0 * _US
+        w = -(g.unsqueeze(-1) * self.log_i0.exp().transpose(-1, -2)) * self.T_us * US
+        return w, self.t0 * US
 
     def ideal(self, x) -> torch.Tensor:
         """Ideal linear prediction ``W x + b`` (s): no droop, crosstalk, quantization or clip."""
@@ -311,7 +310,7 @@ class ArrayModel(nn.Module):
         kxt = self._tiled(self.k_xt, 2).double() if self.crosstalk else torch.zeros_like(i0)
         q = fine_step_charge(xp, xp > 0, i0, kxt, ep, self.T_us, steps)
         if charge:
-            return self._finish(q, lead) * _FC
+            return self._finish(q, lead) * FC
         t0 = self._tiled(self.t0, 1).double().unsqueeze(1)
         g = self._tiled(self._gain_us_per_fc(), 1).double().unsqueeze(1)
         t = t0 - g * q
@@ -319,7 +318,7 @@ class ArrayModel(nn.Module):
             t = torch.floor(t / self.lsb_us) * self.lsb_us
         if self.clip is not None:
             t = t.clamp(0.0, self.tfs_us)
-        return self._finish(t, lead) * _US
+        return self._finish(t, lead) * US
 
     # ------------------------------------------------------------ plain-array persistence
     def to_dict(self) -> dict[str, np.ndarray]:

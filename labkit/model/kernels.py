@@ -6,7 +6,7 @@ nA and fC, droop ``e = eta / C`` (n, 1, C) in 1/fC. Everything is one batched
 computation over tiles and samples; the hot path (:class:`ChargeFn`) is a single
 autograd node with a hand-written backward. On CPU (float32/float64, rows and columns
 multiples of 8 / 4) the adaptive-slot part runs in the compiled C kernel ``slots.c``
-(:mod:`.native`: one pass per sample, no (B, K, R) masks, exact same closed form);
+(:mod:`.slots_native`: one pass per sample, no (B, K, R) masks, exact same closed form);
 elsewhere, or without a C compiler, in the torch code below.
 
 The closed form over the slots (slot k ends at the k-th smallest width ``s_k``)::
@@ -24,7 +24,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-from labkit.model import native
+from labkit.model import slots_native
 
 # ---------------------------------------------------------------- straight-through pieces
 
@@ -204,10 +204,10 @@ class ChargeFn(torch.autograd.Function):
         e = eta / c_ff if droop else None
         slots = droop and kxt is not None and timing
         saved = [x, pf, i0, kxt, e]
-        compiled = slots and native.usable(d, i0, kxt, e)
+        compiled = slots and slots_native.usable(d, i0, kxt, e)
         if compiled:  # the same closed form in one pass per sample (slots.c)
             rho = torch.exp(-e * kxt)
-            z, idx = native.slots_forward(d, i0, rho)
+            z, idx = slots_native.slots_forward(d, i0, rho)
             saved += [d, rho, idx]
         elif slots:
             s, idx, dt, a = slot_masks(d)
@@ -254,7 +254,7 @@ class ChargeFn(torch.autograd.Function):
                 g_i0 = torch.bmm((x * t_us).transpose(1, 2), g_z)
         elif compiled:
             d, rho, idx = saved[5:8]
-            gd, g_i0, h = native.slots_backward(d, i0, rho, idx, g_z)
+            gd, g_i0, h = slots_native.slots_backward(d, i0, rho, idx, g_z)
             if need_x:
                 g_x = gd * t_us
             if need_k:

@@ -1,6 +1,6 @@
 """Optional fused tile kernels of the analog layers (``analog_tiles.c``, through ctypes).
 
-:class:`labkit.nn.analog._TileBmm` computes, for all row tiles of a layer, the products
+:class:`labkit.model.tile_physics.TileBmm` computes, for all row tiles of a layer, the products
 (cell currents and crosstalk), the readout (droop, edge order, noise, TDC, clip) and the
 signed row-tile sums; in torch that is four batched matrix products and about fifteen
 passes over a (tiles, columns, samples) tensor several times larger than the network's
@@ -9,7 +9,7 @@ those tensors is written to memory (same equations, float32; tests/test_analog.p
 checks them against the torch path). Long batches are split across torch's CPU threads
 (ctypes releases the GIL).
 
-Built at first use by :mod:`labkit.native`; without a compiler, or with
+Built, verified and loaded at first use by :mod:`labkit.model.native`; without a compiler, or with
 ``LABKIT_NATIVE=0``, the torch path runs.
 """
 
@@ -21,29 +21,25 @@ from pathlib import Path
 
 import torch
 
-from labkit import native
+from labkit.model import native
 
 __all__ = ["available", "applies", "forward", "backward", "patches", "patches_backward"]
 
-_SRC = Path(__file__).with_name("analog_tiles.c")
-_LIB: list = []
+SOURCE = Path(__file__).with_name("analog_tiles.c")
+_p, _i64, _f32, _i32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_int
+SIGNATURES = {
+    "tiles_fwd": ([_i64] * 6 + [_p] * 8 + [_i64, ctypes.c_ulonglong] + [_f32] * 5 + [_i32, _p, _p], ctypes.c_int),
+    "tiles_bwd": ([_i64] * 6 + [_p] * 6, ctypes.c_int),
+    "patches_fwd": ([_i64] * 4 + [_p, _i64, _p, _p], None),
+    "patches_bwd": ([_i64] * 4 + [_p, _i64, _p, _p], None),
+}
 _R_MAX = 64  # rows per tile the kernel takes (R_MAX in analog_tiles.c)
 _MIN_SPLIT = 4096  # samples per thread below which one thread does the whole call
 _POOL: list = []
 
 
 def _lib():
-    if not _LIB:
-        lib = native.load(_SRC, fast_math=True)
-        if lib is not None:
-            p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_int
-            lib.tiles_fwd.argtypes = [i64] * 6 + [p] * 8 + [i64, ctypes.c_ulonglong] + [f32] * 5 + [i32, p, p]
-            lib.tiles_bwd.argtypes = [i64] * 6 + [p] * 6
-            lib.tiles_fwd.restype = lib.tiles_bwd.restype = ctypes.c_int
-            lib.patches_fwd.argtypes = lib.patches_bwd.argtypes = [i64] * 4 + [p, i64, p, p]
-            lib.patches_fwd.restype = lib.patches_bwd.restype = None
-        _LIB.append(lib)
-    return _LIB[0]
+    return native.load(SOURCE, fast_math=True, signatures=SIGNATURES)
 
 
 def available() -> bool:

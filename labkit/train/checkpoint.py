@@ -65,7 +65,7 @@ class Checkpoint:
         model = build(self.model_name, **self.meta.get("network_kwargs", {}))
         analog = self.meta.get("analog")
         if analog:
-            from labkit.nn.analog import AnalogConfig, analog_layers, convert
+            from labkit.nn import AnalogConfig, analog_layers, convert
 
             model = convert(model, None, AnalogConfig.from_dict(analog.get("config", {})))
             chips = analog.get("tile_chips") or []
@@ -94,7 +94,7 @@ class Checkpoint:
 def save_checkpoint(path: str | Path, model_name: str, model: nn.Module, meta: dict | None = None) -> Path:
     """Write ``model``'s weights and ``meta`` (plain data only) to ``path``; returns the path."""
     meta = dict(meta or {})
-    from labkit.nn.analog import analog_layers
+    from labkit.nn import analog_layers
 
     layers = analog_layers(model)
     if layers and "analog" not in meta:

@@ -4,13 +4,14 @@ Three modes:
 
 - **ideal**: :func:`train` on the plain torch network (floating point).
 - **hw** (hardware-aware): :func:`hardware_aware` converts a network to analog layers
-  (:mod:`labkit.nn.analog`) whose tiles carry chip parameters (from calibrations, or sampled
+  (:mod:`labkit.nn`) whose tiles carry chip parameters (from calibrations, or sampled
   from a spread) and sets the input scales from data; :func:`train` then trains it with
   the tile physics in the forward pass (readout noise and quantization on in training).
 - **in-loop** (chip in the loop): :func:`train_in_loop` fine-tunes a deployed analog
-  network (:mod:`labkit.deploy.deployment`): every forward pass is measured on the chips, the
-  backward pass goes through the model's Jacobian; the weights are programmed onto the
-  chips again after every epoch.
+  network (:mod:`labkit.deploy.deployment`), i.e. the network built on in-loop tiles
+  (:class:`labkit.nn.InLoopTiles`): every forward pass is measured on the chip tiles, the
+  backward pass goes through the model tiles' Jacobian; the weights are programmed onto
+  the chips again after every epoch.
 
 :func:`train` also runs data-parallel in several processes (``torchrun``, gloo on CPU):
 when ``torch.distributed`` is initialized each rank trains on its shard
@@ -186,12 +187,12 @@ def hardware_aware(model: nn.Module, train_ds: Dataset, tiles=None, config=None,
                    scale_examples: int = 2048, seed: int = 0) -> nn.Module:
     """An analog copy of ``model`` for hardware-aware training or deployment.
 
-    ``tiles``: chip parameters of the tiles (see :func:`labkit.nn.analog.convert`: per-tile
+    ``tiles``: chip parameters of the tiles (see :func:`labkit.nn.convert`: per-tile
     calibrations in tile-plan order, one for all, a ChipSpread, or None for nominal).
     Input scales: the ``percentile`` of each layer's input activations over
     ``scale_examples`` training examples (seeded).
     """
-    from labkit.nn.analog import AnalogConfig, analog_layers, convert, input_scales
+    from labkit.nn import AnalogConfig, analog_layers, convert, input_scales
 
     config = config or AnalogConfig()
     if analog_layers(model):
@@ -217,15 +218,13 @@ def train_in_loop(deployment, train_ds: Dataset, test_ds: Dataset | None, epochs
 
     Returns the dict of :func:`train` with ``accuracy`` measured on the chips.
     """
-    model = deployment.model
-
     def epoch_hook(epoch: int) -> None:
         if reprogram:
             deployment.reprogram(program)
 
-    with deployment.attached():
-        result = train(model, train_ds, None, epochs, lr=lr, batch_size=batch_size, seed=seed,
-                       progress=None, epoch_hook=epoch_hook, final_train_accuracy=False)
+    result = train(deployment.in_loop, train_ds, None, epochs, lr=lr, batch_size=batch_size, seed=seed,
+                   progress=None, epoch_hook=epoch_hook, final_train_accuracy=False)
+    deployment.model.eval()
     accuracy = deployment.evaluate(test_ds) if test_ds is not None else None
     for h in result["history"]:
         h["test_accuracy"] = None

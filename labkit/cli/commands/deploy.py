@@ -30,10 +30,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args, out) -> dict:
-    from labkit.nn.analog import analog_layers
+    from labkit.nn import analog_layers
     from labkit.deploy.deployment import chip_uris, deploy, open_chips
     from labkit.train.networks import dataset_for
-    from labkit.program.programming import ProgramConfig
+    from labkit.program import ProgramConfig
     from labkit.train.checkpoint import load_checkpoint
     from labkit.train.training import hardware_aware
 

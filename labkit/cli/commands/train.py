@@ -62,7 +62,7 @@ def _positive(name: str, value, integer: bool = True):
 
 def _tiles(args, network, config):
     """Tile parameters for hw / in-loop: calibration files, else the datasheet spread."""
-    from labkit.nn.analog import TileParams, tile_plan
+    from labkit.nn import TileParams, tile_plan
 
     n = sum(k for _, k in tile_plan(network, config))
     if not args.calibration:
@@ -80,14 +80,14 @@ def _tiles(args, network, config):
 
 
 def _spread(n, config, seed):
-    from labkit.nn.analog import ChipSpread
+    from labkit.nn import ChipSpread
 
     spread = ChipSpread()
-    return [spread.sample(config, seed=seed * 100_003 + i) for i in range(n)]
+    return [spread.sample(config.operating, seed=seed * 100_003 + i) for i in range(n)]
 
 
 def run(args, out) -> dict:
-    from labkit.nn.analog import AnalogConfig, analog_layers
+    from labkit.nn import AnalogConfig, TrainingNoise, analog_layers
     from labkit.train.checkpoint import load_checkpoint, save_checkpoint
     from labkit.train.training import evaluate, hardware_aware, init_distributed, is_main_process, train, train_in_loop
 
@@ -122,7 +122,7 @@ def run(args, out) -> dict:
             raise ValueError(f"checkpoint {args.start} holds a {ck.model_name!r} network, not {args.model!r}")
         net, start_mode = ck.build(), ck.mode
     noise = {k: v for k, v in (("noise_std_s", args.noise_std), ("noise_relative", args.noise_relative)) if v is not None}
-    config = AnalogConfig(**noise)
+    config = AnalogConfig(noise=TrainingNoise(**noise))
     if net is None:
         net = build(args.model)
         epochs = args.epochs if (args.mode == "ideal" and args.epochs) else defaults["epochs"]
@@ -150,7 +150,7 @@ def run(args, out) -> dict:
         epochs = args.epochs or max(1, defaults["epochs"] // 2)
         hook = None
         if spread:  # no chip known: a new draw of the spread every epoch
-            from labkit.nn.analog import ChipSpread, resample_tiles
+            from labkit.nn import ChipSpread, resample_tiles
 
             def hook(epoch):
                 resample_tiles(net, ChipSpread(), seed=args.seed * 1000 + epoch)
