@@ -79,6 +79,15 @@ def chip_uris(spec: str, n: int) -> list[str]:
     return parts[:n]
 
 
+def chips_named(spec: str) -> int | None:
+    """How many chips ``spec`` names: the number of comma-separated URIs, or None for one
+    URI whose backend can name any number (``sim://``)."""
+    parts = [p.strip() for p in str(spec).split(",") if p.strip()]
+    if len(parts) == 1 and hasattr(opener(parts[0]), "expand"):
+        return None
+    return len(parts)
+
+
 @contextlib.contextmanager
 def open_backend(uri: str) -> Iterator[SafeArray]:
     """Open the backend named by ``uri`` (``sim://?seed=3``, ``station:bench.yaml``)."""
