@@ -17,6 +17,9 @@ from labkit.store.runstore import RunStore  # labkit.store after the store split
 from labkit.train.training import hardware_aware
 
 
+CHIPS = "sim://?preset=default&seed="  # + the chip index: the same chips in every process
+
+
 def _net_and_data(seed: int = 0, n: int = 96):
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Linear(20, 12), nn.ReLU(), nn.Linear(12, 5))  # 2x2 + 1x1 = 5 tiles
@@ -144,3 +147,38 @@ def test_a_killed_deployment_resumes_without_programming_a_finished_tile(tmp_pat
     assert resumed["reused_tiles"] == done
     assert resumed["programmings"] == 8 - done  # no finished tile programmed again
     assert abs(resumed["accuracy"] - full["accuracy"]) <= 0.03
+
+
+def test_two_processes_give_the_partial_sums_of_one(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from labkit.backend import open_backend
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", GLOO_SOCKET_IFNAME="lo",
+               PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(root / "tests" / "helpers_multiplex_worker.py"), str(tmp_path), "3"]
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["programmings"] == [2, 1] and ranks[1]["programmings"] == [2]  # chips 0, 2 / chip 1
+    model, ds = _net_and_data()
+    cfg = analog_layers(model)[0][1].config
+    backends = [open_backend(f"{CHIPS}{k}").__enter__() for k in range(3)]
+    try:
+        journal = Journal()
+        with torch.no_grad():
+            y = multiplexed(model, ChipPool([ChipTile(b, cfg) for b in backends]), journal)(ds.tensors[0])
+    finally:
+        for b in backends:
+            b.close()
+    tiles = {**ranks[0]["tiles"], **ranks[1]["tiles"]}
+    assert sorted(tiles) == sorted("/".join(map(str, k)) for k in journal._done)
+    for k, v in journal._done.items():
+        assert torch.equal(tiles["/".join(map(str, k))], torch.as_tensor(v)), k  # the very same partial sums
+    for r in ranks:
+        torch.testing.assert_close(r["outputs"], y, rtol=1e-12, atol=1e-12)

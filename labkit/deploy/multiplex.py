@@ -90,35 +90,64 @@ class ChipLog:
 
 
 class ChipPool:
-    """K chips, each a :class:`ChipTile` that is reprogrammed tile after tile."""
+    """K chips, each a :class:`ChipTile` that is reprogrammed tile after tile.
 
-    def __init__(self, chips: Sequence[ChipTile]):
-        if not chips:
+    Across processes (emulated chips on many cores, or benches on many hosts) every
+    process of a ``torch.distributed`` group holds the pool's chips ``k`` with
+    ``k mod world == rank`` (``chips`` maps those indices to their tiles, ``size`` is K)
+    and the layer outputs are summed over the group: each process runs its chips'
+    tiles, the partial sums are the same as in one process with all K chips.
+    """
+
+    def __init__(self, chips: Sequence[ChipTile] | dict[int, ChipTile], size: int | None = None, group=None):
+        local = dict(enumerate(chips)) if not isinstance(chips, dict) else dict(chips)
+        if not local:
             raise ValueError("a chip pool needs at least one chip")
-        self.chips = list(chips)
+        self.size = len(local) if size is None else int(size)
+        self.local, self.group = local, group
+        self.chips = [local[k] for k in sorted(local)]
         self.logs = [ChipLog(c.chip_id) for c in self.chips]
+        self._log = {k: log for k, log in zip(sorted(local), self.logs)}
 
     def __len__(self) -> int:
-        return len(self.chips)
+        return self.size
+
+    @classmethod
+    def distributed(cls, make_chip: Callable[[int], ChipTile], size: int) -> "ChipPool":
+        """The pool of ``size`` chips of which this process of the default
+        ``torch.distributed`` group holds chips ``rank, rank + world, ...``
+        (``make_chip(k)`` builds chip ``k``'s tile)."""
+        import torch.distributed as dist
+
+        rank, world = dist.get_rank(), dist.get_world_size()
+        return cls({k: make_chip(k) for k in range(rank, size, world)}, size, group=dist.group.WORLD)
+
+    def reduce(self, y: torch.Tensor) -> torch.Tensor:
+        """Sum ``y`` over the processes of the group (identity in one process)."""
+        if self.group is not None:
+            import torch.distributed as dist
+
+            dist.all_reduce(y, op=dist.ReduceOp.SUM, group=self.group)
+        return y
 
     def run(self, jobs: Sequence, work: Callable[[ChipTile, ChipLog, object], object], first: int = 0) -> list:
         """``work(chip, log, job)`` for every job, job ``j`` on chip ``(first + j) mod K``,
         chips in parallel; results in job order. The first error stops the others."""
         out: list = [None] * len(jobs)
         errors: list[BaseException] = []
-        K = len(self.chips)
+        K = self.size
 
         def lane(k: int) -> None:
             for j in range((k - first) % K, len(jobs), K):
                 if errors:
                     return
                 try:
-                    out[j] = work(self.chips[k], self.logs[k], jobs[j])
+                    out[j] = work(self.local[k], self._log[k], jobs[j])
                 except BaseException as exc:  # re-raised in the caller's thread
                     errors.append(exc)
                     return
 
-        lanes = [threading.Thread(target=lane, args=(k,), daemon=True) for k in range(K)]
+        lanes = [threading.Thread(target=lane, args=(k,), daemon=True) for k in sorted(self.local)]
         for t in lanes:
             t.start()
         for t in lanes:
@@ -166,8 +195,9 @@ class MultiplexedTiles:
 
         y = torch.zeros(N, layer.col_tiles * P, dtype=torch.float64)
         for (r, c), yc in zip(jobs, self.pool.run(jobs, work, self.first)):
-            y[:, c * P:(c + 1) * P] += torch.as_tensor(yc)
-        return y[:, : layer.out_features_].to(xt.dtype)
+            if yc is not None:
+                y[:, c * P:(c + 1) * P] += torch.as_tensor(yc)
+        return self.pool.reduce(y)[:, : layer.out_features_].to(xt.dtype)
 
 
 def placement(model: nn.Module, chips: int) -> list[int]:
