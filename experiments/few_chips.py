@@ -70,8 +70,8 @@ def run(name: str, k: int, args, net, split, software: float) -> dict:
             prog, pulses, vmms = n, s["pulses_total"], dep.vmm_count
         else:
             cfg = analog_layers(hw)[0][1].config
-            gains = multiplex.chip_gains(hw, chips)
-            pool = multiplex.ChipPool([ChipTile(b, cfg, gain_s_per_c=g) for b, g in zip(chips, gains)])
+            gains = multiplex.chip_gains(hw, {k: b.identity.chip_id for k, b in enumerate(chips)}, k)
+            pool = multiplex.ChipPool([ChipTile(b, cfg, gain_s_per_c=gains[i]) for i, b in enumerate(chips)])
             acc, _ = multiplex.evaluate_multiplexed(multiplex.multiplexed(hw, pool), split.test)
             prog = sum(log_.programmings for log_ in pool.logs)
             pulses = sum(log_.pulses for log_ in pool.logs)

@@ -255,16 +255,18 @@ def tile_inputs(model: nn.Module, ds: Dataset) -> list[int]:
             [counts[name][0]] * counts[name][1]]
 
 
-def chip_gains(model: nn.Module, chips: Sequence) -> list[np.ndarray | None]:
-    """Per chip, the readout gain of a tile the network trained on that very chip's
-    calibration (tile-plan placement), or None (nominal ``1/I_ref``)."""
-    gains: list = [None] * len(chips)
+def chip_gains(model: nn.Module, chip_ids: dict[int, str], size: int) -> dict[int, np.ndarray | None]:
+    """For chip ``k`` of ``size`` (``chip_ids[k]`` its id), the readout gain of a tile the
+    network trained on that very chip's calibration (tile-plan placement), or None
+    (nominal ``1/I_ref``)."""
+    gains: dict = {k: None for k in chip_ids}
     j = 0
     for _, layer in analog_layers(model):
         for t in range(layer.n_tiles):
-            k = j % len(chips)
-            tp = layer.tile_params(t)
-            if gains[k] is None and tp.chip_id == chips[k].identity.chip_id:
-                gains[k] = tp.gain_s_per_c
+            k = j % size
+            if k in gains and gains[k] is None:
+                tp = layer.tile_params(t)
+                if tp.chip_id == chip_ids[k]:
+                    gains[k] = tp.gain_s_per_c
             j += 1
     return gains

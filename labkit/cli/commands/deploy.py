@@ -121,8 +121,17 @@ def _one_chip_per_tile(args, out, model, split, program, uris, deploy, open_chip
 
 
 def _multiplexed(args, out, model, split, program, uris, store, multiplex, open_chips, n) -> dict:
-    from labkit.nn import ChipTile, analog_layers
+    """Time-multiplexed on len(uris) chips; under torchrun the chips spread over the
+    processes (each holds chips rank, rank + world, ... and journals its own tiles)."""
+    import contextlib
 
+    from labkit.backend import open_backend
+    from labkit.nn import ChipTile, analog_layers
+    from labkit.train.training import init_distributed
+
+    distributed = init_distributed()
+    if distributed and args.resume is not None:
+        raise ValueError("--resume runs in one process; start it without torchrun")
     resumed = None
     if args.resume is not None:
         resumed = store.load(args.resume)
@@ -130,14 +139,23 @@ def _multiplexed(args, out, model, split, program, uris, store, multiplex, open_
             raise ValueError(f"--resume {args.resume}: run {resumed.id} is a {resumed.kind!r} run of "
                              f"{resumed.result.get('checkpoint')!r}, not a deployment of {args.checkpoint}")
     cfg = analog_layers(model)[0][1].config
-    with open_chips(args.backend, len(uris)) as chips:
-        gains = multiplex.chip_gains(model, chips)
-        pool = multiplex.ChipPool([ChipTile(b, cfg, program, reads=args.reads, gain_s_per_c=g)
-                                   for b, g in zip(chips, gains)])
-        with store.run("deploy", backend_uri=args.backend, chip_id=",".join(b.identity.chip_id for b in chips),
+    K = len(uris)
+    with contextlib.ExitStack() as stack:
+        backends: dict[int, object] = {}
+
+        def chip(k: int) -> ChipTile:
+            backends[k] = stack.enter_context(open_backend(uris[k]))
+            return ChipTile(backends[k], cfg, program, reads=args.reads)
+
+        pool = multiplex.ChipPool.distributed(chip, K) if distributed else multiplex.ChipPool([chip(k) for k in range(K)])
+        gains = multiplex.chip_gains(model, {k: b.identity.chip_id for k, b in backends.items()}, K)
+        for k, tile in pool.local.items():
+            if gains[k] is not None:
+                tile.gain_s_per_c = gains[k]
+        with store.run("deploy", backend_uri=args.backend, chip_id=",".join(b.identity.chip_id for b in backends.values()),
                        seeds={"data": args.seed}) as run:
-            run.put_result({"checkpoint": str(args.checkpoint), "chips": len(chips), "tiles": n,
-                            "placement": multiplex.placement(model, len(chips)), "resumed_from": args.resume})
+            run.put_result({"checkpoint": str(args.checkpoint), "chips": K, "tiles": n,
+                            "placement": multiplex.placement(model, K), "resumed_from": args.resume})
             journal = multiplex.Journal(run, resumed)
             accs = []
             for p in range(args.passes):
