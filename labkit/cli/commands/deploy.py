@@ -54,7 +54,7 @@ def run(args, out) -> dict:
     from labkit.program.programming import ProgramConfig
     from labkit.store.runstore import RunStore, default_store_path, sigterm_as_keyboard_interrupt
     from labkit.train.networks import dataset_for
-    from labkit.train.training import hardware_aware, load_checkpoint
+    from labkit.train.training import hardware_aware, is_main_process, load_checkpoint
 
     program = ProgramConfig() if args.tolerance is None else ProgramConfig(tolerance=args.tolerance)
     t0 = time.monotonic()
@@ -88,6 +88,8 @@ def run(args, out) -> dict:
                    "backend": args.backend, "checkpoint": args.checkpoint, "tiles": n,
                    "software_accuracy": ck.meta.get("accuracy"), "estimate": plan.to_dict(),
                    "seconds": time.monotonic() - t0})
+    if not is_main_process():  # under torchrun: rank 0 reports (the accuracy is the same on every rank)
+        return None
     out.table([("model", ck.model_name), ("mode", ck.mode), ("tiles / chips", f"{n} / {len(uris)}"),
                ("accuracy on chips", f"{result['accuracy']:.4f}"), ("test samples", len(split.test)),
                ("programmings", result["programmings"]), ("VMMs", result["vmms"])], header=("", ""))
