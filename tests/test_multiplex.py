@@ -182,3 +182,31 @@ def test_two_processes_give_the_partial_sums_of_one(tmp_path):
         assert torch.equal(tiles["/".join(map(str, k))], torch.as_tensor(v)), k  # the very same partial sums
     for r in ranks:
         torch.testing.assert_close(r["outputs"], y, rtol=1e-12, atol=1e-12)
+
+
+def test_the_mlp_deploys_on_one_chip_of_the_virtual_bench_over_real_sockets(tmp_path, mlp_checkpoint):
+    """labkit sim serve's bench (board over loopback TCP, the real drivers): 8 tiles, one chip."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from simulator.bench import VirtualBench
+
+    station = tmp_path / "bench.yaml"
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+
+    def deploy_on(backend: str) -> dict:
+        proc = subprocess.run([sys.executable, "-m", "labkit.cli", "deploy", str(mlp_checkpoint), "--backend",
+                               backend, "--chips", "1", "--subset", "120", "--out", str(tmp_path / "runs.sqlite"),
+                               "--json"], capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads(proc.stdout)
+
+    with VirtualBench(seed=100, station_out=station) as bench:
+        r = deploy_on(f"station:{station}")
+        pulses = bench.firmware.program_pulses
+    assert r["tiles"] == 8 and len(r["chips"]) == 1 and r["programmings"] == 8
+    assert r["vmms"] > 0 and pulses > 8 * 100  # every tile really programmed on the bench's chip
+    same_chip = deploy_on("sim://?seed=100")  # the bench serves this very emulated chip
+    assert abs(r["accuracy"] - same_chip["accuracy"]) <= 0.1, (r["accuracy"], same_chip["accuracy"])
