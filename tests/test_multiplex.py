@@ -210,3 +210,29 @@ def test_the_mlp_deploys_on_one_chip_of_the_virtual_bench_over_real_sockets(tmp_
     assert r["vmms"] > 0 and pulses > 8 * 100  # every tile really programmed on the bench's chip
     same_chip = deploy_on("sim://?seed=100")  # the bench serves this very emulated chip
     assert abs(r["accuracy"] - same_chip["accuracy"]) <= 0.1, (r["accuracy"], same_chip["accuracy"])
+
+
+def test_a_reduced_vgg_runs_on_one_chip(tmp_path):
+    """The VGG network (three blocks of 4 channels: 18 tiles) on a tiny CIFAR-10-format set,
+    time-multiplexed on one emulated chip, against the same network on one chip per tile."""
+    from labkit.train.networks import vgg_small
+    from tests.test_deploy import _write_cifar
+    from labkit.train.datasets import cifar10
+
+    _write_cifar(tmp_path / "cifar" / "cifar-10-batches-py")
+    split = cifar10(tmp_path / "cifar")
+    torch.manual_seed(0)
+    small = vgg_small(widths=(4, 4, 4), convs_per_block=1, hidden=16)
+    model = hardware_aware(small, split.train, None, AnalogConfig(noise=TrainingNoise(noise_std_s=0.0)))
+    n = tile_count(model)
+    x = split.test.tensors[0][:4] if hasattr(split.test, "tensors") else torch.stack([split.test[i][0] for i in range(4)])
+    with open_chips("sim://?seed=500&preset=ideal", 1) as (chip,):
+        pool = _pool([chip], model)
+        with torch.no_grad():
+            one = multiplexed(model, pool)(x)
+    assert n == 18 and pool.logs[0].programmings == 18 and pool.logs[0].vmms > 1000
+    with open_chips("sim://?seed=500&preset=ideal", n) as chips:
+        per_tile = deploy(model, chips)(x)
+    assert one.shape == (4, 10) and torch.isfinite(one).all()
+    scale = float(per_tile.abs().mean())
+    assert float((one - per_tile).abs().mean()) < 0.05 * scale
