@@ -76,6 +76,10 @@ def _tiles(args, network, config):
         return params[0]
     if len(params) > n:
         raise ValueError(f"{len(params)} calibration files for a network of {n} tiles; give at most one per tile")
+    ids = [q.chip_id for q in params]
+    twice = next((c for c in ids if ids.count(c) > 1), None)
+    if twice is not None and len(params) < n:
+        raise ValueError(f"the calibration files name chip {twice} twice; give one file per chip the network runs on")
     # K chips: tile j runs on chip j mod K (labkit deploy --chips K places tiles so)
     return [params[j % len(params)] for j in range(n)]
 
