@@ -133,5 +133,5 @@ def test_train_cli_modes_and_analog_checkpoint_round_trip(tmp_path, capsys):
                 "--calibration", str(cal_path), "--epochs", "1", "--subset", "50"]) == 2
     assert cli(["train", "--model", "mlp", "--mode", "hw", "--noise-relative", "1.5"]) == 2
     err = capsys.readouterr().err
-    assert "applies to --mode hw" in err and "2 calibration files for a network of 8 tiles" in err
+    assert "applies to --mode hw" in err and "name chip EMU-0090 twice" in err
     assert "--noise-relative=1.5" in err

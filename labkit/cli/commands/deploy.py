@@ -1,46 +1,62 @@
-"""``labkit deploy``: program a trained network onto chips (one per tile) and measure its accuracy.
+"""``labkit deploy``: program a trained network onto the chips there are and measure its accuracy.
 
 An ideal checkpoint is converted to analog tiles first (nominal chip parameters, input
-scales from the training data); a hardware-aware checkpoint brings its own tiles. Every
-tile is written by program-and-verify onto its own chip of ``--backend``
-(``sim://?seed=N``: emulated chips N, N+1, ...; or comma-separated URIs, as many as
-tiles), then the test set runs through the chips' VMMs with the digital glue.
+scales from the training data); a hardware-aware checkpoint brings its own tiles.
+``--backend`` names the chips and ``--chips K`` counts them (``sim://?seed=N``: emulated
+chips N, N+1, ...; or comma-separated URIs). With a chip per tile every tile is written
+by program-and-verify onto its own chip, then the test set runs through the chips. With
+fewer chips than tiles the deployment is time-multiplexed (:mod:`labkit.deploy.multiplex`):
+layer by layer, each chip takes a tile, runs every input that tile needs, and takes the
+next; the partial sums go to the run store as they are measured, so an interrupted run
+resumes with ``--resume RUN`` without programming a finished tile again. Before
+anything is programmed the command states the bench time, the reprogrammings and the
+erase-and-program cycles per chip, and refuses a run over ``--endurance``.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
-HELP = "program a checkpoint onto chips (one per tile) and measure its accuracy there"
+from labkit.cli import options
+
+HELP = "program a checkpoint onto the chips there are (time-multiplexed when fewer than tiles) and measure its accuracy"
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint written by labkit train")
-    parser.add_argument("--backend", default="sim://", help="chips: sim://?seed=N (one emulated chip per tile) "
-                        "or comma-separated URIs (default: sim://)")
-    parser.add_argument("--data", metavar="DIR", default=None, help="data set directory (MNIST IDX / CIFAR-10)")
-    parser.add_argument("--subset", type=int, default=None, help="evaluate at most N test examples")
-    parser.add_argument("--seed", type=int, default=0, help="seed of data splits and subsets (default 0)")
-    parser.add_argument("--batch-size", type=int, default=256, help="test examples per inference batch")
-    parser.add_argument("--passes", type=int, default=1,
+    options.add(parser, "backend", backend="chips: sim://?seed=N (emulated chips N, N+1, ...) or comma-separated "
+                                           "URIs (default sim://)")
+    parser.add_argument("--chips", type=options.count(1, 100_000, "a number of chips"), default=None, metavar="K",
+                        help="chips to use (default: one per tile with sim://, else every URI given); "
+                             "fewer than the network's tiles are time-multiplexed")
+    options.add(parser, "data", "subset", "seed", "store", subset="evaluate at most N test examples")
+    parser.add_argument("--batch-size", type=options.count(1, 1_000_000), default=256,
+                        help="test examples per inference batch (chip per tile)")
+    parser.add_argument("--passes", type=options.count(1, 1000), default=1,
                         help="measure the test set this many times and report the mean accuracy")
     parser.add_argument("--tolerance", type=float, default=None, help="program-and-verify tolerance (0.01)")
-    parser.add_argument("--reads", type=int, default=1,
+    parser.add_argument("--reads", type=options.count(1, 1024), default=1,
                         help="VMMs per input, crossing times averaged (readout noise / sqrt(N); default 1)")
+    parser.add_argument("--resume", type=options.count(1, 2**62, "a run id"), default=None, metavar="RUN",
+                        help="resume the interrupted time-multiplexed deployment RUN of the run store")
+    parser.add_argument("--endurance", type=options.count(1, 10**7, "a number of cycles"), default=10_000,
+                        metavar="CYCLES", help="erase-and-program cycles a chip may take in this run (default 10000)")
 
 
 def run(args, out) -> dict:
+    from labkit.backend import chip_uris, open_chips
+    from labkit.backend.registry import chips_named
+    from labkit.deploy import multiplex
+    from labkit.deploy.deployment import deploy
+    from labkit.deploy.estimate import estimate
     from labkit.nn import analog_layers
-    from labkit.deploy.deployment import chip_uris, deploy, open_chips
-    from labkit.train.networks import dataset_for
     from labkit.program import ProgramConfig
+    from labkit.store import RunStore, default_store_path, sigterm_as_keyboard_interrupt
     from labkit.train.checkpoint import load_checkpoint
-    from labkit.train.training import hardware_aware
+    from labkit.train.networks import dataset_for
+    from labkit.train.training import hardware_aware, is_main_process
 
-    for name in ("subset", "batch_size", "passes", "reads"):
-        v = getattr(args, name)
-        if v is not None and (int(v) != v or v < 1):
-            raise ValueError(f"--{name.replace('_', '-')}={v!r}: expected a positive whole number")
     program = ProgramConfig() if args.tolerance is None else ProgramConfig(tolerance=args.tolerance)
     t0 = time.monotonic()
     ck = load_checkpoint(args.checkpoint)
@@ -50,17 +66,49 @@ def run(args, out) -> dict:
         model = hardware_aware(model, split.train, None, seed=args.seed)
     layers = analog_layers(model)
     n = sum(m.n_tiles for _, m in layers)
-    chip_uris(args.backend, n)  # too few chips: error before anything is opened
-    recorded = [c for _, m in layers for c in m.tile_chips]
-    with open_chips(args.backend, n) as chips:
+    k = args.chips or chips_named(args.backend) or n
+    uris = chip_uris(args.backend, min(k, n))  # too few chips named: error before anything opens
+    plan = estimate(multiplex.tile_inputs(model, split.test), len(uris), args.reads * args.passes)
+    if plan.cycles_per_chip * args.passes > args.endurance:
+        raise ValueError(f"this deployment takes {plan.cycles_per_chip * args.passes} erase-and-program cycles on a "
+                         f"chip; --endurance {args.endurance} allows fewer (more chips, or raise --endurance)")
+    if args.resume is not None and len(uris) >= n:
+        raise ValueError(f"--resume {args.resume}: {n} tiles on {len(uris)} chips is not time-multiplexed; "
+                         "there is nothing to resume (run it again)")
+    out.info(f"{ck.model_name}: {n} tiles on {len(uris)} chip{'s' if len(uris) != 1 else ''}: "
+             f"{plan.reprogrammings * args.passes} reprogrammings, {plan.cycles_per_chip * args.passes} cycles per "
+             f"chip, ~{plan.pulses * args.passes:,} pulses, {plan.vmms:,} VMMs; estimated bench time "
+             f"{plan.bench_s * args.passes:.0f} s")
+    if len(uris) >= n:
+        result = _one_chip_per_tile(args, out, model, split, program, uris, deploy, open_chips)
+    else:
+        db = Path(args.out) if args.out else default_store_path()
+        with RunStore(db) as store, sigterm_as_keyboard_interrupt():
+            result = _multiplexed(args, out, model, split, program, uris, store, multiplex, open_chips, n)
+    result.update({"model": ck.model_name, "mode": ck.mode, "samples": len(split.test), "reads": args.reads,
+                   "backend": args.backend, "checkpoint": args.checkpoint, "tiles": n,
+                   "software_accuracy": ck.meta.get("accuracy"), "estimate": plan.to_dict(),
+                   "seconds": time.monotonic() - t0})
+    if not is_main_process():  # under torchrun: rank 0 reports (the accuracy is the same on every rank)
+        return None
+    out.table([("model", ck.model_name), ("mode", ck.mode), ("tiles / chips", f"{n} / {len(uris)}"),
+               ("accuracy on chips", f"{result['accuracy']:.4f}"), ("test samples", len(split.test)),
+               ("programmings", result["programmings"]), ("VMMs", result["vmms"])], header=("", ""))
+    return result
+
+
+def _one_chip_per_tile(args, out, model, split, program, uris, deploy, open_chips) -> dict:
+    from labkit.nn import analog_layers
+
+    recorded = [c for _, m in analog_layers(model) for c in m.tile_chips]
+    with open_chips(args.backend, len(uris)) as chips:
         ids = [b.identity.chip_id for b in chips]
         trained_on = [c for c in recorded if c and c not in ("nominal",) and not c.startswith("spread-")]
         if trained_on and trained_on != ids[: len(trained_on)]:
             out.info("note: the network was trained on the calibrations of other chips "
                      f"({trained_on[0]}, ...) than these ({ids[0]}, ...)")
-        with out.progress("programming tiles", n) as bar:
+        with out.progress("programming tiles", len(uris)) as bar:
             dep = deploy(model, chips, program, progress=lambda i, total, chip: bar.advance(1, chip), reads=args.reads)
-        t_prog = time.monotonic() - t0
         accs = []
         for p in range(args.passes):
             with out.progress(f"inference pass {p + 1}", len(split.test)) as bar:
@@ -71,16 +119,59 @@ def run(args, out) -> dict:
                     last[0] = done
                 accs.append(dep.evaluate(split.test, args.batch_size, progress=report))
         summary = dep.summary()
-    accuracy = sum(accs) / len(accs)
-    result = {
-        "model": ck.model_name, "mode": ck.mode, "accuracy": accuracy, "samples": len(split.test),
-        "passes": accs, "reads": args.reads, "backend": args.backend, "checkpoint": args.checkpoint, "tiles": n,
-        "chips": summary.pop("chips"), "programming": summary, "vmms": dep.vmm_count,
-        "software_accuracy": ck.meta.get("accuracy"), "program_seconds": t_prog,
-        "seconds": time.monotonic() - t0,
-    }
-    out.table([("model", ck.model_name), ("mode", ck.mode), ("tiles (chips)", n),
-               ("accuracy on chips", f"{accuracy:.4f}"), ("test samples", len(split.test)),
-               ("programming rms error", f"{summary['rms_rel_error']:.4f}" if summary["rms_rel_error"] else "-")],
-              header=("", ""))
+    return {"accuracy": sum(accs) / len(accs), "passes": accs, "chips": summary.pop("chips"),
+            "programming": summary, "programmings": len(uris), "vmms": dep.vmm_count, "run_id": None}
+
+
+def _multiplexed(args, out, model, split, program, uris, store, multiplex, open_chips, n) -> dict:
+    """Time-multiplexed on len(uris) chips; under torchrun the chips spread over the
+    processes (each holds chips rank, rank + world, ... and journals its own tiles)."""
+    import contextlib
+
+    from labkit.backend import open_backend
+    from labkit.nn import ChipTile, analog_layers
+    from labkit.train.training import init_distributed
+
+    distributed = init_distributed()
+    if distributed and args.resume is not None:
+        raise ValueError("--resume runs in one process; start it without torchrun")
+    resumed = None
+    if args.resume is not None:
+        resumed = store.load(args.resume)
+        if resumed.kind != "deploy" or resumed.result.get("checkpoint") != str(args.checkpoint):
+            raise ValueError(f"--resume {args.resume}: run {resumed.id} is a {resumed.kind!r} run of "
+                             f"{resumed.result.get('checkpoint')!r}, not a deployment of {args.checkpoint}")
+    cfg = analog_layers(model)[0][1].config
+    K = len(uris)
+    with contextlib.ExitStack() as stack:
+        backends: dict[int, object] = {}
+
+        def chip(k: int) -> ChipTile:
+            backends[k] = stack.enter_context(open_backend(uris[k]))
+            return ChipTile(backends[k], cfg, program, reads=args.reads)
+
+        pool = multiplex.ChipPool.distributed(chip, K) if distributed else multiplex.ChipPool([chip(k) for k in range(K)])
+        gains = multiplex.chip_gains(model, {k: b.identity.chip_id for k, b in backends.items()}, K)
+        for k, tile in pool.local.items():
+            if gains[k] is not None:
+                tile.gain_s_per_c = gains[k]
+        with store.run("deploy", backend_uri=args.backend, chip_id=",".join(b.identity.chip_id for b in backends.values()),
+                       seeds={"data": args.seed}) as run:
+            run.put_result({"checkpoint": str(args.checkpoint), "chips": K, "tiles": n,
+                            "placement": multiplex.placement(model, K), "resumed_from": args.resume})
+            journal = multiplex.Journal(run, resumed)
+            accs = []
+            for p in range(args.passes):
+                with out.progress(f"tiles, pass {p + 1}", n) as bar:
+                    network = multiplex.multiplexed(model, pool, journal if p == 0 else multiplex.Journal(),
+                                                    progress=lambda text: bar.advance(1, text))
+                    acc, _ = multiplex.evaluate_multiplexed(network, split.test)
+                    bar.advance(n - bar.done)
+                accs.append(acc)
+            logs = [vars(log) | {"tiles": len(log.tiles)} for log in pool.logs]
+            result = {"accuracy": sum(accs) / len(accs), "passes": accs, "chips": [log.chip_id for log in pool.logs],
+                      "programmings": sum(log.programmings for log in pool.logs),
+                      "reused_tiles": journal.reused, "per_chip": logs,
+                      "vmms": sum(log.vmms for log in pool.logs), "run_id": run.id}
+            run.put_result({k: v for k, v in result.items() if k != "per_chip"})
     return result

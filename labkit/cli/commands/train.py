@@ -30,8 +30,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, choices=sorted(NETWORKS), help="network to train")
     parser.add_argument("--mode", default="ideal", choices=("ideal", "hw", "in-loop"), help="training mode")
     parser.add_argument("--calibration", action="append", metavar="FILE", default=None,
-                        help="calibration file of a chip (hw, in-loop): once for every tile, or repeated "
-                             "once per tile in tile order")
+                        help="calibration file of a chip (hw, in-loop): once for every tile, or repeated once per "
+                             "chip the network will run on (tile j on chip j mod K, as labkit deploy --chips K "
+                             "places it; K = the number of tiles: one per tile in tile order)")
     parser.add_argument("--from", dest="start", metavar="CHECKPOINT", default=None,
                         help="start from this checkpoint instead of training ideally first")
     parser.add_argument("--backend", default="sim://", help="chips for in-loop: sim://?seed=N (one emulated "
@@ -73,10 +74,14 @@ def _tiles(args, network, config):
     params = [TileParams.from_calibration(f) for f in args.calibration]
     if len(params) == 1:
         return params[0]
-    if len(params) != n:
-        raise ValueError(f"{len(params)} calibration files for a network of {n} tiles; give one file "
-                         "(for every tile) or one per tile in tile order")
-    return params
+    if len(params) > n:
+        raise ValueError(f"{len(params)} calibration files for a network of {n} tiles; give at most one per tile")
+    ids = [q.chip_id for q in params]
+    twice = next((c for c in ids if ids.count(c) > 1), None)
+    if twice is not None and len(params) < n:
+        raise ValueError(f"the calibration files name chip {twice} twice; give one file per chip the network runs on")
+    # K chips: tile j runs on chip j mod K (labkit deploy --chips K places tiles so)
+    return [params[j % len(params)] for j in range(n)]
 
 
 def _spread(n, config, seed):
