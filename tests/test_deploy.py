@@ -23,7 +23,7 @@ def test_chip_uris_one_emulated_chip_per_tile_or_the_named_ones():
         "sim://?seed=7&noise=0", "sim://?seed=8&noise=0", "sim://?seed=9&noise=0"]
     assert chip_uris("sim://", 2) == ["sim://?seed=0", "sim://?seed=1"]
     assert chip_uris("station:a.yaml, station:b.yaml", 2) == ["station:a.yaml", "station:b.yaml"]
-    with pytest.raises(ValueError, match="needs 3 tiles, one chip each, but 'station:a.yaml' offers 1 chip"):
+    with pytest.raises(ValueError, match="3 chips asked for, but 'station:a.yaml' offers 1 chip"):
         chip_uris("station:a.yaml", 3)
     with pytest.raises(ValueError, match="seed"):
         chip_uris("sim://?seed=x", 2)
@@ -139,11 +139,14 @@ def test_deploy_cli_reports_accuracy_on_chips_and_refuses_too_few(tmp_path, caps
     assert 0.0 <= out["accuracy"] <= 1.0
     assert out["chips"][0] == "EMU-0040" and len(out["chips"]) == 8
     assert out["programming"]["within_tolerance_fraction"] > 0.95
+    # one station chip for 8 tiles is time-multiplexed (tests/test_multiplex.py); a missing file is refused
     assert cli(["deploy", "--backend", "station:bench.yaml", str(ck), "--json"]) == 2
     err = capsys.readouterr().err
-    assert "needs 8 tiles" in err and "offers 1 chip" in err and "Traceback" not in err
+    assert "8 tiles on 1 chip" in err and "'bench.yaml' does not exist" in err and "Traceback" not in err
+    assert cli(["deploy", "--backend", "station:a.yaml,station:b.yaml", str(ck), "--chips", "3"]) == 2
+    assert "offers 2 chips" in capsys.readouterr().err
     assert cli(["deploy", "--backend", "sim://?seed=40", str(ck), "--reads", "0"]) == 2
-    assert "--reads=0" in capsys.readouterr().err
+    assert "--reads: 0; expected an integer in [1, 1024]" in capsys.readouterr().err
 
 
 def test_model_and_chip_tiles_are_one_seam():

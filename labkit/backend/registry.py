@@ -73,9 +73,9 @@ def chip_uris(spec: str, n: int) -> list[str]:
     if len(parts) == 1 and hasattr(openers[0], "expand"):
         return list(openers[0].expand(parts[0], n))
     if len(parts) < n:
-        raise UsageError(f"the network needs {n} tiles, one chip each, but {spec!r} offers {len(parts)} "
-                         f"chip{'s' if len(parts) != 1 else ''}; name {n} backends, comma-separated "
-                         "(or use sim:// for emulated chips)")
+        raise UsageError(f"{n} chips asked for, but {spec!r} offers {len(parts)} "
+                         f"chip{'s' if len(parts) != 1 else ''}; name {n} backends, comma-separated, or ask "
+                         "for fewer (labkit deploy --chips K time-multiplexes the tiles)")
     return parts[:n]
 
 
