@@ -508,7 +508,7 @@ def test_cli_on_the_virtual_bench_records_the_station(tmp_path, capsys):
     from simulator.bench import VirtualBench
 
     station = tmp_path / "station.yaml"
-    with VirtualBench(seed=7, station_out=station):
+    with VirtualBench(seed=7, station_out=station, thermal_time_constant_s=bench.FAST_THERMAL_S):
         text = station.read_text()
         code, out, err = run_cli(capsys, "characterize", "--quick", "--no-report", "--backend", f"station:{station}",
                                  "--out", str(tmp_path / "runs.sqlite"), "--json")
