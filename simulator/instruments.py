@@ -1002,8 +1002,13 @@ class InfiniiVisionEmulator(ScpiDevice):
         return start, span / n, n
 
     def _arm(self) -> None:
+        """Arm one acquisition. Its trigger is the board's integration start on EXTernal;
+        with a channel as the source the idle bit lines give no edge, so in AUTO sweep
+        the scope auto-triggers at once (NORMal waits)."""
         self.armed, self.running, self.aer = True, False, True
         self.acquired = {}
+        if self.trig_source != "EXT" and self.trig_sweep == "AUTO":
+            self._capture(None)
 
     def _run(self) -> None:
         self.running, self.armed = True, False
@@ -1018,8 +1023,6 @@ class InfiniiVisionEmulator(ScpiDevice):
             name = call.choice(self._sources(external=False), i)
             self.channels[int(name[-1])]["display"] = True
         self._arm()
-        if self.trig_sweep == "AUTO":  # no trigger on an idle bench: the scope auto-triggers
-            self._capture(None)
 
     def _autoscale(self) -> None:
         v0 = float(getattr(getattr(self.array, "datasheet", None), "precharge_v", 0.8))
@@ -1174,8 +1177,8 @@ class LakeShore336Emulator(ScpiDevice):
     ``time_constant_s`` (default 20 s): closed-loop PID (``OUTMODE`` mode 1) on input A
     with the heater range on drives it to the set point, ramped at the ``RAMP`` rate
     when ramping is on; open loop (mode 3) to ambient plus ``MOUT`` power; everything
-    off returns it to ambient. Set points outside the chip's 200-420 K are refused
-    (execution error) while they would control the chip. The reading has 2 mK rms
+    off returns it to ambient. Set points of outputs 1 and 2 outside the chip socket's
+    200-420 K are refused (execution error); the stage never leaves that range. The reading has 2 mK rms
     noise when the chip's noise is on.
 
     Implemented: ``KRDG?``, ``CRDG?``, ``SRDG?`` (A-D, 0 for all four), ``RDGST?``,
@@ -1266,7 +1269,6 @@ class LakeShore336Emulator(ScpiDevice):
         self.remote_mode, self.opste, self.lock_state = 1, 0, (0, 0)
         self.minmax = None
         self._advance()
-        self._check_target()
 
     # -- the thermal model
     def _controls_chip(self, out: int) -> bool:
@@ -1317,21 +1319,10 @@ class LakeShore336Emulator(ScpiDevice):
         with self.lock:
             self._advance()
 
-    def _check_target(self) -> None:
-        target = max(self._target(), self._target(self.setpoint))
-        low = min(self._target(), self._target(self.setpoint))
-        if not (200.0 <= low and target <= 420.0):
-            raise ScpiError(*DATA_OUT_OF_RANGE)
-
     def _change(self, table: dict, out, value) -> None:
-        """Set ``table[out]`` after bringing time up to date; a refused target rolls back."""
+        """Set ``table[out]`` after bringing the stage up to now (so time before counts)."""
         self._advance()
-        previous, table[out] = table[out], value
-        try:
-            self._check_target()
-        except ScpiError:
-            table[out] = previous
-            raise
+        table[out] = value
 
     # -- argument helpers
     @staticmethod
@@ -1416,7 +1407,7 @@ class LakeShore336Emulator(ScpiDevice):
     def _inname(self, call: Call):
         name = self._inp(call)
         if call.query:
-            return f'"{self.names[name]:<15}"'[:17]
+            return f"{self.names[name]:<15}"
         self.names[name] = call.string(1)[:15]
 
     def _filter(self, call: Call):
@@ -1438,9 +1429,13 @@ class LakeShore336Emulator(ScpiDevice):
         if call.query:
             return f"+{self.setpoint[out]:.3f}"
         value = call.number(1, 0.0, 1500.0)
+        if out in (1, 2) and not 200.0 <= value <= 420.0:
+            raise ScpiError(*DATA_OUT_OF_RANGE)  # the stage heaters: the chip socket's 200-420 K
         self._advance()
         # a ramp starts from the present set point while the loop runs, else from the stage
-        start = self._ramped()[out] if self._controls_chip(out) else self.stage_k
+        start = self._ramped()[out]
+        if not (self._controls_chip(out) and 200.0 <= start <= 420.0):
+            start = self.stage_k
         self._change(self.setpoint, out, value)
         if self.ramp[out][0] and self.ramp[out][1] > 0 and start != value:
             self.ramp_sp[out] = start
@@ -1454,7 +1449,10 @@ class LakeShore336Emulator(ScpiDevice):
         value = call.integer(1, 0, 5)
         if value > (3 if out in (1, 2) else 1):
             raise ScpiError(*ILLEGAL_VALUE)
+        was_off = self.heater[out] == 0
         self._change(self.heater, out, value)
+        if was_off and value and self.ramp[out][0] and self.ramp[out][1] > 0:
+            self.ramp_sp[out] = self.stage_k  # switched on: the ramp starts from the reading
 
     def _ramp(self, call: Call):
         out = self._out(call)
@@ -1499,8 +1497,11 @@ class LakeShore336Emulator(ScpiDevice):
         if call.query:
             t, cur, user, disp = self.htrset[out]
             return f"{t},{cur},{user:+.3f},{disp}"
-        self.htrset[out] = (call.integer(1, 1, 2), call.integer(2, 0, 4), call.number(3, 0.0, 2.0),
-                            call.integer(4, 1, 2))
+        first = 2 if len(call.args) == 6 else 1  # the Model 335's form has an output type first
+        if first == 2 and call.integer(1, 0, 1) != 0:
+            raise ScpiError(*ILLEGAL_VALUE)  # outputs 1 and 2 of the 336 are current outputs
+        self.htrset[out] = (call.integer(first, 1, 2), call.integer(first + 1, 0, 4),
+                            call.number(first + 2, 0.0, 2.0), call.integer(first + 3, 1, 2))
 
     def _output_percent(self, out: int) -> float:
         self._advance()
