@@ -954,7 +954,7 @@ class InfiniiVisionEmulator(ScpiDevice):
     def _chan_label(self, call: Call):
         ch = self._chan(call)
         if call.query:
-            return f'"{ch["label"]}"'
+            return '"' + ch["label"].replace('"', '""') + '"'
         ch["label"] = call.string(0)[:10].upper()
 
     def _chan_summary(self, call: Call):
