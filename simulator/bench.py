@@ -41,6 +41,7 @@ from .instruments import (
 from .scpi_server import ScpiServer
 
 DEFAULT_SCOPE_COLUMNS = {1: 0, 2: 1, 3: 14, 4: 15}
+THERMAL_ENV = "LABKIT_SIM_THERMAL_TAU_S"
 MODELS = {"smu": "keithley2400", "scope": "infiniivision", "tempctl": "lakeshore336"}
 
 
@@ -126,7 +127,8 @@ class VirtualBench:
     ``baud`` paces the board link like a UART; ``limits`` and ``board_timeout_s`` (the
     host's base deadline per board command) go into the station file;
     ``thermal_time_constant_s`` is the temperature controller's loop time constant
-    (realistic by default; tests pass a short one).
+    (default: ``$LABKIT_SIM_THERMAL_TAU_S`` or a realistic 20 s; tests use a short one,
+    also for ``labkit sim serve``, which reads the variable).
     """
 
     def __init__(self, seed: int = 0, *, faults=None, baud: float | None = None,
@@ -134,7 +136,7 @@ class VirtualBench:
                  scope_columns: dict[int, int] | None = None, limits: dict | None = None,
                  instruments=("smu", "scope", "tempctl"), name: str | None = None,
                  board_timeout_s: float | None = None,
-                 thermal_time_constant_s: float = THERMAL_TIME_CONSTANT_S):
+                 thermal_time_constant_s: float | None = None):
         unknown = set(instruments) - set(MODELS)
         if unknown:
             raise ValueError(f"unknown instrument(s) {sorted(unknown)}; expected some of {sorted(MODELS)}")
@@ -143,6 +145,8 @@ class VirtualBench:
         self.fault_options = {k: v for k, v in _fault_dict(faults).items()}
         self.baud = baud
         self.board_timeout_s = board_timeout_s
+        if thermal_time_constant_s is None:
+            thermal_time_constant_s = float(os.environ.get(THERMAL_ENV, THERMAL_TIME_CONSTANT_S))
         self.thermal_time_constant_s = float(thermal_time_constant_s)
         opts = {"seed": str(self.seed)}
         opts.update({k: str(int(v)) if isinstance(v, bool) else str(v) for k, v in (chip_options or {}).items()})

@@ -183,21 +183,26 @@ def test_one_clients_long_commands_never_stall_another_for_100_ms(array):
                     s.sendall(long_list + huge)
                     sent[0] += 1
 
+        def worst_round_trip() -> float:
+            worst = 0.0
+            with _client(server.port) as s:
+                for _ in range(60):
+                    t0 = time.perf_counter()
+                    s.sendall(b"*OPC?\n")
+                    assert _recv_line(s) == b"1\n"
+                    worst = max(worst, time.perf_counter() - t0)
+            return worst
+
+        quiet = worst_round_trip()  # what this (possibly busy) machine gives without the flood
         threads = [threading.Thread(target=flood, daemon=True) for _ in range(2)]
         for t in threads:
             t.start()
-        worst = 0.0
-        with _client(server.port) as s:
-            time.sleep(0.05)
-            for _ in range(60):
-                t0 = time.perf_counter()
-                s.sendall(b"*OPC?\n")
-                assert _recv_line(s) == b"1\n"
-                worst = max(worst, time.perf_counter() - t0)
+        time.sleep(0.05)
+        worst = worst_round_trip()
         stop.set()
         for t in threads:
             t.join(timeout=5)
-        assert sent[0] > 2 and worst < 0.1, (sent[0], worst)
+        assert sent[0] > 2 and worst < 0.1 + quiet, (sent[0], worst, quiet)
 
 
 def test_server_survives_garbage_unterminated_megabytes_resets_and_50_clients(array):
