@@ -68,6 +68,7 @@ DATA_OUT_OF_RANGE = (-222, "Data out of range")
 TOO_MUCH_DATA = (-223, "Too much data")
 ILLEGAL_VALUE = (-224, "Illegal parameter value")
 DATA_STALE = (-230, "Data corrupt or stale")
+DEVICE_ERROR = (-300, "Device-specific error")
 QUEUE_OVERFLOW = (-350, "Queue overflow")
 QUERY_UNTERMINATED = (-420, "Query UNTERMINATED")
 
@@ -390,6 +391,9 @@ class ScpiDevice:
                     reply = unit.handler(unit.call)
                 except ScpiError as err:
                     self.push_error(err.code, err.message)
+                    continue
+                except (ValueError, ArithmeticError, IndexError, KeyError, TypeError):
+                    self.push_error(*DEVICE_ERROR)  # an emulator fault must not end the session
                     continue
             if reply is not None:
                 replies.append(reply)
