@@ -636,8 +636,6 @@ class Keithley2400Emulator(ScpiDevice):
         if self.noise:
             i = i + self._noise("CURR", i)
             v = v + self._noise("VOLT", v)
-        if self.filter_on:  # the averaging filter: noise / sqrt(count)
-            pass
         fixed = self.sense["CURR"]
         if not fixed["auto"]:
             i = np.where(np.abs(i) > 1.05 * fixed["range"], OVERFLOW_READING, i)

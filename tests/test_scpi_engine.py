@@ -267,3 +267,26 @@ def _rss_kib() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def test_every_implemented_header_with_odd_arguments_queues_errors_never_faults(monkeypatch, array):
+    import random
+    import re
+
+    import simulator.scpi_device as engine
+
+    monkeypatch.setattr(engine, "_STRICT", True)  # a handler fault raises instead of queuing -300
+    rnd = random.Random(5)
+    values = ["1", "0", "-1", "1e9", "INF", "nan", "MIN", "MAX", "DEF", "ON", "OFF", "'CURR'", '"x', "A", "B", "3",
+              "2,3", "1,2,3,4,5,6,7,8,9", "", "1.5mV", "abc", "0,1,300,0", "1,1,1,0", "CHAN1", "EXT", "1,A", "UP"]
+    for device in (Keithley2400Emulator(array, Wiring(smu_cell=(1, 1))), InfiniiVisionEmulator(array, Wiring()),
+                   LakeShore336Emulator(array, time_constant_s=0.0)):
+        for _ in range(3000):
+            header = re.sub(r"\[([^\]]*)\]", lambda m: m.group(1) if rnd.random() < 0.5 else "",
+                            rnd.choice(device.patterns))
+            header = header.replace("#", str(rnd.choice([1, 2, 5, ""])))
+            reply = device.handle(header + rnd.choice(["", "?"]) + " " + rnd.choice(values))
+            assert reply is None or isinstance(reply, (str, bytes))
+            if rnd.random() < 0.02:
+                device.handle("*RST")
+        assert engine.DEVICE_ERROR not in device.errors
