@@ -62,9 +62,9 @@ OUTPUT_DISABLED = (803, "Output disabled")
 OVERFLOW_READING = 9.91e37  # the 2400's "no value" for unmeasured elements
 CURRENT_RANGES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 VOLTAGE_RANGES = (0.2, 2.0, 21.0, 210.0)
-#: rms measurement noise at 1 PLC as a fraction of the range (about the 2400's
-#: 5.5-digit resolution); it grows as 1/sqrt(NPLC) towards 0.01 PLC.
-NOISE_OF_RANGE = 5e-5
+#: rms measurement noise at 1 PLC as a fraction of the range (the 2400's resolution,
+#: e.g. 10 pA on its 1 uA range); it grows as 1/sqrt(NPLC) towards 0.01 PLC.
+NOISE_OF_RANGE = 1e-5
 ELEMENTS = ("VOLT", "CURR", "RES", "TIME", "STAT")
 
 
@@ -115,7 +115,7 @@ class Keithley2400Emulator(ScpiDevice):
       :ENABle``, ``:STATus:PRESet``, ``:STATus:QUEue[:NEXT]?``, the SCPI error queue and
       IEEE 488.2 common commands (``*STB?`` bit 0 is the measurement summary).
 
-    Noise: rms ``5e-5`` of the measure range at 1 PLC, times ``1/sqrt(NPLC)``, on
+    Noise: rms ``1e-5`` of the measure range at 1 PLC, times ``1/sqrt(NPLC)``, on
     current and voltage readings (auto-range picks the range as the instrument does).
 
     Not emulated: ``:FORMat:DATA REAL|SREAL`` (binary readings), ``:CALCulate1|2``

@@ -148,16 +148,16 @@ def test_parsing_time_grows_linearly_with_the_line(smu):
         line = ",".join(f'"{i}"' if i % 7 == 0 else "1.5" for i in range(n))
         line = ":SOUR:VOLT " + line + ";*OPC;:SOUR:LIST:VOLT " + line
         best = float("inf")
-        for _ in range(3):
-            t0 = time.perf_counter()
+        for _ in range(7):
+            t0 = time.thread_time()  # CPU time of this thread: a busy machine does not skew it
             units = smu.parse(line)
             assert [u.error for u in units] == [(-223, "Too much data"), None, (-223, "Too much data")]
             Call(":SOUR:LIST:VOLT", False, line, ()).args  # the argument split of the whole line
-            best = min(best, time.perf_counter() - t0)
+            best = min(best, time.thread_time() - t0)
         return best
 
     small, large = parse_time(3000), parse_time(30000)
-    assert large < 25 * small + 1e-3  # 10x the data: ~10x the time, never ~100x
+    assert large < 30 * small + 2e-3  # 10x the data: ~10x the time, never ~100x
 
 
 # ----------------------------------------------------------------- sockets

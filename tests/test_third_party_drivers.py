@@ -189,7 +189,7 @@ def test_smu_noise_follows_nplc_and_range():
     base = spread(":SENS:CURR:NPLC 1")
     fast = spread(":SENS:CURR:NPLC 0.01")
     wide = spread(":SENS:CURR:NPLC 1;:SENS:CURR:RANG 1e-3")
-    assert base == pytest.approx(5e-5 * 1e-5, rel=0.2)  # 5e-5 of the 10 uA range at 1 PLC
+    assert base == pytest.approx(1e-5 * 1e-5, rel=0.2)  # 1e-5 of the 10 uA range at 1 PLC
     assert fast == pytest.approx(10 * base, rel=0.25) and slow == pytest.approx(base / np.sqrt(10), rel=0.25)
     assert wide == pytest.approx(100 * base, rel=0.25)
     reads = [float(x) for x in smu.handle(":SENS:CURR:NPLC 1;:SENS:CURR:RANG:AUTO ON;:READ?").split(",")]
