@@ -1200,6 +1200,9 @@ class LakeShore336Emulator(ScpiDevice):
                  time_constant_s: float = THERMAL_TIME_CONSTANT_S, noise: bool | None = None,
                  seed: int = 336, clock=time.monotonic):
         super().__init__()
+        keep = [i for i, pat in enumerate(self.patterns) if pat not in ("*OPT", "*TRG")]  # not 336 commands
+        self._table = [self._table[i] for i in keep]
+        self.patterns = [self.patterns[i] for i in keep]
         self.array = array
         self.ambient_k = float(ambient_k if ambient_k is not None else array.temperature_k())
         self.time_constant_s = float(time_constant_s)
