@@ -31,10 +31,17 @@ from .board_server import BoardServer
 from .emulated import EmulatedArray, chip_from_options
 from .faults import FaultConfig
 from .firmware import BoardFirmware
-from .instruments import InfiniiVisionEmulator, Keithley2400Emulator, LakeShore336Emulator, Wiring
+from .instruments import (
+    THERMAL_TIME_CONSTANT_S,
+    InfiniiVisionEmulator,
+    Keithley2400Emulator,
+    LakeShore336Emulator,
+    Wiring,
+)
 from .scpi_server import ScpiServer
 
 DEFAULT_SCOPE_COLUMNS = {1: 0, 2: 1, 3: 14, 4: 15}
+THERMAL_ENV = "LABKIT_SIM_THERMAL_TAU_S"
 MODELS = {"smu": "keithley2400", "scope": "infiniivision", "tempctl": "lakeshore336"}
 
 
@@ -46,6 +53,11 @@ class BenchArray:
         self.array, self.wiring = array, wiring
         self.lock = threading.RLock()
         self.triggers: list = []  # callables(widths_s of the first vector)
+        self.clocks: list = []  # callables() that bring time-dependent state (temperature) up to now
+
+    def _tick(self) -> None:
+        for tick in self.clocks:
+            tick()
 
     def __getattr__(self, name):  # geometry, identity, datasheet, envelope, chip
         return getattr(self.array, name)
@@ -59,6 +71,7 @@ class BenchArray:
             self.array.configure(settings)
 
     def read_currents(self, cells: np.ndarray) -> np.ndarray:
+        self._tick()
         with self.lock:
             out = self.array.read_currents(cells)
             if len(cells):
@@ -79,13 +92,15 @@ class BenchArray:
             self.array.erase_rows(rows, voltage_v, width_s)
 
     def vmm(self, widths_s: np.ndarray) -> np.ndarray:
+        self._tick()
+        if len(widths_s):  # outside the chip lock: a trigger takes the scope's lock first
+            for fire in self.triggers:
+                fire(np.asarray(widths_s[0], dtype=float))
         with self.lock:
-            if len(widths_s):
-                for fire in self.triggers:
-                    fire(np.asarray(widths_s[0], dtype=float))
             return self.array.vmm(widths_s)
 
     def temperature_k(self) -> float:
+        self._tick()
         with self.lock:
             return self.array.temperature_k()
 
@@ -118,14 +133,18 @@ class VirtualBench:
     ``chip_options`` are ``sim://`` query options (``preset``, ``noise``, ...);
     ``faults`` are board fault options (:class:`simulator.faults.FaultConfig`);
     ``baud`` paces the board link like a UART; ``limits`` and ``board_timeout_s`` (the
-    host's base deadline per board command) go into the station file.
+    host's base deadline per board command) go into the station file;
+    ``thermal_time_constant_s`` is the temperature controller's loop time constant
+    (default: ``$LABKIT_SIM_THERMAL_TAU_S`` or a realistic 20 s; tests use a short one,
+    also for ``labkit sim serve``, which reads the variable).
     """
 
     def __init__(self, seed: int = 0, *, faults=None, baud: float | None = None,
                  chip_options: dict | None = None, station_out: str | os.PathLike | None = None,
                  scope_columns: dict[int, int] | None = None, limits: dict | None = None,
                  instruments=("smu", "scope", "tempctl"), name: str | None = None,
-                 board_timeout_s: float | None = None):
+                 board_timeout_s: float | None = None,
+                 thermal_time_constant_s: float | None = None):
         unknown = set(instruments) - set(MODELS)
         if unknown:
             raise ValueError(f"unknown instrument(s) {sorted(unknown)}; expected some of {sorted(MODELS)}")
@@ -134,6 +153,9 @@ class VirtualBench:
         self.fault_options = {k: v for k, v in _fault_dict(faults).items()}
         self.baud = baud
         self.board_timeout_s = board_timeout_s
+        if thermal_time_constant_s is None:
+            thermal_time_constant_s = float(os.environ.get(THERMAL_ENV, THERMAL_TIME_CONSTANT_S))
+        self.thermal_time_constant_s = float(thermal_time_constant_s)
         opts = {"seed": str(self.seed)}
         opts.update({k: str(int(v)) if isinstance(v, bool) else str(v) for k, v in (chip_options or {}).items()})
         self.array = EmulatedArray(chip_from_options(opts), uri="virtual-bench")
@@ -160,13 +182,16 @@ class VirtualBench:
             makers = {
                 "smu": lambda: Keithley2400Emulator(self.bench_array, self.wiring),
                 "scope": lambda: InfiniiVisionEmulator(self.bench_array, self.wiring),
-                "tempctl": lambda: LakeShore336Emulator(self.bench_array),
+                "tempctl": lambda: LakeShore336Emulator(self.bench_array,
+                                                        time_constant_s=self.thermal_time_constant_s),
             }
             for role in self.instrument_roles:
                 self.devices[role] = makers[role]()
                 self.servers[role] = ScpiServer(self.devices[role])
             if "scope" in self.devices:
                 self.bench_array.triggers.append(self.devices["scope"].trigger)
+            if "tempctl" in self.devices:
+                self.bench_array.clocks.append(self.devices["tempctl"].advance)
             self.board_server = BoardServer(self.firmware, baud=self.baud).start()
             self.station_text = self._station_text()
         except BaseException:

@@ -18,15 +18,20 @@ import pytest
 import labkit
 from simulator.bench import VirtualBench
 
+#: The temperature controller's loop time constant in tests (s): the default is a
+#: realistic 20 s, which would make every temperature step of a test take minutes.
+FAST_THERMAL_S = 0.05
+
 
 @contextlib.contextmanager
 def virtual_bench_backend(seed: int = 0, *, faults=None, limits=None, instruments=("smu", "scope", "tempctl"),
-                          board_timeout_s=None, **switches):
+                          board_timeout_s=None, thermal_time_constant_s=FAST_THERMAL_S, **switches):
     with tempfile.TemporaryDirectory(prefix="labkit-bench-") as tmp:
         station = Path(tmp) / "station.yaml"
         with VirtualBench(seed=seed, chip_options=switches, faults=faults, limits=limits,
                           instruments=instruments, station_out=station,
-                          board_timeout_s=board_timeout_s) as bench:
+                          board_timeout_s=board_timeout_s,
+                          thermal_time_constant_s=thermal_time_constant_s) as bench:
             with labkit.open_backend(f"station:{station}") as backend:
                 backend.hidden_chip = bench.chip  # what tests.conftest.chip_of looks for
                 backend.inner.emulated_chip = bench.chip
@@ -38,5 +43,5 @@ def virtual_bench_backend(seed: int = 0, *, faults=None, limits=None, instrument
 def virtual_bench(tmp_path):
     """A running virtual bench (quiet chip, seed 11) with its station file in tmp_path."""
     with VirtualBench(seed=11, chip_options={"noise": False, "program_noise": False},
-                      station_out=tmp_path / "station.yaml") as bench:
+                      station_out=tmp_path / "station.yaml", thermal_time_constant_s=FAST_THERMAL_S) as bench:
         yield bench

@@ -174,8 +174,11 @@ def test_cell_current_map_and_id_vg_match_the_chip(array_factory):
     iv = ch.id_vg_sweep(b, cells, g, compliance_a=2e-6)
     assert iv.path == "source-measure"
     truth = np.array([[chip.current_at_gate(v)[r, c] for v in g] for r, c in cells])
-    np.testing.assert_allclose(iv.current_a, np.minimum(truth, 2e-6), rtol=1e-6)
-    assert np.all(np.diff(iv.current_a, axis=1) >= 0)
+    # an SMU reads with its noise floor (about 10 pA rms on its lowest range at 1 PLC)
+    floor = 1e-10 if iv.path == "source-measure" and b.capability(VirtualClock) is None else 0.0
+    np.testing.assert_allclose(iv.current_a, np.minimum(truth, 2e-6), rtol=1e-3 if floor else 1e-6, atol=floor)
+    above = iv.current_a > 100 * floor
+    assert np.all(np.diff(np.where(above, iv.current_a, 0.0), axis=1) >= 0)
     assert np.all(iv.current_a <= 2e-6)
     slope = iv.subthreshold_slope_mv_per_decade()
     assert np.all((60 < slope) & (slope < 200))
@@ -236,11 +239,13 @@ def test_temperature_sweep_and_retention_check(array_factory):
     chip = chip_of(b)
     t_start = chip.temperature_k
     ts = ch.temperature_sweep(b, [290.0, 310.0, 330.0])
-    assert chip.temperature_k == t_start  # restored
-    np.testing.assert_allclose(ts.measured_k, [290, 310, 330])
+    # restored; through a temperature controller, within its settling tolerance (its loop has a time constant)
+    settle = getattr(b.inner, "settle_tolerance_k", 0.0)
+    assert chip.temperature_k == pytest.approx(t_start, abs=settle)
+    np.testing.assert_allclose(ts.measured_k, [290, 310, 330], atol=settle)
     assert np.all(np.diff(np.log(ts.currents_a), axis=0) > 0)  # subthreshold currents rise with T
-    chip.set_temperature_k(330.0)
-    np.testing.assert_allclose(ts.currents_a[-1], chip.currents(), rtol=1e-9)
+    chip.set_temperature_k(float(ts.measured_k[-1]))
+    np.testing.assert_allclose(ts.currents_a[-1], chip.currents(), rtol=1e-9 if not settle else 2e-3)
     chip.set_temperature_k(t_start)
     if b.capability(VirtualClock) is None:  # a real-time backend: no ageing by 1e6 s
         with pytest.raises(ValueError, match="max_real_wait_s"):
@@ -545,7 +550,7 @@ def test_cli_on_the_virtual_bench_records_the_station(tmp_path, capsys):
     from simulator.bench import VirtualBench
 
     station = tmp_path / "station.yaml"
-    with VirtualBench(seed=7, station_out=station):
+    with VirtualBench(seed=7, station_out=station, thermal_time_constant_s=bench.FAST_THERMAL_S):
         text = station.read_text()
         code, out, err = run_cli(capsys, "characterize", "--quick", "--no-report", "--backend", f"station:{station}",
                                  "--out", str(tmp_path / "runs.sqlite"), "--json")

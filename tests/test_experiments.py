@@ -27,7 +27,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def _env() -> dict:
     env = {k: v for k, v in os.environ.items() if k != "LABKIT_STORE"}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT),
+               LABKIT_SIM_THERMAL_TAU_S="0.05")  # `labkit sim serve`: a fast temperature loop
     return env
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -23,13 +25,24 @@ from simulator.scpi_device import ScpiDevice
 from simulator.scpi_server import ScpiServer
 
 
+class FakeClock:
+    """A settable clock for the temperature controller's thermal model."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
 def rig():
     """One quiet emulated chip, its three instruments served on loopback, drivers opened."""
     array = open_sim("sim://", {"seed": "7", "noise": "0", "program_noise": "0"})
     wiring = Wiring(smu_cell=(3, 5), scope_columns={1: 4, 2: 9})
+    clock = FakeClock()
     emus = {"smu": Keithley2400Emulator(array, wiring), "scope": InfiniiVisionEmulator(array, wiring),
-            "tempctl": LakeShore336Emulator(array)}
+            "tempctl": LakeShore336Emulator(array, time_constant_s=10.0, clock=clock)}
     servers = {k: ScpiServer(d) for k, d in emus.items()}
     drivers = {
         "smu": Keithley2400(servers["smu"].resource, max_compliance_a=5e-6, timeout_s=2),
@@ -41,7 +54,7 @@ def rig():
         pass
 
     r = Rig()
-    r.array, r.wiring, r.emu, r.servers = array, wiring, emus, servers
+    r.array, r.wiring, r.emu, r.servers, r.clock = array, wiring, emus, servers, clock
     r.smu, r.scope, r.tempctl = drivers["smu"], drivers["scope"], drivers["tempctl"]
     yield r
     for d in drivers.values():
@@ -113,10 +126,11 @@ def test_bad_setting_is_a_value_error_before_anything_is_written(rig):
 
 
 def test_instrument_errors_are_drained_and_raised(rig):
-    # the bench SMU is wired as a voltage source: switching to a current source is refused
-    with pytest.raises(InstrumentError, match=r"-221,'Settings conflict'") as info:
-        rig.smu.source_function = "CURR"
-    assert info.value.errors == [(-221, "Settings conflict")]
+    # a level beyond the fixed 2 V source range is refused by the instrument, and raised
+    rig.smu.source_range_v = 2.0
+    with pytest.raises(InstrumentError, match=r"-222,'Data out of range'") as info:
+        rig.smu.source_v = 5.0
+    assert info.value.errors == [(-222, "Data out of range")]
     rig.smu.write(":BOGus:COMMand 1")
     rig.smu.write(":SOUR:VOLT:LEV abc")
     assert rig.smu.errors() == [(-113, "Undefined header"), (-104, "Data type error")]
@@ -196,23 +210,52 @@ def test_preamble_parses_the_ten_fields():
 # ----------------------------------------------------------------- temperature controller
 
 
-def test_temperature_controller_regulates_the_chip(rig):
+def test_temperature_controller_regulates_the_chip_with_its_time_constant(rig):
     assert rig.tempctl.idn.startswith("LSCI,MODEL336")
     assert rig.tempctl.temperature_k == pytest.approx(300.0)
     i_cold = rig.array.read_currents(np.array([[1, 1]]))[0]
     rig.tempctl.regulate(labkit.Q_(50, "degC"))
     assert rig.tempctl.setpoint_k == pytest.approx(323.15)
-    assert rig.array.temperature_k() == pytest.approx(323.15)
-    assert rig.tempctl.temperature_k == pytest.approx(323.15, abs=1e-3)
+    assert rig.tempctl.temperature_k == pytest.approx(300.0)  # nothing happens at once
+    rig.clock.now += 10.0  # one time constant
+    assert rig.tempctl.temperature_k == pytest.approx(300.0 + 23.15 * (1 - np.exp(-1)), abs=1e-3)
     assert rig.tempctl.heater_percent > 0
+    rig.clock.now += 200.0
+    assert rig.tempctl.temperature_k == pytest.approx(323.15, abs=1e-3)
+    assert rig.array.temperature_k() == pytest.approx(323.15, abs=1e-3)
     assert rig.array.read_currents(np.array([[1, 1]]))[0] != i_cold
     log = received(rig.emu["tempctl"], rig.tempctl)
     assert log[log.index("OUTMODE 1,1,1,0") :][:6] == [
         "OUTMODE 1,1,1,0", "*ESR?", "SETP 1,323.15", "RANGE 1,2", "*ESR?", "*ESR?"]
     rig.tempctl.regulate(290.0)  # the stage cools too
-    assert rig.array.temperature_k() == pytest.approx(290.0) and rig.tempctl.heater_percent >= 0
+    rig.clock.now += 300.0
+    assert rig.tempctl.temperature_k == pytest.approx(290.0, abs=1e-3) and rig.tempctl.heater_percent >= 0
+    assert rig.array.temperature_k() == pytest.approx(290.0, abs=1e-3)
     rig.tempctl.heater_range = 0  # heater off: back to ambient
-    assert rig.array.temperature_k() == pytest.approx(300.0)
+    rig.clock.now += 300.0
+    assert rig.tempctl.temperature_k == pytest.approx(300.0, abs=1e-3)
+
+
+def test_set_point_ramp_runs_at_its_rate_and_reports_its_status(rig):
+    t = rig.tempctl
+    t.ramp = "1,6.0"  # 6 K/min
+    t.regulate(310.0)
+    assert t.query("RAMPST? 1") == "1"
+    rig.clock.now += 50.0  # 5 K of ramp, the stage lagging one time constant behind
+    assert 303.0 < t.temperature_k < 305.0
+    rig.clock.now += 400.0
+    assert t.query("RAMPST? 1") == "0" and t.temperature_k == pytest.approx(310.0, abs=1e-3)
+
+
+def test_wait_stable_waits_for_the_loop_in_real_time():
+    array = open_sim("sim://", {"seed": "7", "noise": "0"})
+    with ScpiServer(LakeShore336Emulator(array, time_constant_s=0.1)) as server, \
+            LakeShore336(server.resource, timeout_s=2) as t:
+        t.regulate(305.0)
+        assert t.temperature_k < 304.0
+        t0 = time.monotonic()
+        assert t.wait_stable(0.05, timeout_s=5.0, poll_s=0.05) == pytest.approx(305.0, abs=0.05)
+        assert 0.2 < time.monotonic() - t0 < 3.0  # ln(5 K / 0.05 K) time constants
 
 
 def test_temperature_controller_errors_come_from_the_event_status_register(rig):
@@ -234,7 +277,7 @@ def test_headers_match_short_and_long_forms_case_insensitively(rig):
                  "CURR:PROT 2E-6"):
         smu.compliance_a = 0.0
         assert smu.handle(line) is None and smu.compliance_a == 2e-6, line
-    assert smu.handle("*IDN?;:SENS:CURR:PROT?") == f"{smu.idn};2.000000E-06"
+    assert smu.handle("*IDN?;:SENS:CURR:PROT?") == f"{smu.idn};+2.000000E-06"
     assert not smu.errors
 
 

@@ -226,9 +226,9 @@ def test_scope_captures_the_bit_line_of_a_vmm_through_the_board():
 def test_temperature_control_through_the_controller():
     with virtual_bench_backend(seed=7) as b:
         before = b.read_currents([[3, 3]])[0]
-        b.capability(TemperatureControl).set_temperature_k(labkit.Q_(340, "K"))
-        assert b.temperature_k() == pytest.approx(340.0, abs=1e-3)
-        assert b.inner.emulated_chip.temperature_k == pytest.approx(340.0)
+        b.capability(TemperatureControl).set_temperature_k(labkit.Q_(340, "K"))  # waits for the loop
+        assert b.temperature_k() == pytest.approx(340.0, abs=b.inner.settle_tolerance_k)
+        assert b.inner.emulated_chip.temperature_k == pytest.approx(340.0, abs=b.inner.settle_tolerance_k)
         assert b.read_currents([[3, 3]])[0] != pytest.approx(before, rel=1e-3)
 
 
