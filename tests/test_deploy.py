@@ -110,7 +110,7 @@ def test_vgg_trains_hardware_aware_and_runs_on_chips_end_to_end(tmp_path, capsys
     _write_cifar(data / "cifar-10-batches-py")
     ck = tmp_path / "vgg.pt"
     assert cli(["train", "--model", "vgg", "--mode", "hw", "--data", str(data), "--subset", "6", "--epochs", "1",
-                "--out", str(ck), "--json"]) == 0
+                "--save", str(ck), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["model"], out["mode"], out["samples"], out["tiles"]) == ("vgg", "hw", 6, 1602)
     assert 0.0 <= out["accuracy"] <= 1.0
@@ -131,7 +131,7 @@ def test_deploy_cli_reports_accuracy_on_chips_and_refuses_too_few(tmp_path, caps
     torch.manual_seed(0)
     ck = tmp_path / "mlp.pt"
     assert cli(["train", "--model", "mlp", "--mode", "ideal", "--epochs", "3", "--subset", "200",
-                "--out", str(ck), "--json"]) == 0
+                "--save", str(ck), "--json"]) == 0
     capsys.readouterr()
     assert cli(["deploy", "--backend", "sim://?seed=40", str(ck), "--subset", "100", "--reads", "2", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -393,7 +393,7 @@ def test_cli_bad_checkpoint_is_one_line_exit_2(good_checkpoint, tmp_path):
     bad = tmp_path / "nan.pt"
     torch.save(payload, bad)
     proc = subprocess.run([sys.executable, "-m", "labkit.cli", "train", "--model", "mlp", "--mode", "hw",
-                           "--from", str(bad), "--subset", "20", "--epochs", "1", "--out", str(tmp_path / "o.pt")],
+                           "--from", str(bad), "--subset", "20", "--epochs", "1", "--save", str(tmp_path / "o.pt")],
                           capture_output=True, text=True, cwd=HERE.parent, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.count("\n") == 1 and str(bad) in proc.stderr and "NaN" in proc.stderr

@@ -112,7 +112,7 @@ def mlp_checkpoint(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("ck") / "mlp.pt"
     assert main(["train", "--model", "mlp", "--mode", "ideal", "--epochs", "3", "--subset", "400",
-                 "--out", str(path)]) == 0
+                 "--save", str(path)]) == 0
     return path
 
 

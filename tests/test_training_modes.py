@@ -103,7 +103,7 @@ def test_train_in_loop_reprograms_and_reports_accuracy_on_chips():
 def test_train_cli_modes_and_analog_checkpoint_round_trip(tmp_path, capsys):
     torch.manual_seed(0)
     ideal = tmp_path / "ideal.pt"
-    assert cli(["train", "--model", "mlp", "--epochs", "3", "--subset", "150", "--out", str(ideal), "--json"]) == 0
+    assert cli(["train", "--model", "mlp", "--epochs", "3", "--subset", "150", "--save", str(ideal), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["model"], out["mode"], out["samples"]) == ("mlp", "ideal", 150)
     assert 0.0 <= out["accuracy"] <= 1.0
@@ -112,7 +112,7 @@ def test_train_cli_modes_and_analog_checkpoint_round_trip(tmp_path, capsys):
         cal_path = save_calibration(calibrate(b, QUICK), tmp_path / "chip90.npz")
     hw = tmp_path / "hw.pt"
     assert cli(["train", "--model", "mlp", "--mode", "hw", "--from", str(ideal), "--calibration", str(cal_path),
-                "--noise-relative", "0.014", "--epochs", "2", "--subset", "150", "--out", str(hw), "--json"]) == 0
+                "--noise-relative", "0.014", "--epochs", "2", "--subset", "150", "--save", str(hw), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["mode"], out["tiles"], out["calibrations"], out["start"]) == ("hw", 8, 1, "ideal")
     raw = torch.load(hw, map_location="cpu", weights_only=True)  # no code runs on load

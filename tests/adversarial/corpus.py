@@ -223,26 +223,26 @@ def build(d: Path) -> list[Case]:
                       ("--noise-relative", FLOATS_BAD), ("--seed", ["-1", "abc"])):
         for v in vals:
             add("train", f"{opt} {v}", ["train", "--model", "mlp", "--epochs", "1", opt, v,
-                                        "--out", d / "t.pt"])
+                                        "--save", d / "t.pt"])
     for key in [k for k in f if k.startswith("cal_")] + ["w_ok", "ck_garbage"]:
         add("calibration npz", key, ["train", "--model", "mlp", "--mode", "hw", "--calibration", f[key],
-                                     "--epochs", "1", "--out", d / "t.pt"])
+                                     "--epochs", "1", "--save", d / "t.pt"])
     add("calibration npz", "missing", ["train", "--model", "mlp", "--mode", "hw", "--calibration",
-                                       d / "nope.npz", "--out", d / "t.pt"])
-    add("train", "--mode hw without calibration", ["train", "--model", "mlp", "--mode", "hw", "--out", d / "t.pt"])
+                                       d / "nope.npz", "--save", d / "t.pt"])
+    add("train", "--mode hw without calibration", ["train", "--model", "mlp", "--mode", "hw", "--save", d / "t.pt"])
     add("train", "--model bogus", ["train", "--model", "bogus"])
     for p in (d / "sub", d / "nope" / "t.pt"):
-        add("train", f"--out {p}", ["train", "--model", "mlp", "--epochs", "1", "--out", p])
+        add("train", f"--out {p}", ["train", "--model", "mlp", "--epochs", "1", "--save", p])
     for key in [k for k in f if k.startswith("ck_")]:
         add("checkpoint", f"train --from {key}", ["train", "--model", "mlp", "--from", f[key], "--epochs", "1",
-                                                  "--out", d / "t.pt"])
+                                                  "--save", d / "t.pt"])
         add("checkpoint", f"deploy {key}", ["deploy", f[key]])
     add("checkpoint", "deploy missing", ["deploy", d / "nope.pt"])
     add("checkpoint", "deploy a directory", ["deploy", d / "sub"])
     for key in ("mnist_bad", "cifar_bad", "sub"):
         add("dataset", f"train --data {key}", ["train", "--model", "lenet5" if key != "cifar_bad" else "vgg",
-                                              "--data", f[key], "--epochs", "1", "--out", d / "t.pt"])
-    add("dataset", "train --data missing", ["train", "--model", "lenet5", "--data", d / "nope", "--out", d / "t.pt"])
+                                              "--data", f[key], "--epochs", "1", "--save", d / "t.pt"])
+    add("dataset", "train --data missing", ["train", "--model", "lenet5", "--data", d / "nope", "--save", d / "t.pt"])
     # deploy options (with a checkpoint that is itself fine would need training: use the bad one
     # so that option checks must come first or the file check refuses)
     for opt, vals in (("--batch-size", INTS_BAD), ("--passes", INTS_BAD), ("--reads", INTS_BAD),
@@ -252,7 +252,7 @@ def build(d: Path) -> list[Case]:
             add("deploy", f"{opt} {v}", ["deploy", f["ck_unknownnet"], opt, v])
     # demo
     for v in ("sim://?bogus=1", "gpib://x", "sim://3", "station:/dev/zero"):
-        add("demo", f"--chips {v}", ["demo", "--quick", *store, "--chips", v])
+        add("demo", f"--backend {v}", ["demo", "--quick", *store, "--backend", v])
     for v in ("-1", "abc"):
         add("demo", f"--seed {v}", ["demo", "--quick", *store, "--seed", v])
     add("demo", "--out a directory", ["demo", "--quick", "--out", d / "sub"])

@@ -12,8 +12,9 @@ HELP = "characterize, calibrate, train (ideal and hardware-aware), program and e
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--chips", default="sim://?seed=100",
-                        help="chips, one per tile: sim://?seed=N (N, N+1, ...) or comma-separated URIs")
+    options.add(parser, "backend", backend="chips, one per tile: sim://?seed=N (N, N+1, ...) or comma-separated "
+                                           "URIs (default sim://?seed=100)")
+    parser.set_defaults(backend="sim://?seed=100")
     options.add(parser, "store")
     parser.add_argument("--quick", action="store_true", help="reduced mode: fewer samples and epochs, same code path")
     options.add(parser, "seed", seed="seed of data splits and training (default 0)")
@@ -22,7 +23,7 @@ def add_arguments(parser) -> None:
 def run(args, out) -> dict:
     from labkit.demo import DemoConfig, run_demo  # torch and friends load only for this command
 
-    config = (DemoConfig.quick if args.quick else DemoConfig)(chips=args.chips, seed=args.seed)
+    config = (DemoConfig.quick if args.quick else DemoConfig)(chips=args.backend, seed=args.seed)
     db = Path(args.out) if args.out else default_store_path()
     with RunStore(db) as store, sigterm_as_keyboard_interrupt():
         result = run_demo(store, config, out=out, report_dir=db.parent)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from labkit.cli import options
 from labkit.train.networks import DEFAULTS, NETWORKS, build, dataset_for
 
 HELP = "train a network: ideal, hardware-aware (hw) or chip-in-the-loop (in-loop); writes a checkpoint"
@@ -35,20 +36,21 @@ def add_arguments(parser) -> None:
                              "places it; K = the number of tiles: one per tile in tile order)")
     parser.add_argument("--from", dest="start", metavar="CHECKPOINT", default=None,
                         help="start from this checkpoint instead of training ideally first")
-    parser.add_argument("--backend", default="sim://", help="chips for in-loop: sim://?seed=N (one emulated "
-                        "chip per tile) or comma-separated URIs (default: sim://)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs of this mode's training")
-    parser.add_argument("--lr", type=float, default=None, help="learning rate")
-    parser.add_argument("--batch-size", type=int, default=None, help="examples per step (per process)")
-    parser.add_argument("--data", metavar="DIR", default=None, help="data set directory (MNIST IDX / CIFAR-10)")
-    parser.add_argument("--subset", type=int, default=None, help="use at most N train and N test examples")
-    parser.add_argument("--seed", type=int, default=0, help="seed (initialization, shuffling, tile sampling)")
+    options.add(parser, "backend", backend="chips for in-loop: sim://?seed=N (one emulated chip per tile) or "
+                                           "comma-separated URIs (default sim://)")
+    parser.add_argument("--epochs", type=options.count(1, 100_000), default=None, help="epochs of this mode's training")
+    parser.add_argument("--lr", type=options.number(0, 10, "a learning rate", open_low=True), default=None,
+                        help="learning rate")
+    parser.add_argument("--batch-size", type=options.count(1, 1_000_000), default=None,
+                        help="examples per step (per process)")
+    options.add(parser, "data", "subset", "seed", subset="use at most N train and N test examples",
+                seed="seed (initialization, shuffling, tile sampling; default 0)")
     parser.add_argument("--noise-std", type=float, default=None, metavar="S",
                         help="readout noise per column in hw training, s (default 4e-9)")
     parser.add_argument("--noise-relative", type=float, default=None, metavar="FRACTION",
                         help="hw training: a further readout noise proportional to each column's output "
                              "(a calibration's noise_relative, e.g. 0.014; default 0)")
-    parser.add_argument("--out", metavar="CHECKPOINT", default=None,
+    parser.add_argument("--save", metavar="CHECKPOINT", default=None, type=options.output_file("checkpoint"),
                         help="checkpoint to write (default MODEL-MODE.pt)")
 
 
@@ -188,7 +190,7 @@ def run(args, out) -> dict:
                      "vmms": dep.vmm_count}
             extra["programming"].pop("chips", None)
         history += [dict(h, mode="in-loop") for h in res["history"]]
-    path = Path(args.out or f"{args.model}-{mode}.pt")
+    path = Path(args.save or f"{args.model}-{mode}.pt")
     meta = {"mode": mode, "start_mode": start_mode, "accuracy": accuracy, "samples": len(split.test),
             "dataset": split.source, "seed": args.seed}
     if is_main_process():
