@@ -160,6 +160,7 @@ class VirtualChip:
         self.settings = VmmSettings()
         self.pulses_applied = 0
         self.substeps = 1  # RK4 steps per slot (error < 1e-5 of full scale, see the benchmark)
+        self.native = True  # second-order integration in C where it builds (same physics as numpy)
         self._cache: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------ cell currents
@@ -252,6 +253,10 @@ class VirtualChip:
             tau_r, tau_f, lam = sc["slew"]
             d, edge_frac = effective_widths(d, self.si, tau_r, tau_f, lam)  # conduction time (s)
         n_sub = substeps or self.substeps
+        if second and record_col is None and self.native:
+            v = self._integrate_native(d, edge_frac, n_sub, sc)
+            if v is not None:
+                return v
         order = np.argsort(d, axis=1, kind="stable")
         ds = np.take_along_axis(d, order, axis=1)
         bounds = np.concatenate([np.zeros((B, 1)), ds, np.full((B, 1), T)], axis=1)  # (B, R+2)
@@ -311,6 +316,34 @@ class VirtualChip:
             v -= (noise_q @ m_inv_t) if m_inv_t is not None else noise_q / cap
         if record_col is not None:
             return v, (np.array(trace_t), np.array(trace_v))
+        return v
+
+    def _integrate_native(self, d, edge_frac, n_sub, sc):
+        """:meth:`integrate` in C (same physics and random draws), or None without it."""
+        from . import native_integrate
+
+        if not native_integrate.available():
+            return None
+        p, s, st = self.params, self.switches, self.settings
+        cap = p.capacitance_f
+        B = d.shape[0]
+        v = np.broadcast_to(p.precharge_v, (B, self.cols)).copy()
+        if s.noise:
+            v += np.sqrt(K_B_OVER_Q * Q_E * self.temperature_k / cap) * self.noise_rng.standard_normal(v.shape)
+        eta_mean, m = self._taylor_matrix()
+        m_inv_t = sc["m_inv_t"] if s.bl_coupling else None
+        step_v = None
+        if s.crosstalk:
+            q = p.coupling_f * st.read_voltage_v
+            step_v = q @ m_inv_t if m_inv_t is not None else q / cap
+        leak = p.leakage_a.sum(axis=0) if s.leakage else np.zeros(self.cols)
+        src_r = self.si.source_r_ohm if s.source_line else 0.0
+        v = native_integrate.integrate(v, d, edge_frac, st.integration_time_s, n_sub, m, eta_mean,
+                                       self.sheet.precharge_v, K_B_OVER_Q * self.temperature_k, s.droop, leak,
+                                       m_inv_t, cap, step_v, src_r, sc["source_a_per_v"])
+        if v is not None and s.noise:
+            noise_q = self._charge_noise(d)
+            v -= (noise_q @ m_inv_t) if m_inv_t is not None else noise_q / cap
         return v
 
     def _charge_noise(self, d: np.ndarray) -> np.ndarray:
