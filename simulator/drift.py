@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 FLICKER_S0_V2_PER_HZ = 5e-10  # gate-referred 1/f noise at 1 Hz of one cell (median)
-F_MIN_HZ, F_MAX_HZ = 1e-5, 10.0
+F_MIN_HZ, F_MAX_HZ = 1e-5, 1.0
 RELAX_FRACTION = 3e-3  # part of a pulse's threshold step that relaxes back (median)
 RELAX_TAU_S = (1.0, 1e4)
 PER_DECADE = 2
