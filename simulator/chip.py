@@ -1,6 +1,6 @@
 """Virtual silicon: the hidden physics of one emulated 16x16 floating-gate array.
 
-Each seed draws a different chip (PHYSICS.md sections 1-3): bit-line capacitances,
+Each seed draws a different chip (docs/physics.md): bit-line capacitances,
 per-cell drain coefficients and subthreshold slopes, a layout-dependent crosstalk map
 (systematic gradient, mirrored-row and shielded-column pattern, plus a random part),
 comparator offsets and delays, programming efficiencies, retention and telegraph noise.
@@ -11,7 +11,9 @@ widths are sorted, between two falling edges the active rows are constant and th
 bit-line ODE ``C dV/dt = -sum_i I_ij(V) - I_leak`` is integrated by RK4 with per-cell
 drain coefficients (a Taylor expansion of the per-cell spread around the column mean,
 exact to ~1e-6); each falling edge couples its crosstalk step onto every bit line.
-All units SI.
+The second-order effects (``Switches.SECOND_ORDER``, docs/physics.md section 2) live in
+``silicon.py`` and ``drift.py``; with any array effect on, the integration runs in C
+(``integrate.c``). All units SI.
 """
 
 from __future__ import annotations
