@@ -28,8 +28,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import labkit  # noqa: E402
-from labkit import calibration as cal  # noqa: E402
-from labkit import characterize as ch  # noqa: E402
+from labkit import calibrate as cal  # noqa: E402
 from labkit.store import RunStore  # noqa: E402
 
 from run_all import print_table  # noqa: E402 (benchmarks/ is on sys.path when a bench runs)
@@ -41,7 +40,7 @@ def _one(uri: str, db: Path) -> tuple[float, dict]:
     with labkit.open_backend(uri) as b, RunStore(db) as store:
         t0 = time.perf_counter()
         with store.run("calibrate", uri, b.identity.chip_id, settings=b.settings,
-                       provenance=ch.provenance(b, uri)) as run:
+                       provenance=b.provenance()) as run:
             result = cal.calibrate(b, cal.CalibrationConfig(), run=run)
         wall = time.perf_counter() - t0
     return wall, result.report

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import labkit  # noqa: E402
-from labkit import characterize as ch  # noqa: E402
+from labkit import measure as ch  # noqa: E402
 from labkit.store import RunStore  # noqa: E402
 
 from run_all import print_table  # noqa: E402 (benchmarks/ is on sys.path when a bench runs)

@@ -9,7 +9,10 @@ Figures:
 - with the link paced like a 921600-baud 8N1 UART, achieved VMM throughput as a share of
   what the baud rate allows (payload bytes only: 10 bits per byte, 32 bytes per vector in
   the busier direction), target >= 90 %;
-- round-trip time of an empty PING over loopback TCP.
+- round-trip time of an empty PING over loopback TCP;
+- the C reference firmware's host build on a pseudo-terminal: VMM throughput, PING
+  round trip, and the conformance suite's verdict and run time against it and against
+  the Python emulator.
 
 Run: ``python benchmarks/bench_link.py``.
 """
@@ -53,6 +56,22 @@ def board_process(baud: float | None = None):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def c_firmware_process():
+    """The C reference firmware (host build, made here) serving a pty; yields its path."""
+    from pathlib import Path
+
+    fw = Path(__file__).resolve().parent.parent / "firmware"
+    subprocess.run(["make", "-s", "-C", str(fw)], check=True)
+    proc = subprocess.Popen([str(fw / "build" / "labkit-fw-host"), "--stdin-ends"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        yield proc.stdout.readline().strip()
+    finally:
+        proc.stdin.close()
+        proc.wait(5)
 
 
 def widths(n: int, seed: int = 0) -> np.ndarray:
@@ -127,6 +146,30 @@ def main(n_fast: int = 6000, n_paced: int = 12000) -> list[dict]:
                      unit="ratio", target=">= 0.9", peer=f"{paced_tcp:.0f} of {allowed:.0f} vec/s"))
     rows.append(dict(name=f"paced {BAUD} Bd, in-process: achieved / allowed", value=paced_inproc / allowed,
                      unit="ratio", target=">= 0.9", peer=f"{paced_inproc:.0f} of {allowed:.0f} vec/s"))
+
+    from drivers.conformance import run_conformance
+
+    with c_firmware_process() as pty:
+        c_rate = vmm_rate(pty, n_fast)
+        with TestBoard(pty) as board:
+            t0 = time.perf_counter()
+            for _ in range(200):
+                board.ping()
+            c_rtt = (time.perf_counter() - t0) / 200
+        t0 = time.perf_counter()
+        c_report = run_conformance(pty)
+        c_conf_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    emu_report = run_conformance(f"labkitemu://?seed={SEED}")
+    emu_conf_s = time.perf_counter() - t0
+    rows.append(dict(name="VMM throughput, C reference firmware on a pty (1 kB frames)", value=c_rate,
+                     unit="vec/s", target="-", peer=f"emulator over TCP {tcp_rate:.0f}/s"))
+    rows.append(dict(name="PING round trip, C reference firmware on a pty", value=c_rtt * 1e6, unit="us",
+                     target="-", peer=f"emulator over TCP {rtt * 1e6:.0f} us"))
+    for who, rep, secs in (("C reference firmware", c_report, c_conf_s), ("Python emulator", emu_report, emu_conf_s)):
+        ok = sum(c.ok is True for c in rep.checks)
+        rows.append(dict(name=f"conformance suite, {who}: checks passed", value=ok, unit=f"of {len(rep.checks)}",
+                         target="all", peer=f"{secs:.1f} s, failed: {', '.join(rep.failed) or 'none'}"))
 
     print_table(rows)
     return rows

@@ -3,7 +3,7 @@
 On the default emulated chip (all non-idealities on, programming noise included), whole
 16x16 arrays are erased and programmed to +-1 % with each algorithm, on the same chip
 seeds and the same targets. Two target sets over the weight window of
-labkit.mapping (I_min = 1 nA to I_max ~ 11 nA at T = 1 us):
+labkit.program.mapping (I_min = 1 nA to I_max ~ 11 nA at T = 1 us):
 
 - ``dual-branch``: weights uniform in [-1, 1] (16x8) mapped onto column pairs with the
   offset scheme (half the cells at I_min, the other half uniform up to I_max);
@@ -26,8 +26,8 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 import labkit  # noqa: E402
-from labkit.mapping import WeightWindow, map_weights  # noqa: E402
-from labkit.programming import ProgramConfig, program_array  # noqa: E402
+from labkit.program.mapping import WeightWindow, map_weights  # noqa: E402
+from labkit.program.programming import ProgramConfig, program_array  # noqa: E402
 
 from run_all import print_table  # noqa: E402 (benchmarks/ is on sys.path when a bench runs)
 

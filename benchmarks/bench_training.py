@@ -1,6 +1,6 @@
 """Training speed: LeNet-5, batch 128, forward + backward on CPU, side by side in one run.
 
-- ``plain``: the torch LeNet-5 (``labkit.networks.lenet5``);
+- ``plain``: the torch LeNet-5 (``labkit.train.networks.lenet5``);
 - ``labkit``: the same network converted to analog tiles (16 rows x 8 signed outputs,
   497 tiles, each with its own chip parameters from the datasheet spread) with the full
   time-domain physics on: input clock, bit-line droop, per-cell crosstalk with the
@@ -13,7 +13,7 @@ Each figure is the median over rounds in which every network runs three steps in
 (so a busy machine slows them alike, and each runs warm) of one optimizer-free step (zero_grad, forward, cross-entropy,
 backward); ratios are to the plain network. ``--threads`` sets torch's CPU threads (the
 default is 1: on a shared machine a second thread mostly waits). The process keeps freed
-memory for reuse (:func:`labkit.model.keep_freed_memory`, as ``labkit.training.train``
+memory for reuse (:func:`labkit.model.keep_freed_memory`, as ``labkit.train.training.train``
 does; it serves all three networks; ``--default-allocator`` to measure without). The
 target is a ratio below 5.
 
@@ -29,9 +29,9 @@ import time
 import torch
 from torch import nn
 
-from labkit.analog import ChipSpread, convert
+from labkit.nn.analog import ChipSpread, convert
 from labkit.model import keep_freed_memory
-from labkit.networks import lenet5
+from labkit.train.networks import lenet5
 
 TARGET = 5.0
 

@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import machine
+
 HERE = Path(__file__).resolve().parent
 MARK = "@@BENCH_ROWS@@"
 RUNNER = (
@@ -48,11 +50,12 @@ def fmt(value) -> str:
 
 def print_table(rows: list[dict]) -> None:
     """Rows ``{name, value, unit, target, peer}`` as one aligned table (also what each
-    benchmark prints when run on its own)."""
-    header = ["figure", "value", "unit", "target", "peer (same run)"]
+    benchmark prints when run on its own), each row with the CPU it ran on."""
+    header = ["figure", "value", "unit", "target", "peer (same run)", "cpu"]
+    print(f"machine: {machine.describe()}")
     table = [[r.get("name", ""), fmt(r.get("value", "")), r.get("unit", ""), r.get("target", ""),
-              fmt(r.get("peer", ""))] for r in rows]
-    widths = [max(len(str(row[i])) for row in table + [header]) for i in range(5)]
+              fmt(r.get("peer", "")), r.get("cpu", machine.short())] for r in rows]
+    widths = [max(len(str(row[i])) for row in table + [header]) for i in range(len(header))]
     for k, row in enumerate([header] + table):
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
         if k == 0:
@@ -75,7 +78,7 @@ def main(argv=None) -> int:
         if error:
             failed += 1
             table.append({"name": path.stem, "value": "ERROR", "target": error})
-        table.extend(rows)
+        table.extend({**r, "cpu": machine.short(), "machine": machine.describe()} for r in rows)
         print(f"  {path.stem}: {wall:.1f} s", file=sys.stderr)
     print_table(table)
     if args.json:

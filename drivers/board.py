@@ -18,6 +18,11 @@ Reliability rules:
   :class:`~drivers.protocol.LinkError` that says what happened, never a hang;
 - VMM batches are split to the board's ``max_payload`` and pipelined (``window`` frames
   in flight) so that both directions of the link stay busy.
+
+Safety rules: opening a board disarms its high voltage (whatever an earlier, perhaps
+killed, session left behind) and checks that it is disarmed; :meth:`close` disarms;
+:meth:`emergency_disarm` sends a disarm frame without waiting (for signal handlers).
+A command whose capability bit HELLO did not announce is refused on the host.
 """
 
 from __future__ import annotations
@@ -112,10 +117,22 @@ class TestBoard:
         try:
             self.resync()
             self.info = self.hello()
+            self.opened_status = self.disarm()
             self._settings = self.get_config()
         except BaseException:
             self.port.close()
             raise
+
+    def has(self, capability: p.Capability) -> bool:
+        """Whether the board announced ``capability`` in HELLO."""
+        return bool(self.info.capabilities & capability)
+
+    def _require(self, command: Command) -> None:
+        need = p.REQUIRES.get(command)
+        if need is not None and not self.has(need):
+            raise p.UnknownCommandError(
+                f"the test board at {self.url!r} does not offer {command.name} (capability {need.name} not announced)",
+                Status.UNKNOWN_COMMAND, command)
 
     # ------------------------------------------------------------- commands
 
@@ -127,6 +144,38 @@ class TestBoard:
             raise p.VersionError(f"board speaks protocol {info.protocol_version}; this host speaks {p.PROTOCOL_VERSION}")
         self.info = info
         return info
+
+    def disarm(self) -> p.BoardStatus:
+        """Drop the programming high voltage and check the board says so; returns STATUS."""
+        if self.arm(False):
+            raise p.HardwareFaultError(f"the test board at {self.url!r} stays armed after ARM 0",
+                                       Status.HARDWARE_FAULT, Command.ARM)
+        st = self.status()
+        if st.armed:
+            raise p.HardwareFaultError(f"the test board at {self.url!r} reports armed after ARM 0",
+                                       Status.HARDWARE_FAULT, Command.STATUS)
+        return st
+
+    def emergency_disarm(self) -> None:
+        """Send ARM 0 now without waiting for the answer (safe inside a signal handler:
+        one write, after a delimiter that ends any frame half sent)."""
+        try:
+            self.port.write(p.DELIMITER + p.request(self._next_seq(), Command.ARM, p.encode_flag(False)))
+            self.port.flush()
+        except Exception:  # the link may be gone; the board's arm time-out still holds
+            pass
+
+    def route(self, cell) -> tuple[int, int] | None:
+        """Connect ``(row, col)`` to the SMU test port (``None``: disconnect); returns the
+        board's answer."""
+        self._require(Command.ROUTE)
+        return p.decode_route(self._call(Command.ROUTE, p.encode_route(cell), reply_size=2).payload)
+
+    def reset(self) -> p.BoardInfo:
+        """Restart the board (new boot id, disarmed, reply cache gone); returns the new HELLO."""
+        self._require(Command.RESET)
+        self._call(Command.RESET)
+        return self.hello()
 
     def ping(self, data: bytes = b"") -> float:
         """Round-trip time (s) of an echo of ``data``."""
@@ -157,6 +206,7 @@ class TestBoard:
 
     def read_currents(self, cells) -> np.ndarray:
         """Drain current (A) of each ``(row, col)`` cell at the configured read voltage."""
+        self._require(Command.READ)
         a = np.asarray(cells, dtype=np.int64).reshape(-1, 2)
         per = max(1, (self.info.max_payload - 2) // 8)
         out = []
@@ -173,6 +223,7 @@ class TestBoard:
         """One programming pulse per cell, in order; voltages (V) and widths (s) broadcast
         over the cells. Needs the board armed. Returns the pulses applied (never more
         than one per listed cell, whatever the link does)."""
+        self._require(Command.PROGRAM)
         a = np.asarray(cells, dtype=np.int64).reshape(-1, 2)
         v = np.broadcast_to(np.asarray(voltage_v, dtype=float), (len(a),))
         w = np.broadcast_to(np.asarray(width_s, dtype=float), (len(a),))
@@ -187,6 +238,7 @@ class TestBoard:
 
     def erase_rows(self, rows, voltage_v: float, width_s: float) -> int:
         """One erase pulse (V, s) on each listed row. Needs the board armed."""
+        self._require(Command.ERASE)
         r = np.asarray(rows, dtype=np.int64).ravel()
         payload = p.encode_erase_request(r, voltage_v, width_s)
         exec_s = float(width_s) * len(r) + 1e-4
@@ -206,6 +258,7 @@ class TestBoard:
         """Raw VMM: input ticks ``(B, rows)`` (u16) -> TDC counts ``(B, cols)`` (u16).
 
         Split into frames of at most ``max_payload`` and pipelined ``window`` deep."""
+        self._require(Command.VMM)
         ticks = np.asarray(ticks)
         g, s = self.info.geometry, self._settings
         if ticks.ndim != 2 or ticks.shape[1] != g.rows:
@@ -268,6 +321,8 @@ class TestBoard:
 
     def temperature_k(self) -> float | None:
         """Chip temperature (K), or None where the board has no sensor."""
+        if not self.has(p.Capability.TEMPERATURE):
+            return None
         return p.decode_temperature(self._call(Command.TEMPERATURE, reply_size=8).payload)
 
     # --------------------------------------------------------------- link
@@ -284,6 +339,15 @@ class TestBoard:
         self._inbox.clear()
 
     def close(self) -> None:
+        """Disarm (best effort: a dead link is left to the board's arm time-out), then close."""
+        if self.port.is_open:
+            retries, self.retries = self.retries, min(self.retries, 1)  # a dead link: no long wait
+            try:
+                self.arm(False)
+            except (p.BoardError, serial.SerialException, OSError):
+                self.emergency_disarm()
+            finally:
+                self.retries = retries
         try:
             self.port.close()
         except (serial.SerialException, OSError):

@@ -1,7 +1,10 @@
 """The chip test-board wire protocol: framing, command and status codes, payload codecs.
 
-Pure functions and dataclasses, no I/O: the host driver (:mod:`drivers.board`) and the
-board firmware emulator (:mod:`simulator.firmware`) both speak through this module.
+Pure functions and dataclasses, no I/O: the host side of the protocol specified in
+``docs/board-protocol.md`` (used by :mod:`drivers.board` and :mod:`drivers.conformance`).
+Boards implement the specification on their own (the Python emulator in
+:mod:`simulator.wire`, the reference firmware in ``firmware/``), so a misreading on one
+side is caught by the other.
 
 Frame on the wire::
 
@@ -34,6 +37,7 @@ import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
+from cobs import cobs as _cobs
 
 from labkit.backend import BackendError, Datasheet, Geometry, SafetyEnvelope, SafetyError, VmmSettings
 
@@ -55,8 +59,10 @@ class Command(enum.IntEnum):
     STATUS = 0x03  # -> BoardStatus (armed, pulse counters, boot id)
     GET_CONFIG = 0x04  # -> VmmSettings
     CONFIGURE = 0x05  # VmmSettings -> VmmSettings applied
+    RESET = 0x06  # -> empty reply, then the board restarts (new boot id, disarmed, cache gone)
     READ = 0x10  # cells -> currents (A)
     VMM = 0x11  # input ticks (B, rows) -> TDC counts (B, cols)
+    ROUTE = 0x12  # (row, col) -> the same: that cell on the SMU test port ((255, 255): none)
     PROGRAM = 0x20  # (row, col, V, s) per cell -> pulses applied (not idempotent)
     ERASE = 0x21  # V, s, rows -> pulses applied (not idempotent)
     ARM = 0x22  # u8 on/off -> u8 armed (programming needs the board armed)
@@ -66,7 +72,7 @@ class Command(enum.IntEnum):
 
 
 #: Commands whose repetition is harmless: the host may retry them freely.
-IDEMPOTENT = frozenset(Command) - {Command.PROGRAM, Command.ERASE}
+IDEMPOTENT = frozenset(Command) - {Command.PROGRAM, Command.ERASE, Command.RESET}
 
 
 class Status(enum.IntEnum):
@@ -83,11 +89,27 @@ class Status(enum.IntEnum):
 
 
 class Capability(enum.IntFlag):
-    READ = 1
-    VMM = 2
-    PROGRAM = 4
-    ERASE = 8
-    TEMPERATURE = 16
+    """HELLO's capability bits: the host sends a command only where its bit is set."""
+
+    READ = 1  # READ
+    VMM = 2  # VMM
+    PROGRAM = 4  # PROGRAM (with ARM)
+    ERASE = 8  # ERASE (with ARM)
+    TEMPERATURE = 16  # TEMPERATURE has a sensor behind it
+    ROUTE = 32  # ROUTE: the board can put a cell on the SMU test port
+    RESET = 64  # RESET
+
+
+#: The capability a command needs (commands not listed need none).
+REQUIRES = {
+    Command.READ: Capability.READ,
+    Command.VMM: Capability.VMM,
+    Command.PROGRAM: Capability.PROGRAM,
+    Command.ERASE: Capability.ERASE,
+    Command.TEMPERATURE: Capability.TEMPERATURE,
+    Command.ROUTE: Capability.ROUTE,
+    Command.RESET: Capability.RESET,
+}
 
 
 # ------------------------------------------------------------------------ errors
@@ -180,54 +202,17 @@ def command_name(command: int) -> str:
 
 
 def cobs_encode(data: bytes) -> bytes:
-    """Byte-stuff ``data`` so that it contains no 0x00 (the frame delimiter).
-
-    Every 0x00 becomes the length code of the run after it, plus one code in front;
-    runs of 254 or more non-zero bytes are split into 0xFF blocks."""
-    arr = np.frombuffer(bytes(data), np.uint8)
-    zeros = np.flatnonzero(arr == 0)
-    codes = np.diff(np.concatenate(([-1], zeros, [len(arr)])))  # run length + 1
-    if codes.max() < 0xFF:  # no long runs: one code per run, vectorised
-        out = np.empty(len(arr) + 1, np.uint8)
-        out[0] = codes[0]
-        out[1:] = arr
-        out[zeros + 1] = codes[1:]
-        return out.tobytes()
-    out = bytearray()
-    for run in bytes(data).split(b"\x00"):
-        view = memoryview(run)
-        while len(view) >= 254:
-            out.append(0xFF)
-            out += view[:254]
-            view = view[254:]
-        out.append(len(view) + 1)
-        out += view
-    return bytes(out)
+    """Byte-stuff ``data`` so that it contains no 0x00 (the frame delimiter): the
+    ``cobs`` package (C extension)."""
+    return _cobs.encode(bytes(data))
 
 
 def cobs_decode(data: bytes) -> bytes:
     """Inverse of :func:`cobs_encode`; ``PayloadError`` on a malformed block."""
-    data = bytes(data)
-    n = len(data)
-    if data.find(0) >= 0:
-        raise PayloadError("malformed COBS: 0x00 inside a frame")
-    starts = []
-    i = 0
-    while i < n:  # walk the chain of block codes
-        starts.append(i)
-        i += data[i]
-    if i != n:
-        raise PayloadError(f"malformed COBS: last block runs {i - n} bytes past the end")
-    if not starts:
-        return b""
-    arr = np.frombuffer(data, np.uint8)
-    pos = np.array(starts)
-    out = arr.copy()
-    out[pos[1:]] = 0  # a code after a block shorter than 254 stands for a 0x00
-    keep = np.ones(n, bool)
-    keep[0] = False
-    keep[pos[1:][arr[pos[:-1]] == 0xFF]] = False  # after a full block: no 0x00
-    return out[keep].tobytes()
+    try:
+        return _cobs.decode(bytes(data))
+    except _cobs.DecodeError as exc:
+        raise PayloadError(f"malformed COBS: {exc}") from None
 
 
 def cobs_max_size(n: int) -> int:
@@ -430,6 +415,7 @@ class BoardInfo:
     geometry: Geometry = field(default_factory=Geometry)
     datasheet: Datasheet = field(default_factory=Datasheet)
     boot_id: int = 0  # changes when the board restarts (its reply cache is then gone)
+    arm_timeout_s: float | None = None  # the board disarms after this long without a frame (None: not said)
 
 
 def encode_hello_reply(info: BoardInfo) -> bytes:
@@ -448,7 +434,8 @@ def encode_hello_reply(info: BoardInfo) -> bytes:
         d.cell_current_range_a[1],
         d.erased_current_a,
     )
-    return head + pairs + strings + sheet
+    tail = b"" if info.arm_timeout_s is None else struct.pack("<I", round(info.arm_timeout_s * 1000))
+    return head + pairs + strings + sheet + tail
 
 
 def decode_hello_reply(data: bytes) -> BoardInfo:
@@ -464,8 +451,12 @@ def decode_hello_reply(data: bytes) -> BoardInfo:
     firmware, pos = _unpack_str(data, pos)
     serial, pos = _unpack_str(data, pos)
     chip, pos = _unpack_str(data, pos)
-    _need(data[pos:], _DATASHEET.size, "HELLO datasheet")
+    if len(data) < pos + _DATASHEET.size:
+        raise PayloadError("HELLO reply: datasheet runs past the payload")
     pv, tv, cap, iref, lo, hi, erased = _DATASHEET.unpack_from(data, pos)
+    pos += _DATASHEET.size
+    arm_timeout = struct.unpack_from("<I", data, pos)[0] / 1000 if len(data) >= pos + 4 else None
+    # later revisions may append fields: bytes after the ones known here are ignored
     return BoardInfo(
         protocol_version=version,
         firmware=firmware,
@@ -476,6 +467,7 @@ def decode_hello_reply(data: bytes) -> BoardInfo:
         geometry=Geometry(rows, cols, pairs),
         datasheet=Datasheet(pv, tv, cap, iref, (lo, hi), erased),
         boot_id=boot,
+        arm_timeout_s=arm_timeout,
     )
 
 
@@ -720,6 +712,21 @@ def decode_limits(data: bytes) -> SafetyEnvelope:
     _need(data, _LIMITS.size, "limits")
     v = _LIMITS.unpack(data)
     return SafetyEnvelope(v[0], v[1], (v[2], v[3]), (v[4], v[5]), (v[6], v[7]), (v[8], v[9]), v[10])
+
+
+def encode_route(cell: tuple[int, int] | None) -> bytes:
+    """ROUTE request and reply: row u8, col u8; ``None`` (255, 255) disconnects the port."""
+    if cell is None:
+        return b"\xff\xff"
+    r, c = (int(v) for v in cell)
+    if not (0 <= r < 255 and 0 <= c < 255):
+        raise ValueError(f"cell {cell!r} does not fit u8 indices below 255")
+    return bytes([r, c])
+
+
+def decode_route(data: bytes) -> tuple[int, int] | None:
+    _need(data, 2, "ROUTE")
+    return None if data == b"\xff\xff" else (data[0], data[1])
 
 
 def encode_temperature(kelvin: float | None) -> bytes:

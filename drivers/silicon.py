@@ -14,10 +14,10 @@ class (``SiliconBackend(board, smu=...)`` picks it), so ``isinstance`` checks an
 
 Bench wiring assumed (and emulated by the virtual bench):
 
-- the board's read path stays on the cell it last read (its row/column decoders stay
-  latched) and the SMU is tied to that path: for an Id-Vg sweep the backend first reads
-  the cell through the board, then the SMU forces the gate voltage and measures the
-  drain current;
+- the SMU sits on the board's analog test port: for an Id-Vg sweep the backend routes
+  the cell there with the board's ROUTE command (on a board without that capability it
+  reads the cell, whose row/column decoders then stay latched), then the SMU forces
+  the gate voltage and measures the drain current;
 - each scope channel probes the bit line named in the station file
   (``instruments.scope.columns``); the board's integration-start output drives the
   scope's external trigger;
@@ -27,15 +27,18 @@ Bench wiring assumed (and emulated by the virtual bench):
 from __future__ import annotations
 
 import functools
-import math
+import signal
+import threading
+import weakref
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
 
-from labkit.backend import Identity, SafetyEnvelope, SafetyError, VmmSettings
-from labkit.units import si
+from labkit.backend import Identity, SafetyEnvelope, VmmSettings
 
 from .board import TestBoard
+from .protocol import Capability
 from .scope import KeysightInfiniiVision
 from .smu import Keithley2400
 from .station import Station, load_station
@@ -48,14 +51,49 @@ DRIVERS = {
     "lakeshore335": LakeShore336,
 }
 SCOPE_POINTS = 1000  # points fetched per captured waveform
+DISARM_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+_open_boards: "weakref.WeakSet[TestBoard]" = weakref.WeakSet()
+_installed: dict[int, object] = {}  # signal -> the handler it had before ours
+
+
+def _disarm_on_signal(signum, frame) -> None:
+    """SIGTERM/SIGHUP: send every open board a disarm frame, then leave through
+    SystemExit so that ``finally`` blocks and ``close()`` disarm properly too."""
+    for board in list(_open_boards):
+        board.emergency_disarm()
+    raise SystemExit(128 + signum)
+
+
+def _guard_signals(board: TestBoard) -> None:
+    """Install the disarming handler (main thread only, never over a handler of the user's)."""
+    _open_boards.add(board)
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in DISARM_SIGNALS:
+        if sig not in _installed and signal.getsignal(sig) in (signal.SIG_DFL, None):
+            _installed[sig] = signal.signal(sig, _disarm_on_signal)
+
+
+def _release_signals(board: TestBoard) -> None:
+    _open_boards.discard(board)
+    if _open_boards or threading.current_thread() is not threading.main_thread():
+        return
+    for sig, previous in list(_installed.items()):
+        if signal.getsignal(sig) is _disarm_on_signal:
+            signal.signal(sig, previous)
+        del _installed[sig]
 
 
 class SiliconBackend:
     """Raw ArrayBackend over a :class:`TestBoard` and optional instruments (SI units).
 
-    Programming and erase arm the board's high voltage for the pulses only. ``envelope``
-    is the board's limits tightened by the station's; the board is told to enforce it
-    too. ``station`` is the station description (text included) for provenance.
+    Programming and erase arm the board's high voltage for the pulses only; opening the
+    board disarmed it and checked its state (``board_status``: the STATUS read then),
+    ``close()`` disarms, and while a backend is open SIGTERM and SIGHUP disarm before
+    the process exits. ``envelope`` is the board's limits tightened by the station's;
+    the board is told to enforce it too. ``station`` is the station description (text
+    included) for provenance.
     """
 
     def __new__(cls, board, smu=None, scope=None, tempctl=None, **kw):
@@ -69,6 +107,8 @@ class SiliconBackend:
                  station: Station | None = None):
         self.board, self.smu, self.scope, self.tempctl = board, smu, scope, tempctl
         self.station = station
+        self.board_status = board.disarm()  # whatever an earlier (killed?) session left armed
+        _guard_signals(board)
         info = board.info
         self.geometry = info.geometry
         self.datasheet = info.datasheet
@@ -119,22 +159,19 @@ class SiliconBackend:
         return self.board.temperature_k()
 
     def close(self) -> None:
-        for inst in (self.smu, self.scope, self.tempctl):
-            if inst is not None:
-                inst.close()
-        self.board.close()
-
-    # -- shared checks of the capability methods (SafeArray covers only the primitives)
-    def _cell(self, cell) -> tuple[int, int]:
-        g = self.geometry
         try:
-            r, c = (int(v) for v in cell)
-            ok = (r, c) == tuple(cell) and 0 <= r < g.rows and 0 <= c < g.cols
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise ValueError(f"cell {cell!r}; expected (row, col) with row in [0, {g.rows}) and col in [0, {g.cols})")
-        return r, c
+            self.board.close()  # disarms first
+        finally:
+            _release_signals(self.board)
+            for inst in (self.smu, self.scope, self.tempctl):
+                if inst is not None:
+                    inst.close()
+
+    def provenance(self) -> dict:
+        """The station file as read (path and text)."""
+        if self.station is None:
+            return {}
+        return {"station_file": {"path": str(Path(self.station.path).resolve()), "text": self.station.text}}
 
 
 class _GateSweepPath:
@@ -143,20 +180,11 @@ class _GateSweepPath:
     def id_vg(self, cell, gate_v, compliance_a) -> np.ndarray:
         """Drain current (A) of ``cell`` at each gate voltage (V); the SMU clips at
         ``compliance_a`` (A), which may not exceed the envelope's ``max_compliance_a``."""
-        r, c = self._cell(cell)
-        v = np.atleast_1d(np.asarray(si(gate_v, "V", "gate_v"), dtype=float))
-        comp = float(si(compliance_a, "A", "compliance_a"))
-        env = self.envelope
-        if v.ndim != 1 or v.size == 0 or not np.all(np.isfinite(v)):
-            raise ValueError(f"gate_v={gate_v!r}; expected a non-empty 1-D array of finite volts")
-        lo, hi = env.read_voltage_range_v
-        if v.min() < lo or v.max() > hi:
-            bad = v[(v < lo) | (v > hi)][0]
-            raise SafetyError(f"gate voltage {bad:g} V is outside the allowed [{lo:g}, {hi:g}] V")
-        if not (math.isfinite(comp) and 0 < comp <= env.max_compliance_a):
-            raise SafetyError(f"compliance_a={comp:g} A is outside the allowed (0, {env.max_compliance_a:g}] A")
-        self.board.read_currents(np.array([[r, c]]))  # latches the read path on the cell
-        return self.smu.sweep(v, comp)
+        if self.board.has(Capability.ROUTE):
+            self.board.route(tuple(cell))
+        else:
+            self.board.read_currents(np.array([cell]))  # latches the read path on the cell
+        return self.smu.sweep(gate_v, compliance_a)
 
 
 class _ScopeCapture:
@@ -168,13 +196,7 @@ class _ScopeCapture:
         channels = {column: ch for ch, column in self.scope_columns.items()}
         if isinstance(col, bool) or not isinstance(col, (int, np.integer)) or int(col) not in channels:
             raise ValueError(f"col={col!r} is not probed by the scope; probed columns: {sorted(channels)}")
-        w = np.asarray(si(widths_s, "s", "widths_s"), dtype=float)
-        s = self.settings
-        if w.shape != (self.geometry.rows,):
-            raise ValueError(f"widths_s has shape {w.shape}; expected ({self.geometry.rows},)")
-        if not np.all(np.isfinite(w)) or w.min() < 0 or w.max() > s.integration_time_s:
-            bad = w[~np.isfinite(w) | (w < 0) | (w > s.integration_time_s)][0]
-            raise SafetyError(f"pulse width {bad:g} s is outside the allowed [0, {s.integration_time_s:g}] s")
+        w, s = widths_s, self.settings
         ch = channels[int(col)]
         v0 = self.datasheet.precharge_v
         self.scope.arm_single(ch, window_s=s.integration_time_s + s.tdc_full_scale_s,
@@ -191,10 +213,7 @@ class _ThermalControl:
 
     def set_temperature_k(self, kelvin) -> None:
         """Regulate the chip at ``kelvin`` (K) and wait until it is there."""
-        k = float(si(kelvin, "K", "kelvin"))
-        if not (math.isfinite(k) and k > 0):
-            raise ValueError(f"kelvin={kelvin!r}; expected a finite temperature > 0 K")
-        self.tempctl.regulate(k)
+        self.tempctl.regulate(kelvin)
         self.tempctl.wait_stable(self.settle_tolerance_k, self.settle_timeout_s, poll_s=0.5)
 
     def temperature_k(self) -> float | None:

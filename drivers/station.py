@@ -17,7 +17,8 @@ Example::
       program_width_range_s: [1.0e-8, 1.0e-4]
     faults: {}                          # what an emulated bench injects (provenance)
 
-Loaded with ``yaml.safe_load``; every mistake is a :class:`StationError` (a
+Loaded with :func:`labkit.files.parse_yaml` (``safe_load`` semantics; duplicate keys, files over
+4 MiB, devices and deep nesting refused); every mistake is a :class:`StationError` (a
 ``ValueError``) naming the file and the key, before anything is opened.
 """
 
@@ -32,6 +33,7 @@ from typing import Any
 import yaml
 
 from labkit.backend import SafetyEnvelope
+from labkit.files import FileFormatError, parse_yaml, read_text
 
 #: instrument role -> (default model, known models)
 MODELS = {
@@ -69,29 +71,25 @@ class Station:
     faults: dict[str, Any]
     text: str  # the file as read, for provenance
 
-    def envelope(self, chip: SafetyEnvelope) -> SafetyEnvelope:
-        """The chip's envelope tightened by this station's limits (SafetyError if looser)."""
-        return chip.tightened(**self.limits) if self.limits else chip
-
 
 def load_station(path: str | Path) -> Station:
     """Read and validate a station file."""
     p = Path(path)
+    if not p.exists():
+        raise StationError(f"station file {str(p)!r} does not exist")
     try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise StationError(f"station file {str(p)!r} does not exist") from None
-    except OSError as exc:
-        raise StationError(f"station file {str(p)!r} cannot be read: {exc}") from None
+        text = read_text(p, "station file")
+    except FileFormatError as exc:
+        raise StationError(str(exc).removeprefix("station file ")) from None
     return parse_station(text, str(p))
 
 
 def parse_station(text: str, path: str = "<station>") -> Station:
     """Validate station YAML ``text`` (``path`` only labels error messages)."""
     try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise StationError(f"{path}: not valid YAML: {exc}") from None
+        doc = parse_yaml(text, "station file", path)
+    except FileFormatError as exc:
+        raise StationError(str(exc).removeprefix("station file ")) from None
     if not isinstance(doc, dict):
         raise StationError(f"{path}: expected a mapping with a 'board' key, got {type(doc).__name__}")
     err = _Errors(path)

@@ -18,7 +18,7 @@ its crosstalk switched off, not refitted (``ABLATIONS``).
 What it writes: a ``calibrate`` run in the run store (``--out``; every dataset, so the
 fit can be redone later with ``--refit RUN``) and the calibration file (``--file``,
 default ``calibration-CHIP.npz`` next to the store; a NumPy archive, no pickle) that
-analog layers, training and deployment load (``labkit.calibration.load_calibration``).
+analog layers, training and deployment load (``labkit.calibrate.load_calibration``).
 
 How to run it::
 
@@ -38,9 +38,9 @@ import time
 from pathlib import Path
 
 from labkit import open_backend
-from labkit import calibration as cal
-from labkit import characterize as ch
-from labkit.console import Console
+from labkit import calibrate as cal
+from labkit import measure as ch
+from labkit.ui.console import Console
 from labkit.store import RunStore, default_store_path, sigterm_as_keyboard_interrupt
 
 # ------------------------------------------------------------------ settings (edit these)
@@ -109,7 +109,7 @@ def main(argv=None) -> dict:
             out.info(f"calibrating {chip} on {args.backend}")
             with sigterm_as_keyboard_interrupt(), store.run(
                     "calibrate", backend_uri=args.backend, chip_id=chip, settings=backend.settings,
-                    provenance=ch.provenance(backend, args.backend),
+                    provenance=backend.provenance(),
                     seeds={"fit": config.seed, "holdout": config.seed + 1, "repeats": config.seed + 2,
                            "activations": config.seed + 3, "activation_repeats": config.seed + 4}) as run:
                 cs = cal.measure_calibration_set(backend, config, run, out.progress)

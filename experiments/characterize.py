@@ -19,7 +19,7 @@ How to run it::
     python experiments/characterize.py --backend station:bench.yaml  # virtual bench or a real one
 
 Copy it and edit the settings below: the steps in ``measure`` are plain calls into
-:mod:`labkit.characterize`; drop one, change its arguments or add your own.
+:mod:`labkit.measure`; drop one, change its arguments or add your own.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ import time
 from pathlib import Path
 
 from labkit import open_backend
-from labkit import characterize as ch
+from labkit import measure as ch
 from labkit.backend import TemperatureControl, VirtualClock
-from labkit.console import Console
-from labkit.plots import characterization_report
+from labkit.ui.console import Console
+from labkit.ui.plots import characterization_report
 from labkit.store import RunStore, default_store_path, sigterm_as_keyboard_interrupt
 from labkit.units import fmt
 
@@ -108,7 +108,7 @@ def main(argv=None) -> dict:
         config.validate(backend)  # sweep ranges against this backend's limits, before measuring
         with sigterm_as_keyboard_interrupt(), store.run(
                 "characterize", backend_uri=args.backend, chip_id=backend.identity.chip_id,
-                settings=backend.settings, provenance=ch.provenance(backend, args.backend),
+                settings=backend.settings, provenance=backend.provenance(),
                 seeds={"patterns": config.seed, "repeats": config.seed + 1}) as run:
             out.info(f"run {run.id}: characterizing {backend.identity.chip_id} on {args.backend}")
             result = measure(backend, config, run, out.progress)

@@ -47,12 +47,11 @@ from urllib.parse import parse_qsl, urlencode
 import numpy as np
 
 from labkit import open_backend
-from labkit import calibration as cal
-from labkit import characterize as ch
+from labkit import calibrate as cal
 from labkit.backend import parse_uri
 from labkit.cli import strict_json
-from labkit.console import Console
-from labkit.plots import save_png
+from labkit.ui.console import Console
+from labkit.ui.plots import save_png
 from labkit.store import RunStore, sigterm_as_keyboard_interrupt
 
 METHODS = ("naive", "linear", "model")
@@ -82,7 +81,7 @@ def ser_per_method(chips, config: cal.CalibrationConfig, store: RunStore, out_di
             out.info(f"(a) calibrating {chip} on {uri}")
             with sigterm_as_keyboard_interrupt(), store.run(
                     "calibrate", backend_uri=uri, chip_id=chip, settings=backend.settings,
-                    provenance=ch.provenance(backend, uri), seeds={"patterns": seed}) as run:
+                    provenance=backend.provenance(), seeds={"patterns": seed}) as run:
                 c = cal.calibrate(backend, cfg, run=run, progress=out.progress)
                 c.backend_uri = uri
                 saved = c.save(out_dir / f"calibration-{chip}.npz")

@@ -1,7 +1,7 @@
 """Program a signed weight matrix onto one array with program-and-verify.
 
 What it does: maps a ``(16, 8)`` signed weight matrix (rows x signed outputs, |w| <= 1)
-onto dual-branch cell currents (:mod:`labkit.mapping`), erases the array and programs
+onto dual-branch cell currents (:mod:`labkit.program.mapping`), erases the array and programs
 every cell to its target current with the adaptive planner (it learns each cell's
 response from its own pulses; ``--algorithm ispp`` is the step-pulse baseline), then
 prints the current error, the weight error and the pulse statistics. The weights come
@@ -37,13 +37,13 @@ import numpy as np
 
 from labkit import open_backend
 from labkit.backend import VirtualClock
-from labkit.characterize import cell_current_map
-from labkit.chipstate import ChipState
-from labkit.commands.program import load_weights
-from labkit.console import Console
-from labkit.mapping import WeightWindow, precision, unmap_currents
-from labkit.plots import save_png
-from labkit.programming import ProgramConfig, program_weights, refresh
+from labkit.measure import cell_current_map
+from labkit.program.chipstate import ChipState
+from labkit.cli.commands.program import load_weights
+from labkit.ui.console import Console
+from labkit.program.mapping import WeightWindow, precision, unmap_currents
+from labkit.ui.plots import save_png
+from labkit.program.programming import ProgramConfig, program_weights, refresh
 from labkit.store import RunStore, default_store_path, sigterm_as_keyboard_interrupt
 
 # ------------------------------------------------------------------ settings (edit these)

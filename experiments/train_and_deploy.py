@@ -5,7 +5,7 @@ LeNet-5 on MNIST; VGG on CIFAR-10 when its files are in --data):
 
 1. train the network ideally (floating point): the *software* accuracy;
 2. open one chip per tile (``--backend sim://?seed=N``: emulated chips N, N+1, ...) and
-   calibrate every chip (labkit.calibration: measured VMM datasets, model fit), reading
+   calibrate every chip (labkit.calibrate: measured VMM datasets, model fit), reading
    its cell currents alongside so programmed currents predict right;
 3. deploy the ideal network (nominal tile parameters) onto the chips: program every tile
    by program-and-verify, run the test set through the chips' VMMs: *ideal deployed*;
@@ -32,12 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from labkit.analog import AnalogConfig, TileParams, tile_plan
-from labkit.calibration import CalibrationConfig
-from labkit.datasets import DatasetNotFoundError, lowres_digits
-from labkit.deploy import calibrate_tile, deploy, open_chips
-from labkit.networks import DEFAULTS, build, dataset_for
-from labkit.training import evaluate, hardware_aware, train, train_in_loop
+from labkit.nn.analog import AnalogConfig, TileParams, tile_plan
+from labkit.calibrate import CalibrationConfig
+from labkit.train.datasets import DatasetNotFoundError, lowres_digits
+from labkit.deploy.deployment import calibrate_tile, deploy, open_chips
+from labkit.train.networks import DEFAULTS, build, dataset_for
+from labkit.train.training import evaluate, hardware_aware, train, train_in_loop
 
 HW = {  # hardware-aware fine-tuning from the ideal network: epochs, learning rate, schedule;
     # training readout noise in units of the chips' measured noise, either a constant rms

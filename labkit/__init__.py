@@ -1,6 +1,8 @@
 """labkit: hardware-in-the-loop toolkit for time-domain analog floating-gate VMM chips."""
 
-from .backend import (
+from labkit.backend import (
+    chip_uris,
+    open_chips,
     ArrayBackend,
     BackendError,
     Datasheet,
@@ -13,12 +15,12 @@ from .backend import (
     open_backend,
     register_scheme,
 )
-from .units import Q_, ureg
+from labkit.units import Q_, ureg
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ArrayBackend", "BackendError", "Datasheet", "Geometry", "Identity", "SafeArray",
-    "SafetyEnvelope", "SafetyError", "VmmSettings", "open_backend", "register_scheme",
+    "SafetyEnvelope", "SafetyError", "VmmSettings", "open_backend", "open_chips", "chip_uris", "register_scheme",
     "Q_", "ureg", "__version__",
 ]

@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import characterize as ch
-from .analog import AnalogConfig, tile_plan
-from .backend import open_backend
-from .calibration import CalibrationConfig
-from .deploy import calibrate_tile, deploy, open_chips
-from .networks import DEFAULTS, build, dataset_for
-from .store import RunStore
-from .training import evaluate, hardware_aware, train
+from labkit import measure as ch
+from labkit.nn.analog import AnalogConfig, tile_plan
+from labkit.backend import open_backend
+from labkit.calibrate import CalibrationConfig
+from labkit.deploy.deployment import calibrate_tile, deploy, open_chips
+from labkit.train.networks import DEFAULTS, build, dataset_for
+from labkit.store import RunStore
+from labkit.train.training import evaluate, hardware_aware, train
 
 
 @dataclass(frozen=True)
@@ -89,11 +89,11 @@ def run_demo(store: RunStore, config: DemoConfig = DemoConfig(), out=None, repor
     first_chip = _first_uri(config.chips)
     with open_backend(first_chip) as b:
         with store.run("characterize", backend_uri=first_chip, chip_id=b.identity.chip_id,
-                       settings=b.settings, provenance=ch.provenance(b, first_chip)) as run:
+                       settings=b.settings, provenance=b.provenance()) as run:
             info(f"[1/4] characterizing {b.identity.chip_id}")
             char = ch.run_standard(b, config.characterization, run=run, progress=progress)
             summary = char.summary()
-            from .plots import characterization_report
+            from labkit.ui.plots import characterization_report
 
             char_png = characterization_report(char, report_dir / f"demo-characterization-run{run.id}.png")
     result["characterization"] = {"run_id": run.id, "report": str(char_png),
@@ -158,7 +158,7 @@ def _first_uri(spec: str) -> str:
 
 def summary_figure(result: dict, path: Path) -> Path:
     """PNG: SER per extraction method against the noise floor, and the accuracies."""
-    from .plots import _figure, save_png
+    from labkit.ui.plots import _figure, save_png
 
     fig = _figure(9, 3.6)
     ax1, ax2 = fig.subplots(1, 2)

@@ -65,6 +65,11 @@ class BenchArray:
                 self.wiring.smu_cell = (int(cells[-1][0]), int(cells[-1][1]))
             return out
 
+    def route_smu(self, cell: tuple[int, int] | None) -> None:
+        """The board's ROUTE command: ``cell`` onto the SMU test port (None: open)."""
+        with self.lock:
+            self.wiring.smu_cell = cell
+
     def program_pulses(self, cells, voltage_v, width_s) -> None:
         with self.lock:
             self.array.program_pulses(cells, voltage_v, width_s)
@@ -99,6 +104,9 @@ class BenchArray:
     def advance_time_s(self, seconds: float) -> None:
         with self.lock:
             self.array.advance_time_s(seconds)
+
+    def provenance(self) -> dict:
+        return self.array.provenance()
 
     def close(self) -> None:
         pass

@@ -3,7 +3,8 @@
 ``BoardServer(firmware).start()`` listens on 127.0.0.1; a host reaches it with
 ``serial.serial_for_url(server.url)`` (``socket://127.0.0.1:PORT``), i.e. with
 ``TestBoard(server.url)``. One host at a time, as on a serial port: a new connection
-takes the board over from the previous one. ``baud=N`` paces both directions like an
+takes the board over from the previous one. The board's arm time-out keeps running
+while no host is connected (checked every 0.1 s). ``baud=N`` paces both directions like an
 8N1 UART at N baud (full duplex; the board answers a frame after its last byte arrived
 plus its compute time).
 
@@ -180,6 +181,7 @@ class BoardServer:
 
     def _accept(self) -> None:
         while not self._stop.is_set():
+            self.firmware.watchdog()  # the board's arm timer runs with or without a host
             try:
                 conn, _ = self._sock.accept()
             except (TimeoutError, socket.timeout):

@@ -13,7 +13,7 @@ second-order physics (``bl_coupling``, ``wl_slew``, ``source_line``, ``tdc_inl``
 from __future__ import annotations
 
 import dataclasses
-from urllib.parse import unquote_plus
+from urllib.parse import unquote_plus, urlencode
 
 import numpy as np
 
@@ -60,14 +60,15 @@ class EmulatedArray:
         return self.chip.temperature_k
 
     def set_temperature_k(self, kelvin: float) -> None:
-        if not 200.0 <= kelvin <= 420.0:
+        if not 200.0 <= kelvin <= 420.0:  # what the emulated stage can reach
             raise ValueError(f"temperature {kelvin} K is outside the emulator's 200-420 K")
         self.chip.set_temperature_k(kelvin)
 
     def advance_time_s(self, seconds: float) -> None:
-        if not seconds >= 0:
-            raise ValueError(f"cannot advance the virtual clock by {seconds} s; expected >= 0")
         self.chip.advance_time_s(seconds)
+
+    def provenance(self) -> dict:
+        return {}
 
     def id_vg(self, cell: tuple[int, int], gate_v: np.ndarray, compliance_a: float) -> np.ndarray:
         """Drain current (A) of one cell over gate voltages (V), clipped at compliance."""
@@ -142,3 +143,16 @@ def open_sim(uri: str, opts: dict[str, str]) -> EmulatedArray:
     (already parsed, duplicates lost) are used as given only with a bare ``sim://``."""
     parsed = parse_sim_uri(uri)
     return EmulatedArray(chip_from_options(parsed or opts), uri=uri)
+
+
+def expand_sim(uri: str, n: int) -> list[str]:
+    """``n`` distinct emulated chips from one ``sim://`` URI: seeds N, N+1, ... (N = its
+    seed, default 0), the other options kept."""
+    opts = parse_sim_uri(uri)
+    seed = chip_from_options(opts).seed  # validates every option
+    opts.pop("seed", None)
+    base = uri.split("?", 1)[0]
+    return [f"{base}?{urlencode({'seed': seed + i, **opts})}" for i in range(n)]
+
+
+open_sim.expand = expand_sim

@@ -7,9 +7,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import TensorDataset
 
-from labkit.analog import ChipSpread
-from labkit.networks import mlp_lowres
-from labkit.training import hardware_aware, init_distributed, train
+from labkit.nn.analog import ChipSpread
+from labkit.train.networks import mlp_lowres
+from labkit.train.training import hardware_aware, init_distributed, train
 
 
 def main(out: str, mode: str) -> None:

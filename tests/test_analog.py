@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labkit.analog import (AnalogConfig, AnalogConv2d, AnalogLinear, ChipSpread, TileParams, _TileBmm,
+from labkit.nn.analog import (AnalogConfig, AnalogConv2d, AnalogLinear, ChipSpread, TileParams, _TileBmm,
                            analog_layers, convert, input_scales, tile_plan)
-from labkit.mapping import map_weights
+from labkit.program.mapping import map_weights
 from labkit.model import ArrayModel
 
 CFG = AnalogConfig()
@@ -171,7 +171,7 @@ def test_readout_noise_only_in_training_with_the_configured_spread():
 
 @pytest.mark.parametrize("native", [True, False])
 def test_relative_readout_noise_grows_with_the_column_output(native):
-    from labkit import analog
+    from labkit.nn import analog
 
     torch.manual_seed(0)
     rel = 0.02
@@ -204,7 +204,7 @@ def test_relative_readout_noise_grows_with_the_column_output(native):
 
 
 def test_convert_fuses_relu_keeps_parameter_names_and_orders_tiles():
-    from labkit.networks import lenet5
+    from labkit.train.networks import lenet5
 
     torch.manual_seed(0)
     net = lenet5()
@@ -240,7 +240,8 @@ SMALL_TILES = AnalogConfig(rows=6, pairs=((0, 1), (2, 3), (4, 5)))  # rows not a
 
 @pytest.mark.parametrize("config", [CFG, SMALL_TILES], ids=["16x8", "6x3"])
 def test_fused_native_kernels_agree_with_the_torch_path(config):
-    from labkit import analog, analog_native
+    from labkit.nn import analog
+    from labkit.model import tiles_native as analog_native
 
     if not analog_native.available():
         pytest.skip("no C compiler: the torch path is the only one")
@@ -273,7 +274,7 @@ def test_fused_native_kernels_agree_with_the_torch_path(config):
 
 @pytest.mark.parametrize("k,stride,pad,dil", [(5, 1, 2, 1), (3, 2, 1, 1), (3, 1, 0, 2), (2, 3, 3, 1)])
 def test_patches_match_unfold_and_their_gradient_is_its_adjoint(k, stride, pad, dil):
-    from labkit import analog
+    from labkit.nn import analog
 
     torch.manual_seed(0)
     conv = AnalogConv2d(3, 4, k, stride, pad, dil)
@@ -295,7 +296,7 @@ def test_patches_match_unfold_and_their_gradient_is_its_adjoint(k, stride, pad, 
 
 
 def test_native_kernels_split_across_threads_give_the_single_thread_result():
-    from labkit import analog_native
+    from labkit.model import tiles_native as analog_native
 
     if not analog_native.available():
         pytest.skip("no C compiler: the torch path is the only one")
@@ -323,7 +324,7 @@ def test_native_kernels_split_across_threads_give_the_single_thread_result():
 
 @pytest.mark.parametrize("native", [True, False])
 def test_an_empty_batch_passes_forward_and_backward(native):
-    from labkit import analog
+    from labkit.nn import analog
 
     analog._NATIVE["on"] = native
     try:

@@ -169,7 +169,7 @@ def test_an_unrecoverable_link_ends_in_a_clear_error_not_a_hang(connect):
 
 @pytest.mark.parametrize("transport", ["inproc", "tcp"])
 def test_a_pulled_cable_is_a_prompt_link_error(connect, transport):
-    fw = firmware(faults=FaultConfig(disconnect_after=4))
+    fw = firmware(faults=FaultConfig(disconnect_after=6))  # open: HELLO, ARM 0, STATUS, GET_CONFIG
     board = connect(fw, transport, timeout=0.2, retries=3)
     board.ping()
     t0 = time.monotonic()
@@ -249,3 +249,27 @@ def test_url_options_and_open_errors():
     with pytest.raises(ValueError, match="retries"):
         TestBoard("labkitemu://?seed=1", retries=-1)
     assert isinstance(serial.serial_for_url("labkitemu://?seed=1&baud=9600"), serial_handler.Serial)
+
+
+def test_the_host_reads_the_capability_bits(connect):
+    class NoSensorNoRoute(BoardFirmware):
+        @property
+        def capabilities(self) -> int:
+            return super().capabilities & ~(16 | 32)  # TEMPERATURE, ROUTE
+
+    fw = NoSensorNoRoute(chip())
+    board = connect(fw)
+    assert not board.has(p.Capability.ROUTE) and board.has(p.Capability.READ)
+    frames = fw.frames
+    assert board.temperature_k() is None  # not asked: the board has no sensor
+    with pytest.raises(p.UnknownCommandError, match="ROUTE"):
+        board.route((1, 1))
+    assert fw.frames == frames  # refused on the host, nothing sent
+    assert connect(firmware()).temperature_k() > 0
+
+
+def test_opening_disarms_a_board_left_armed(connect):
+    fw = firmware()
+    fw.armed = True  # as a crashed session left it
+    board = connect(fw)
+    assert not fw.armed and not board.opened_status.armed

@@ -18,11 +18,12 @@ import pytest
 import torch
 
 import labkit
-from labkit import calibration as cal
-from labkit import characterize as ch
+from labkit import calibrate as cal
+from labkit import measure as ch
 from labkit import cli
-from labkit.calibration_file import FORMAT, CalibrationMismatch
-from labkit.metrics import ser_db
+from labkit.calibrate.file import FORMAT, CalibrationMismatch
+from labkit.errors import FitDivergedError, exit_code
+from labkit.measure.metrics import ser_db
 from labkit.model import ArrayModel
 from labkit.store import RunStore
 from tests.conftest import chip_of, sim_uri
@@ -34,7 +35,7 @@ QUICK = cal.CalibrationConfig.quick()
 def _calibrate(uri: str, db, config=QUICK):
     with labkit.open_backend(uri) as b, RunStore(db) as store:
         with store.run("calibrate", backend_uri=uri, chip_id=b.identity.chip_id, settings=b.settings,
-                       provenance=ch.provenance(b, uri)) as run:
+                       provenance=b.provenance()) as run:
             result = cal.calibrate(b, config, run=run)
         chip = chip_of(b)
         coupling_c = chip.params.coupling_f * chip.settings.read_voltage_v  # charge per edge (C)
@@ -133,7 +134,7 @@ def test_calibration_file_round_trip_and_model_for_training(default_chip, tmp_pa
     # gets the same per-column gain correction as one built next to the chip
     assert back.read_currents_a.shape == (16, 16) and np.all(back.read_currents_a > 0)
     np.testing.assert_array_equal(back.read_currents_a, result.read_currents_a)
-    from labkit.analog import TileParams
+    from labkit.nn.analog import TileParams
 
     from_file = TileParams.from_calibration(path)
     beside = TileParams.from_model(result.array_model(), result.read_currents_a, chip_id=result.chip_id)
@@ -252,7 +253,7 @@ def test_refit_from_a_characterization_run(tmp_path):
     uri = sim_uri(2)
     with labkit.open_backend(uri) as b, RunStore(tmp_path / "runs.sqlite") as store:
         with store.run("characterize", backend_uri=uri, chip_id=b.identity.chip_id, settings=b.settings,
-                       provenance=ch.provenance(b, uri)) as run:
+                       provenance=b.provenance()) as run:
             base = ch.measure_baseline(b, 64, run)
             ch.vmm_random(b, base, 2048, 0.4, seed=5, run=run)
             ch.vmm_onehot(b, base, (0.5, 1.0), 8, run)
@@ -265,17 +266,28 @@ def test_refit_from_a_characterization_run(tmp_path):
     assert result.report["noise_floor_activations_ser_db"] is None
 
 
+def test_a_diverged_model_fit_is_a_fit_diverged_error(default_chip):
+    """A non-finite loss is its own error type (exit code 3, the one deployment retries),
+    not a ValueError that the CLI would report as a user mistake."""
+    with RunStore(default_chip.db, create=False) as store:
+        cs = cal.load_calibration_set(store, default_chip.run_id)
+    bad = dataclasses.replace(cs, fit=dataclasses.replace(cs.fit, t_s=np.full_like(cs.fit.t_s, np.nan)))
+    with pytest.raises(FitDivergedError, match="diverged") as info:
+        cal.fit_model(bad, iterations=5)
+    assert not isinstance(info.value, ValueError) and exit_code(info.value) == 3
+
+
 # ----------------------------------------------------------------------------- patterns and config
 
 
 def test_activation_like_patterns_are_sparse_and_skewed():
-    x = cal.activation_like_patterns(4000, zero_fraction=0.5, seed=3)
+    x = ch.activation_like_patterns(4000, zero_fraction=0.5, seed=3)
     assert x.shape == (4000, 16) and x.min() == 0.0 and x.max() <= 1.0
     np.testing.assert_array_equal(x, np.round(x * 256) / 256)  # on the input grid
     assert 0.45 < np.mean(x == 0) < 0.6
     nz = x[x > 0]
     assert np.median(nz) < nz.mean() < 0.35  # ReLU-like: many small values, a long tail
-    np.testing.assert_array_equal(x, cal.activation_like_patterns(4000, zero_fraction=0.5, seed=3))
+    np.testing.assert_array_equal(x, ch.activation_like_patterns(4000, zero_fraction=0.5, seed=3))
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -314,8 +326,8 @@ def test_cli_calibrate_json_subprocess(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--patterns", "0"], "fit_patterns=0"),
-    (["--iterations", "-3"], "fit_iterations=-3"),
+    (["--patterns", "0"], "--patterns: 0; expected an integer in [16, 1000000]"),
+    (["--iterations", "-3"], "--iterations: -3; expected an integer in [1, 100000]"),
     (["--file", "/no/such/dir/cal.npz"], "does not exist"),
     (["--backend", "gpib://x"], "unknown backend scheme"),
 ])

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 import labkit
-from labkit import characterize as ch
-from labkit import cli, metrics
+from labkit import measure as ch
+from labkit import cli
+from labkit.measure import metrics
 from labkit.backend import GateSweep, SafeArray, VirtualClock
 from labkit.store import RunStore, StoreError
 from simulator.chip import K_B_OVER_Q, Q_E
@@ -332,6 +333,42 @@ def test_routine_bad_input_is_value_error_before_measuring():
         assert chip.noise_rng.bit_generator.state == before  # nothing was measured
 
 
+def test_one_baseline_gives_deployment_its_mean_per_column():
+    """Deployment reads outputs from ``measure_baseline(backend, repeats).t0_s``: the mean
+    (s) per column of exactly that many zero-input VMMs, with their spread."""
+    with labkit.open_backend(sim_uri(6)) as a, labkit.open_backend(sim_uri(6)) as b:
+        base = ch.measure_baseline(a, repeats=32)
+        direct = b.vmm(np.zeros((32, 16)))
+    assert isinstance(base, ch.Baseline) and base.n == 32
+    np.testing.assert_array_equal(base.t0_s, direct.mean(axis=0))
+    np.testing.assert_allclose(base.std_s, direct.std(axis=0, ddof=1))
+    assert np.all(base.std_s > 0)  # the emulated chip is noisy: a real spread, per column
+
+
+def test_an_interrupted_repeat_table_loads_its_complete_repeats(tmp_path):
+    """Points of a repeat table in any order, the last repeat cut short (a run killed
+    mid-chunk): the store gives back the complete repeats, as they were measured."""
+    uri = sim_uri(4)
+    with labkit.open_backend(uri) as b, RunStore(tmp_path / "runs.sqlite") as store:
+        with store.run("characterize", backend_uri=uri, chip_id=b.identity.chip_id, settings=b.settings) as run:
+            base = ch.measure_baseline(b, 16, run)
+            rep = ch.vmm_repeats(b, base, patterns=8, repeats=4)
+            R, B = rep.t_s.shape[:2]
+            repeat, pattern = np.repeat(np.arange(R), B)[:-3], np.tile(np.arange(B), R)[:-3]
+            order = np.random.default_rng(0).permutation(len(repeat))
+            repeat, pattern = repeat[order], pattern[order]
+            run.add_points("vmm_repeat", x=rep.x[pattern], t=rep.t_s[repeat, pattern],
+                           y=rep.y_s[repeat, pattern], pattern=pattern, repeat=repeat)
+        r = store.load(run.id)
+        got = ch.load_dataset(r, "vmm_repeat")
+        assert got.y_s.shape == (R - 1, B, 16)
+        np.testing.assert_array_equal(got.x, rep.x)
+        np.testing.assert_array_equal(got.t_s, rep.t_s[:-1])
+        np.testing.assert_array_equal(got.y_s, rep.y_s[:-1])
+        with pytest.raises(ValueError, match=f"{R - 1} complete repeats of its {B} patterns; expected at least {R}"):
+            ch.load_repeats(r, "vmm_repeat", min_repeats=R)
+
+
 # ----------------------------------------------------------------------------- command line
 
 
@@ -408,7 +445,7 @@ def _unwritable_store(tmp_path) -> str:
     (["--backend", "sim://?seed=x"], "seed"),
     (["--vg", "2.0", "1.0"], "gate sweep"),
     (["--vg", "0.5", "3.0"], "outside the allowed"),
-    (["--vg", "1.0", "2.0", "--vg-points", "1"], "gate sweep points"),
+    (["--vg", "1.0", "2.0", "--vg-points", "1"], "--vg-points: 1; expected an integer in [2, 10000]"),
     (["--compliance", "1"], "compliance"),
     (["--droop-levels", "2"], "droop_levels"),
     (["--repeats", "1"], "repeats"),
@@ -487,7 +524,7 @@ def test_cli_subprocess_unknown_backend():
     assert proc.stderr.count("\n") == 1 and "unknown backend scheme" in proc.stderr
 
 
-def test_cli_unreachable_station_is_one_line_and_exit_2(tmp_path, capsys):
+def test_cli_unreachable_station_is_one_line_and_exit_4_a_link_fault(tmp_path, capsys):
     pytest.importorskip("drivers.silicon")
     import socket
 
@@ -498,7 +535,7 @@ def test_cli_unreachable_station_is_one_line_and_exit_2(tmp_path, capsys):
     station.write_text(f"name: nowhere\nboard:\n  url: socket://127.0.0.1:{port}\n  timeout_s: 0.5\n")
     db = tmp_path / "runs.sqlite"
     code, out, err = run_cli(capsys, "characterize", "--quick", "--backend", f"station:{station}", "--out", str(db))
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert code == 4 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert str(port) in err
     assert not db.exists()  # nothing was started
 

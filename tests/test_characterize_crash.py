@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from labkit import characterize as ch
+from labkit import measure as ch
 from labkit.store import RunStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

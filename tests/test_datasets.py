@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from labkit import datasets as D
+from labkit.train import datasets as D
 
 
 # --------------------------------------------------------------------------- helpers

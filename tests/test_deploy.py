@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from labkit.analog import AnalogConfig, analog_layers, tile_plan
+from labkit.nn.analog import AnalogConfig, analog_layers, tile_plan
 from labkit.cli import main as cli
-from labkit.deploy import chip_uris, deploy, open_chips
-from labkit.networks import mlp_lowres, vgg_small
-from labkit.training import evaluate, hardware_aware
+from labkit.deploy.deployment import chip_uris, deploy, open_chips
+from labkit.train.networks import mlp_lowres, vgg_small
+from labkit.train.training import evaluate, hardware_aware
 
 
 def test_chip_uris_one_emulated_chip_per_tile_or_the_named_ones():
@@ -73,11 +73,11 @@ def test_ideal_network_loses_accuracy_on_real_like_chips_but_measures_what_it_co
     """The default emulated chips (crosstalk, droop, noise) move the outputs; the glue is
     the same code path, so the drop is physics, not bookkeeping."""
     torch.manual_seed(0)
-    from labkit.networks import dataset_for
+    from labkit.train.networks import dataset_for
 
     split = dataset_for("mlp", subset=300)
     net = mlp_lowres()
-    from labkit.training import train
+    from labkit.train.training import train
 
     train(net, split.train, None, 15, lr=3e-3, batch_size=32)
     model = hardware_aware(net, split.train)

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from labkit.calibration import read_calibration
-from labkit.chipstate import ChipState
+from labkit.calibrate import read_calibration
+from labkit.program.chipstate import ChipState
 from labkit.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,10 +17,11 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import labkit  # noqa: E402
 from labkit import cli  # noqa: E402
+from labkit import measure  # noqa: E402
 from labkit.backend import BackendError, SafeArray  # noqa: E402
 from tests.conftest import chip_of, sim_uri  # noqa: E402
 
-live = pytest.importorskip("labkit.live")
+live = pytest.importorskip("labkit.ui.live")
 pytest.importorskip("PySide6")
 
 
@@ -104,6 +105,28 @@ def test_dashboard_with_the_measurement_thread():
     check_heatmap(image_array(seen["img"]), seen["px"], dash.last_currents, (1e-9, 1e-6), dash.lut)
     x, y = dash.last_sweep
     assert len(x) == 6 and np.all(np.diff(y) > 0)  # outputs grow with the input level
+
+
+def test_the_live_sweep_is_the_linearity_sweep_of_measure():
+    """The running sweep is measure's: the levels of ``linearity_levels`` (on the input
+    grid, never a zero level, even with more levels than input clock steps) and at each
+    level ``linearity_step`` against ``measure_baseline``, number for number."""
+    steps = 5
+    with labkit.open_backend(sim_uri(5)) as b:
+        frames: queue.Queue = queue.Queue()
+        live.LiveMeasurement(b, frames, levels=1024, repeats=2, max_steps=steps).run()  # in this thread
+        last = [frames.get_nowait() for _ in range(steps)][-1]
+    levels = measure.linearity_levels(1024, 8)
+    assert len(levels) == 256 and levels[0] == 1 / 256
+    np.testing.assert_array_equal(last.sweep_x, levels[:steps])
+    with labkit.open_backend(sim_uri(5)) as b:  # the same chip again, the same calls
+        base = measure.measure_baseline(b, 8)
+        want = []
+        for x in levels[:steps]:
+            b.read_currents()
+            want.append(measure.linearity_step(b, base, x, 2).mean())
+    np.testing.assert_allclose(last.sweep_y, want, rtol=1e-12)
+    assert np.all(np.diff(last.sweep_y) > 0)
 
 
 class Broken:

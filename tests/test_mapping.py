@@ -10,9 +10,9 @@ from hypothesis.extra.numpy import arrays
 
 import labkit
 from labkit.backend import Datasheet, Geometry
-from labkit.mapping import (WeightRangeError, WeightWindow, check_weights, map_weights, precision,
+from labkit.program.mapping import (WeightRangeError, WeightWindow, check_weights, map_weights, precision,
                             unmap_currents)
-from labkit.programming import ProgramConfig, program_weights
+from labkit.program.programming import ProgramConfig, program_weights
 
 G = Geometry()
 SHEET = Datasheet()

@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from labkit import networks as N
-from labkit import training as T
-from labkit.datasets import DatasetNotFoundError
+from labkit.train import checkpoint as C
+from labkit.train import networks as N
+from labkit.train import training as T
+from labkit.train.datasets import DatasetNotFoundError
 
 PLAIN = (nn.Sequential, nn.Linear, nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten)
 
@@ -107,10 +108,10 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path, digits):
     T.train(model, digits.train, None, epochs=2, lr=3e-3, batch_size=64, seed=1)
     meta = {"network_kwargs": {"hidden": 16}, "accuracy": 0.5, "dataset": "digits4x4",
             "tags": ["ideal", 1, None]}
-    path = T.save_checkpoint(tmp_path / "ckpt" / "mlp.pt", "mlp", model, meta)
+    path = C.save_checkpoint(tmp_path / "ckpt" / "mlp.pt", "mlp", model, meta)
     raw = torch.load(path, weights_only=True)  # loadable without any pickle code
     assert raw["model_name"] == "mlp"
-    ckpt = T.load_checkpoint(path)
+    ckpt = C.load_checkpoint(path)
     assert ckpt.model_name == "mlp" and ckpt.meta == meta
     rebuilt = ckpt.build()
     x = digits.test.tensors[0][:50]
@@ -120,7 +121,7 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path, digits):
 
 def test_checkpoint_meta_must_be_plain(tmp_path):
     with pytest.raises(ValueError, match="meta\\['when'\\]"):
-        T.save_checkpoint(tmp_path / "x.pt", "mlp", N.mlp_lowres(), {"when": object()})
+        C.save_checkpoint(tmp_path / "x.pt", "mlp", N.mlp_lowres(), {"when": object()})
     assert not (tmp_path / "x.pt").exists()
 
 
@@ -134,16 +135,16 @@ def test_load_checkpoint_refuses_code_and_foreign_files(tmp_path, monkeypatch):
     evil = tmp_path / "evil.pt"
     torch.save({"format": "labkit-checkpoint", "x": _Shell()}, evil)
     with pytest.raises(ValueError, match="not a labkit checkpoint"):
-        T.load_checkpoint(evil)
+        C.load_checkpoint(evil)
     assert not (tmp_path / "pwned.txt").exists()
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(2)}, other)
     with pytest.raises(ValueError, match="not a labkit checkpoint"):
-        T.load_checkpoint(other)
+        C.load_checkpoint(other)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
-        T.load_checkpoint(tmp_path / "missing.pt")
+        C.load_checkpoint(tmp_path / "missing.pt")
     plain = tmp_path / "plain.pkl"
     plain.write_bytes(pickle.dumps(_Shell(), protocol=2))
     with pytest.raises(ValueError):
-        T.load_checkpoint(plain)
+        C.load_checkpoint(plain)
     assert not (tmp_path / "pwned.txt").exists()

@@ -14,9 +14,9 @@ import pytest
 import labkit
 from labkit import cli
 from labkit.backend import BackendError
-from labkit.chipstate import ChipMismatchError, ChipState
-from labkit.mapping import WeightWindow, map_weights
-from labkit.programming import ProgramConfig, program_array, refresh
+from labkit.program.chipstate import ChipMismatchError, ChipState
+from labkit.program.mapping import WeightWindow, map_weights
+from labkit.program.programming import ProgramConfig, program_array, refresh
 from tests.conftest import chip_of, sim_uri
 
 TOL = 0.01

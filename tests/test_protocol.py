@@ -64,6 +64,11 @@ EXACT = [
     ("temperature request", lambda: p.request(13, C.TEMPERATURE), "03010d0240010105299f911c00"),
     ("temperature reply", lambda: p.reply(13, C.TEMPERATURE, p.encode_temperature(300.0)),
      "03010d02c00208010101010108c0724014fcdb6000"),
+    ("reset request", lambda: p.request(14, C.RESET), "03010e020601010566ea7a2400"),
+    ("reset reply", lambda: p.reply(14, C.RESET), "03010e02860101055d5c23c900"),
+    ("route request", lambda: p.request(15, C.ROUTE, p.encode_route((3, 4))), "03010f0212020207030480ee05e000"),
+    ("route reply, port disconnected", lambda: p.reply(15, C.ROUTE, p.encode_route(None)),
+     "03010f0292020207ffff7d7fd36c00"),
     ("temperature reply, no sensor", lambda: p.reply(13, C.TEMPERATURE, p.encode_temperature(None)),
      "03010d02c0020801010101010107f87fa8377e8600"),
 ]
@@ -321,3 +326,28 @@ def test_decoder_is_fast_enough_for_full_vmm_frames():
         (frame,) = d.feed(wire)
     assert (time.perf_counter() - t0) / 50 < 0.01
     assert (p.decode_vmm_request(frame.payload) == ticks).all()
+
+
+def test_hello_carries_the_arm_timeout_and_later_fields_are_ignored():
+    import dataclasses
+
+    info = dataclasses.replace(HELLO_INFO, arm_timeout_s=1.0)
+    payload = p.encode_hello_reply(info)
+    assert payload[-4:] == bytes.fromhex("e8030000")  # 1000 ms, u32 little-endian
+    assert p.decode_hello_reply(payload) == info
+    assert p.decode_hello_reply(payload + b"\x07\x08\x09") == info  # a later revision's extra field
+    assert p.decode_hello_reply(payload[:-4]).arm_timeout_s is None  # an older board: not announced
+    with pytest.raises(p.PayloadError):
+        p.decode_hello_reply(payload[:-8])
+
+
+def test_the_spec_worked_examples():
+    """The byte examples of docs/board-protocol.md, section 3."""
+    assert zlib.crc32(b"123456789") == 0xCBF43926
+    assert p.cobs_encode(bytes.fromhex("11220033")) == bytes.fromhex("0311220233")
+    assert p.request(1, C.HELLO).hex(" ") == "03 01 01 02 01 01 01 05 0a 60 fb 48 00"
+    program = p.request(0x1234, C.PROGRAM, p.encode_program_request([[3, 4]], 5.0, 1e-6))
+    assert program.hex(" ") == ("05 01 34 12 20 02 14 02 01 03 03 04 01 01 01 01 01 0f 14 40 "
+                                "8d ed b5 a0 f7 c6 b0 3e e0 cc 74 8f 00")
+    assert p.reply(0x1234, C.PROGRAM, p.encode_applied(1, 42)).hex(" ") == \
+        "05 01 34 12 a0 02 06 02 01 02 2a 01 01 05 df 70 b3 58 00"

@@ -41,7 +41,7 @@ def test_a_good_station_file_parses():
     assert st.instruments["scope"].model == "infiniivision"  # the default model of the role
     assert st.instruments["scope"].columns == {1: 0, 3: 9}
     assert st.instruments["tempctl"].read_termination == "\r\n"
-    env = st.envelope(labkit.SafetyEnvelope())
+    env = labkit.SafetyEnvelope().tightened(**st.limits)
     assert env.max_program_voltage_v == 6.0 and env.program_width_range_s == (1e-8, 1e-4)
     assert st.faults == {"drop": 0.1}
 
@@ -77,9 +77,9 @@ def _edit(path: str, value):
         (_edit("limits.max_voltage", 3.0), r"limits\.max_voltage: unknown key"),
         (_edit("limits.max_compliance_a", "1 uA"), r"limits\.max_compliance_a: '1 uA'; expected a finite number"),
         (_edit("faults", [1, 2]), r"faults: expected a mapping"),
-        ("board: [unclosed", r"not valid YAML"),
+        ("board: [unclosed", r"line 1, column 17: .*expected a YAML mapping"),
         ("- just\n- a list\n", r"expected a mapping with a 'board' key"),
-        ("board: !!python/object/apply:os.system ['true']\n", r"not valid YAML"),  # safe_load refuses
+        ("board: !!python/object/apply:os.system ['true']\n", r"could not determine a constructor"),  # safe_load refuses
     ],
 )
 def test_station_errors_name_the_key(text, match):
@@ -186,7 +186,7 @@ def test_id_vg_limits_are_checked_before_the_smu_is_touched():
         lines = len(smu.log)
         with pytest.raises(SafetyError, match="compliance_a=5e-06 A is outside the allowed"):
             sweep.id_vg((0, 0), [1.0], 5e-6)
-        with pytest.raises(SafetyError, match="gate voltage 3 V"):
+        with pytest.raises(SafetyError, match="gate voltage=3 V"):
             sweep.id_vg((0, 0), [1.0, 3.0], 1e-6)
         with pytest.raises(ValueError, match=r"cell \(0, 16\)"):
             sweep.id_vg((0, 16), [1.0], 1e-6)

@@ -10,11 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from labkit.analog import AnalogConfig, AnalogLinear, TileParams, analog_layers, convert
-from labkit.calibration import CalibrationConfig, calibrate, save_calibration
+from labkit.nn.analog import AnalogConfig, AnalogLinear, TileParams, analog_layers, convert
+from labkit.calibrate import CalibrationConfig, calibrate, save_calibration
 from labkit.cli import main as cli
-from labkit.deploy import deploy, open_chips
-from labkit.training import hardware_aware, load_checkpoint, train_in_loop
+from labkit.deploy.deployment import deploy, open_chips
+from labkit.train.checkpoint import load_checkpoint
+from labkit.train.training import hardware_aware, train_in_loop
 
 QUICK = CalibrationConfig.quick(fit_iterations=40, fit_patterns=768, holdout_patterns=256, activation_patterns=256)
 
@@ -75,7 +76,7 @@ def test_in_loop_forward_is_measured_and_gradient_is_the_models():
 
 def test_train_in_loop_reprograms_and_reports_accuracy_on_chips():
     torch.manual_seed(0)
-    from labkit.networks import dataset_for, mlp_lowres
+    from labkit.train.networks import dataset_for, mlp_lowres
 
     split = dataset_for("mlp", subset=120)
     model = hardware_aware(mlp_lowres(), split.train)
@@ -112,7 +113,7 @@ def test_train_cli_modes_and_analog_checkpoint_round_trip(tmp_path, capsys):
     layers = analog_layers(model)
     assert [m.tile_chips for _, m in layers] == [["EMU-0090"] * 4, ["EMU-0090"] * 4]
     assert all(m.config.noise_relative == 0.014 for _, m in layers)  # kept in the checkpoint
-    from labkit.analog import TileParams
+    from labkit.nn.analog import TileParams
 
     eta = TileParams.from_calibration(cal_path).eta_per_v  # with the file's read-current correction
     assert np.allclose(layers[0][1].tile_eta[0].numpy(), eta, rtol=1e-5)

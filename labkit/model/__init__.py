@@ -46,7 +46,7 @@ Internal units keep gradient-based fits well conditioned: currents nA, time us,
 charge fC (= nA us), capacitance fF. Getters return SI values.
 """
 
-from .array import FORMAT, ArrayModel
-from .memory import keep_freed_memory
+from labkit.model.array import FORMAT, ArrayModel
+from labkit.model.memory import keep_freed_memory
 
 __all__ = ["ArrayModel", "FORMAT", "keep_freed_memory"]

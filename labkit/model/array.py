@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..backend import Datasheet, Geometry, VmmSettings
-from .kernels import ChargeFn, InputQuantize, Readout, StraightThrough, fine_step_charge, per_cell_charge
+from labkit.backend import Datasheet, Geometry, VmmSettings
+from labkit.model.kernels import ChargeFn, InputQuantize, Readout, StraightThrough, fine_step_charge, per_cell_charge
 
 __all__ = ["ArrayModel", "FORMAT"]
 

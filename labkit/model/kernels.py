@@ -24,7 +24,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-from . import native
+from labkit.model import native
 
 # ---------------------------------------------------------------- straight-through pieces
 

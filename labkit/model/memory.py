@@ -1,4 +1,4 @@
-"""Allocator setting for fast CPU training (process-wide; :func:`labkit.training.train` applies it).
+"""Allocator setting for fast CPU training (process-wide; :func:`labkit.train.training.train` applies it).
 
 The model's forward and backward allocate a few MB-sized intermediates per call. With
 glibc's default dynamic thresholds those are handed back to the OS after every backward

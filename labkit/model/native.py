@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .. import native as _native
+from labkit import native as _native
 
 _SRC = Path(__file__).with_name("slots.c")
 _lib = None

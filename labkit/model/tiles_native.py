@@ -1,0 +1,147 @@
+"""Optional fused tile kernels of the analog layers (``analog_tiles.c``, through ctypes).
+
+:class:`labkit.nn.analog._TileBmm` computes, for all row tiles of a layer, the products
+(cell currents and crosstalk), the readout (droop, edge order, noise, TDC, clip) and the
+signed row-tile sums; in torch that is four batched matrix products and about fifteen
+passes over a (tiles, columns, samples) tensor several times larger than the network's
+activations. The C kernels do it on blocks of samples held in the CPU cache, so none of
+those tensors is written to memory (same equations, float32; tests/test_analog.py
+checks them against the torch path). Long batches are split across torch's CPU threads
+(ctypes releases the GIL).
+
+Built at first use by :mod:`labkit.native`; without a compiler, or with
+``LABKIT_NATIVE=0``, the torch path runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from labkit import native
+
+__all__ = ["available", "applies", "forward", "backward", "patches", "patches_backward"]
+
+_SRC = Path(__file__).with_name("analog_tiles.c")
+_LIB: list = []
+_R_MAX = 64  # rows per tile the kernel takes (R_MAX in analog_tiles.c)
+_MIN_SPLIT = 4096  # samples per thread below which one thread does the whole call
+_POOL: list = []
+
+
+def _lib():
+    if not _LIB:
+        lib = native.load(_SRC, fast_math=True)
+        if lib is not None:
+            p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_int
+            lib.tiles_fwd.argtypes = [i64] * 6 + [p] * 8 + [i64, ctypes.c_ulonglong] + [f32] * 5 + [i32, p, p]
+            lib.tiles_bwd.argtypes = [i64] * 6 + [p] * 6
+            lib.tiles_fwd.restype = lib.tiles_bwd.restype = ctypes.c_int
+            lib.patches_fwd.argtypes = lib.patches_bwd.argtypes = [i64] * 4 + [p, i64, p, p]
+            lib.patches_fwd.restype = lib.patches_bwd.restype = None
+        _LIB.append(lib)
+    return _LIB[0]
+
+
+def available() -> bool:
+    """True when the compiled kernels can be used on this machine."""
+    return _lib() is not None
+
+
+def applies(*tensors: torch.Tensor) -> bool:
+    """True when the kernels serve these tensors (float32 on the CPU; tile inputs (RT, R,
+    S) with R <= 64)."""
+    return (_lib() is not None and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
+            and (tensors[0].dim() != 3 or tensors[0].shape[1] <= _R_MAX))
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _chunks(S: int) -> list[tuple[int, int]]:
+    """Sample ranges, one per CPU thread (torch.get_num_threads()), multiples of 128."""
+    k = max(1, min(torch.get_num_threads(), S // _MIN_SPLIT))
+    if k == 1:
+        return [(0, S)]
+    per = -(-S // k)
+    step = -(-per // 128) * 128
+    return [(s, min(S, s + step)) for s in range(0, S, step)]
+
+
+def _run(calls) -> None:
+    """Run the kernel calls (thunks returning a status), in parallel when more than one."""
+    if len(calls) == 1:
+        codes = [calls[0]()]
+    else:
+        if not _POOL or _POOL[0]._max_workers < len(calls):
+            _POOL[:] = [ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="labkit-tiles")]
+        codes = list(_POOL[0].map(lambda f: f(), calls))
+    if any(codes):
+        raise RuntimeError(f"analog tile kernel failed (codes {codes})")
+
+
+def forward(xt, i0t, kx, e, t0c, gc, kbar, bank, noise, cmax, droop, quantize, crosstalk, edge, edge_a, edge_b,
+            keep_m: bool = True):
+    """``(y, m)``: y (n, S) the row-tile sums of the signed read-back charge (fC), m
+    (RT, 2n, S) dq/dz for :func:`backward` (16-bit fixed point; None without droop or
+    ``keep_m``). xt (RT, R, S); i0t, kx (RT, R, 2n); e, t0c,
+    gc, kbar (RT, 2n); bank: standard normal values (at least 128) the readout noise is
+    drawn from (windows at random offsets; a new seed per call), or None; noise: (floor in
+    TDC counts, part relative to the output)."""
+    xt, i0t, kx = xt.contiguous(), i0t.contiguous(), kx.contiguous()
+    RT, R, S = xt.shape
+    N2 = i0t.shape[-1]
+    e, t0c, gc, kbar = (v.reshape(RT, N2).contiguous() for v in (e, t0c, gc, kbar))
+    bank = None if bank is None else bank.contiguous()
+    seed = int(torch.randint(0, 2**62, ())) if bank is not None else 0
+    y = torch.empty(N2 // 2, S, dtype=torch.float32)
+    lib = _lib()
+    m = torch.empty(RT, N2, S, dtype=torch.int16) if droop and keep_m else None  # 16-bit fixed point, for backward
+    flags = int(bool(droop)) | 2 * bool(quantize) | 4 * bool(crosstalk) | 8 * bool(edge)
+    args = (_ptr(xt), _ptr(i0t), _ptr(kx), _ptr(e), _ptr(t0c), _ptr(gc), _ptr(kbar), _ptr(bank),
+            0 if bank is None else bank.numel(), seed, float(noise[0]), float(noise[1]), float(edge_a), float(edge_b), float(cmax), flags, _ptr(y), _ptr(m))
+    _run([lambda sb=sb, se=se: lib.tiles_fwd(RT, R, N2, S, sb, se, *args) for sb, se in _chunks(S)])
+    return y, m
+
+
+def backward(xt, i0t, m, gy, need_x: bool, need_i: bool):
+    """``(gx, gi)``: gradients for xt (RT, R, S) and i0t (RT, R, 2n) (None where not
+    needed) from gy (n, S), the gradient of the forward's y, and its m."""
+    RT, R, S = xt.shape
+    N2 = i0t.shape[-1]
+    xt, i0t, gy = xt.contiguous(), i0t.contiguous(), gy.contiguous()
+    gx = torch.empty(RT, R, S, dtype=torch.float32) if need_x else None
+    chunks = _chunks(S)
+    gis = [torch.empty(RT, R, N2, dtype=torch.float32) if need_i else None for _ in chunks]
+    lib = _lib()
+    _run([lambda sb=sb, se=se, gi=gi: lib.tiles_bwd(RT, R, N2, S, sb, se, _ptr(xt), _ptr(i0t), _ptr(m), _ptr(gy),
+                                                    _ptr(gx), _ptr(gi))
+          for (sb, se), gi in zip(chunks, gis)])
+    gi = gis[0]
+    for part in gis[1:]:
+        gi += part
+    return gx, gi
+
+
+def patches(x: torch.Tensor, geo: tuple, rows: int) -> torch.Tensor:
+    """Transposed convolution patches (rows, B*Ho*Wo) of x (B, C, H, W); geo = (kh, kw,
+    sh, sw, ph, pw, dh, dw, Ho, Wo)."""
+    x = x.contiguous()
+    B, C, H, W = x.shape
+    out = torch.empty(rows, B * geo[-2] * geo[-1], dtype=torch.float32)
+    g = torch.tensor(geo, dtype=torch.int64)
+    _lib().patches_fwd(B, C, H, W, g.data_ptr(), rows, x.data_ptr(), out.data_ptr())
+    return out
+
+
+def patches_backward(g: torch.Tensor, shape: tuple, geo: tuple, rows: int) -> torch.Tensor:
+    """The gradient (B, C, H, W) of :func:`patches` for its output's gradient g."""
+    g = g.contiguous()
+    gx = torch.empty(shape, dtype=torch.float32)
+    gg = torch.tensor(geo, dtype=torch.int64)
+    _lib().patches_bwd(*shape, gg.data_ptr(), rows, g.data_ptr(), gx.data_ptr())
+    return gx
