@@ -50,8 +50,8 @@ class Drift:
             return
         if flicker:
             keep = np.exp(-seconds / self.flicker_tau_s)
-            self.flicker_v = self.flicker_v * keep + self.flicker_sigma_v * np.sqrt(-np.expm1(-2 * seconds / self.flicker_tau_s)) \
-                * self.rng.standard_normal(self.flicker_v.shape)
+            kick = self.flicker_sigma_v * np.sqrt(-np.expm1(-2 * seconds / self.flicker_tau_s))
+            self.flicker_v = self.flicker_v * keep + kick * self.rng.standard_normal(self.flicker_v.shape)
         if relaxation:
             self.relax_pending_v *= np.exp(-seconds / self.relax_tau_s)
 

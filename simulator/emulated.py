@@ -133,7 +133,8 @@ def parse_sim_uri(uri: str) -> dict[str, str]:
         if not key or not eq or not value:
             raise ValueError(f"backend URI {uri!r}: option {item!r} is not key=value; expected {FORMS}")
         if unquote_plus(key) in opts:
-            raise ValueError(f"backend URI {uri!r} gives option {key!r} twice; expected each option once, as in {FORMS}")
+            raise ValueError(f"backend URI {uri!r} gives option {key!r} twice; "
+                             f"expected each option once, as in {FORMS}")
         opts[unquote_plus(key)] = unquote_plus(value)
     return opts
 

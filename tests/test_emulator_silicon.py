@@ -247,7 +247,8 @@ def test_silicon_preset_opens_and_each_effect_can_be_switched_off_in_the_uri():
     with labkit.open_backend("sim://?seed=2&preset=silicon&noise=0") as b:
         silicon = b.vmm_x(x)
         assert all(getattr(b.inner.chip.switches, n) for n in Switches.SECOND_ORDER)
-    with labkit.open_backend("sim://?seed=2&noise=0&preset=silicon&" + "&".join(f"{n}=0" for n in Switches.SECOND_ORDER)) as b:
+    all_off = "&".join(f"{n}=0" for n in Switches.SECOND_ORDER)
+    with labkit.open_backend("sim://?seed=2&noise=0&preset=silicon&" + all_off) as b:
         model_form = b.vmm_x(x)
     with labkit.open_backend("sim://?seed=2&noise=0&preset=model") as b:
         np.testing.assert_array_equal(b.vmm_x(x), model_form)
