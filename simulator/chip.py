@@ -1,6 +1,6 @@
 """Virtual silicon: the hidden physics of one emulated 16x16 floating-gate array.
 
-Each seed draws a different chip (PHYSICS.md sections 1-3): bit-line capacitances,
+Each seed draws a different chip (docs/physics.md): bit-line capacitances,
 per-cell drain coefficients and subthreshold slopes, a layout-dependent crosstalk map
 (systematic gradient, mirrored-row and shielded-column pattern, plus a random part),
 comparator offsets and delays, programming efficiencies, retention and telegraph noise.
@@ -11,7 +11,9 @@ widths are sorted, between two falling edges the active rows are constant and th
 bit-line ODE ``C dV/dt = -sum_i I_ij(V) - I_leak`` is integrated by RK4 with per-cell
 drain coefficients (a Taylor expansion of the per-cell spread around the column mean,
 exact to ~1e-6); each falling edge couples its crosstalk step onto every bit line.
-All units SI.
+The second-order effects (``Switches.SECOND_ORDER``, docs/physics.md section 2) live in
+``silicon.py`` and ``drift.py``; with any array effect on, the integration runs in C
+(``integrate.c``). All units SI.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ import numpy as np
 
 from labkit.backend import Datasheet, VmmSettings
 
+from .drift import Drift
+from .silicon import (SOURCE_COUPLING, capacitance_matrix, comparator_crossing_s, draw_silicon, effective_widths,
+                      slew_time_constants, source_line_factor, tdc_codes, tdc_edges_lsb)
+
 K_B_OVER_Q = 8.617333262e-5  # V/K
 Q_E = 1.602176634e-19  # C
 T_NOMINAL = 300.0  # K
@@ -31,7 +37,11 @@ READ_REFERENCE_V = 1.8  # gate voltage at which overdrive_v is defined
 
 @dataclass(frozen=True)
 class Switches:
-    """Which non-idealities the chip has (all on by default)."""
+    """Which non-idealities the chip has (docs/physics.md).
+
+    The first eight are the model's own form (on by default); the rest are the
+    second-order physics the model does not mirror (off by default, all on in
+    ``preset=silicon``)."""
 
     noise: bool = True  # telegraph, shot, kT/C, comparator jitter
     crosstalk: bool = True
@@ -41,11 +51,25 @@ class Switches:
     disturb: bool = True  # half-select disturb
     leakage: bool = True  # off-cell leakage
     retention: bool = True  # log-time drift of the floating gate
+    bl_coupling: bool = False  # capacitance between adjacent bit lines
+    wl_slew: bool = False  # finite word-line rise and fall times
+    source_line: bool = False  # common source-line resistance (IR drop of the total current)
+    tdc_inl: bool = False  # TDC integral and differential non-linearity
+    comparator: bool = False  # finite comparator bandwidth: delay depends on the overdrive
+    flicker: bool = False  # 1/f noise of the cells on the virtual clock
+    relaxation: bool = False  # relaxation of trapped charge in the seconds-hours after programming
+
+    SECOND_ORDER = ("bl_coupling", "wl_slew", "source_line", "tdc_inl", "comparator", "flicker", "relaxation")
 
     @classmethod
     def preset(cls, name: str) -> "Switches":
+        """``default`` and ``model``: the model's own form (today's chip); ``silicon``:
+        every effect on; ``ideal``: none; ``quiet``: no noise; ``linear``: no droop or
+        crosstalk."""
         presets = {
             "default": cls(),
+            "model": cls(),
+            "silicon": cls(**{name: True for name in cls.SECOND_ORDER}),
             "ideal": cls(**{f.name: False for f in dataclasses.fields(cls)}),
             "quiet": cls(noise=False, program_noise=False),
             "linear": cls(crosstalk=False, droop=False),
@@ -123,6 +147,8 @@ class VirtualChip:
                  datasheet: Datasheet = Datasheet()):
         self.seed, self.switches, self.rows, self.cols, self.sheet = seed, switches, rows, cols, datasheet
         self.params = draw_params(seed, rows, cols, switches, datasheet)
+        self.si = draw_silicon(seed, rows, cols, self.params.capacitance_f, switches.variability)
+        self.drift = Drift(seed, rows, cols, switches.variability)
         self.noise_rng = np.random.default_rng([seed, 0x5EED])
         init = np.random.default_rng([seed, 0x1A7])
         # As shipped: cells log-uniform in 3-15 nA at the nominal read point.
@@ -136,6 +162,7 @@ class VirtualChip:
         self.settings = VmmSettings()
         self.pulses_applied = 0
         self.substeps = 1  # RK4 steps per slot (error < 1e-5 of full scale, see the benchmark)
+        self.native = True  # second-order integration in C where it builds (same physics as numpy)
         self._cache: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------ cell currents
@@ -151,6 +178,8 @@ class VirtualChip:
             age = np.maximum(self.time_s - self.programmed_at_s, 0.0)
             hot = np.exp((self.temperature_k - T_NOMINAL) / 30.0)
             v = v - p.retention_v_per_decade * hot * np.log10(1.0 + age / 1.0)
+        if s.flicker or s.relaxation:
+            v = v + self.drift.shift_v(s.flicker, s.relaxation)
         return v
 
     def current_at_gate(self, gate_v: float) -> np.ndarray:
@@ -193,17 +222,43 @@ class VirtualChip:
             self._cache["taylor"] = (mean, m)
         return self._cache["taylor"]
 
+    def _silicon_consts(self) -> dict:
+        """Cached constants of the second-order array effects at the operating point."""
+        if "silicon" not in self._cache:
+            p, si, s, st = self.params, self.si, self.switches, self.settings
+            ut = K_B_OVER_Q * self.temperature_k
+            out: dict = {}
+            m = capacitance_matrix(p.capacitance_f, si.bl_coupling_f if s.bl_coupling else 0.0 * si.bl_coupling_f)
+            out["m_inv_t"] = np.linalg.inv(m).T  # rate (B, C) = -(I + leak) @ m_inv_t
+            out["ramp_v_per_s"] = np.linalg.solve(m, p.reference_current_a)  # readout slopes (V/s)
+            if s.wl_slew:
+                n_row = p.slope_n.mean(axis=1)
+                out["slew"] = slew_time_constants(si, n_row, p.gate_coupling, ut, st.read_voltage_v)
+            out["source_a_per_v"] = (1.0 - SOURCE_COUPLING / p.slope_n.mean()) / ut
+            self._cache["silicon"] = out
+        return self._cache["silicon"]
+
     def integrate(self, widths_s: np.ndarray, record_col: int | None = None, substeps: int | None = None):
         """Bit-line voltages (V) at the end of integration, ``(B, cols)``.
 
         With ``record_col`` also returns (times, voltages) of that column for sample 0.
-        """
+        With every second-order switch off this is exactly the model-form chip."""
         p, s, st = self.params, self.switches, self.settings
         T = st.integration_time_s
         clock = T / 2**st.input_bits
         d = np.clip(np.round(widths_s / clock) * clock, 0.0, T)
         B, R = d.shape
+        second = s.bl_coupling or s.wl_slew or s.source_line
+        sc = self._silicon_consts() if second else None
+        edge_frac = None
+        if s.wl_slew:
+            tau_r, tau_f, lam = sc["slew"]
+            d, edge_frac = effective_widths(d, self.si, tau_r, tau_f, lam)  # conduction time (s)
         n_sub = substeps or self.substeps
+        if second and record_col is None and self.native:
+            v = self._integrate_native(d, edge_frac, n_sub, sc)
+            if v is not None:
+                return v
         order = np.argsort(d, axis=1, kind="stable")
         ds = np.take_along_axis(d, order, axis=1)
         bounds = np.concatenate([np.zeros((B, 1)), ds, np.full((B, 1), T)], axis=1)  # (B, R+2)
@@ -215,17 +270,27 @@ class VirtualChip:
         v0_nominal = self.sheet.precharge_v
         leak = p.leakage_a.sum(axis=0) if s.leakage else 0.0
         droop = s.droop
+        m_inv_t = sc["m_inv_t"] if second and s.bl_coupling else None
+        source = (self.si.source_r_ohm, sc["source_a_per_v"]) if second and s.source_line else None
 
         def rate(v, c):
             u = v - v0_nominal
             poly = c[:, 0] + u * (c[:, 1] + u * (c[:, 2] + u * c[:, 3]))
             i = poly * np.exp(eta_mean * u) * self._drain(v) if droop else poly
+            if source is not None:
+                i = i * source_line_factor(i.sum(axis=1, keepdims=True), *source)
+            if m_inv_t is not None:
+                return -(i + leak) @ m_inv_t
             return -(i + leak) / cap
 
         v = np.broadcast_to(p.precharge_v, (B, self.cols)).copy()
         if s.noise:
             v += np.sqrt(K_B_OVER_Q * Q_E * self.temperature_k / cap) * self.noise_rng.standard_normal(v.shape)
-        step_v = (p.coupling_f * st.read_voltage_v / cap) if s.crosstalk else None  # (R, C)
+        step_v = None
+        if s.crosstalk:
+            step_v = p.coupling_f * st.read_voltage_v / cap  # (R, C)
+            if m_inv_t is not None:
+                step_v = (p.coupling_f * st.read_voltage_v) @ m_inv_t
         trace_t, trace_v = [0.0], [v[0, record_col]] if record_col is not None else None
         for k in range(R + 1):
             c = coeff[:, k]
@@ -242,14 +307,45 @@ class VirtualChip:
             if k < R and step_v is not None:
                 falling = order[:, k]
                 pulsed = (ds[:, k] > 0)[:, None]
+                if edge_frac is not None:  # the line fell from the level it reached
+                    pulsed = pulsed * np.take_along_axis(edge_frac, falling[:, None], axis=1)
                 v = np.maximum(v - pulsed * step_v[falling], 0.0)
                 if record_col is not None:
                     trace_t.append(trace_t[-1])
                     trace_v.append(v[0, record_col])
         if s.noise:
-            v -= self._charge_noise(d) / cap
+            noise_q = self._charge_noise(d)
+            v -= (noise_q @ m_inv_t) if m_inv_t is not None else noise_q / cap
         if record_col is not None:
             return v, (np.array(trace_t), np.array(trace_v))
+        return v
+
+    def _integrate_native(self, d, edge_frac, n_sub, sc):
+        """:meth:`integrate` in C (same physics and random draws), or None without it."""
+        from . import native_integrate
+
+        if not native_integrate.available():
+            return None
+        p, s, st = self.params, self.switches, self.settings
+        cap = p.capacitance_f
+        B = d.shape[0]
+        v = np.broadcast_to(p.precharge_v, (B, self.cols)).copy()
+        if s.noise:
+            v += np.sqrt(K_B_OVER_Q * Q_E * self.temperature_k / cap) * self.noise_rng.standard_normal(v.shape)
+        eta_mean, m = self._taylor_matrix()
+        m_inv_t = sc["m_inv_t"] if s.bl_coupling else None
+        step_v = None
+        if s.crosstalk:
+            q = p.coupling_f * st.read_voltage_v
+            step_v = q @ m_inv_t if m_inv_t is not None else q / cap
+        leak = p.leakage_a.sum(axis=0) if s.leakage else np.zeros(self.cols)
+        src_r = self.si.source_r_ohm if s.source_line else 0.0
+        v = native_integrate.integrate(v, d, edge_frac, st.integration_time_s, n_sub, m, eta_mean,
+                                       self.sheet.precharge_v, K_B_OVER_Q * self.temperature_k, s.droop, leak,
+                                       m_inv_t, cap, step_v, src_r, sc["source_a_per_v"])
+        if v is not None and s.noise:
+            noise_q = self._charge_noise(d)
+            v -= (noise_q @ m_inv_t) if m_inv_t is not None else noise_q / cap
         return v
 
     def _charge_noise(self, d: np.ndarray) -> np.ndarray:
@@ -259,14 +355,35 @@ class VirtualChip:
         var = (d**2) @ (i0 * rel) ** 2 + Q_E * (d @ i0)
         return np.sqrt(var) * self.noise_rng.standard_normal(var.shape)
 
+    def readout_slope_v_per_s(self) -> np.ndarray:
+        """Readout ramp rate (V/s) of every bit line (all reference currents run)."""
+        p = self.params
+        if self.switches.bl_coupling:
+            return self._silicon_consts()["ramp_v_per_s"]
+        return p.reference_current_a / p.capacitance_f
+
     def readout_s(self, v: np.ndarray) -> np.ndarray:
         """Comparator crossing times (s) on the TDC grid for bit-line voltages ``v``."""
-        p, st = self.params, self.settings
+        p, st, s = self.params, self.settings, self.switches
         threshold = self.sheet.threshold_v + p.comparator_offset_v
-        if self.switches.noise:
+        if s.noise:
             threshold = threshold + p.comparator_jitter_v * self.noise_rng.standard_normal(v.shape)
-        t = np.maximum(v - threshold, 0.0) * p.capacitance_f / p.reference_current_a + p.comparator_delay_s
-        counts = np.clip(np.floor(t / st.tdc_lsb_s), 0, 2**st.tdc_bits - 1)
+        if not (s.bl_coupling or s.comparator or s.tdc_inl):
+            t = np.maximum(v - threshold, 0.0) * p.capacitance_f / p.reference_current_a + p.comparator_delay_s
+            counts = np.clip(np.floor(t / st.tdc_lsb_s), 0, 2**st.tdc_bits - 1)
+            return counts * st.tdc_lsb_s
+        slope = self.readout_slope_v_per_s()
+        if s.comparator:
+            t = comparator_crossing_s(v - threshold, slope, p.comparator_delay_s)
+        else:
+            t = np.maximum(v - threshold, 0.0) / slope + p.comparator_delay_s
+        if s.tdc_inl:
+            key = f"tdc{st.tdc_bits}"
+            if key not in self._cache:
+                self._cache[key] = tdc_edges_lsb(self.si, st.tdc_bits, self.cols)
+            counts = tdc_codes(t / st.tdc_lsb_s, self._cache[key])
+        else:
+            counts = np.clip(np.floor(t / st.tdc_lsb_s), 0, 2**st.tdc_bits - 1)
         return counts * st.tdc_lsb_s
 
     def vmm(self, widths_s: np.ndarray, chunk: int = 1024) -> np.ndarray:
@@ -288,6 +405,8 @@ class VirtualChip:
                 electrons = max(dv, 0.0) * p.fg_capacitance_f / Q_E
                 dv = self.noise_rng.poisson(electrons) * Q_E / p.fg_capacitance_f
             self.overdrive_v[r, c] -= dv
+            if s.relaxation:
+                self.drift.programmed(r, c, dv)
             self.programmed_at_s[r, c] = self.time_s
             if s.disturb:
                 hit = p.disturb_fraction * dv
@@ -303,6 +422,8 @@ class VirtualChip:
         keep = np.exp(-rate * width_s)
         top = self.params.erased_overdrive_v
         for r in rows:
+            if self.switches.relaxation:
+                self.overdrive_v[r] += self.drift.erased(r)
             v = self.overdrive_v[r]
             v[:] = top - (top - v) * keep
             if self.switches.program_noise:
@@ -318,6 +439,7 @@ class VirtualChip:
 
     def advance_time_s(self, seconds: float) -> None:
         self.time_s += float(seconds)
+        self.drift.advance(float(seconds), self.switches.flicker, self.switches.relaxation)
         self._invalidate()
 
     def configure(self, settings: VmmSettings) -> None:

@@ -1,16 +1,19 @@
 """EmulatedArray: an in-process ArrayBackend over a VirtualChip, and the ``sim://`` scheme.
 
 ``sim://?seed=3&preset=quiet&crosstalk=0`` opens chip 3 with the ``quiet`` preset and
-crosstalk switched off. Options: ``seed`` (int), ``preset`` (default, ideal, quiet,
-linear) and one switch per non-ideality (``noise``, ``crosstalk``, ``droop``,
-``variability``, ``program_noise``, ``disturb``, ``leakage``, ``retention``: 0 or 1).
+crosstalk switched off. Options, each at most once: ``seed`` (non-negative int),
+``preset`` (``default`` = ``model``: the model's own form; ``silicon``: every
+second-order effect on; ``ideal``, ``quiet``, ``linear``) and one switch per
+non-ideality, 0 or 1: the model's form (``noise``, ``crosstalk``, ``droop``,
+``variability``, ``program_noise``, ``disturb``, ``leakage``, ``retention``) and the
+second-order physics (``bl_coupling``, ``wl_slew``, ``source_line``, ``tdc_inl``,
+``comparator``, ``flicker``, ``relaxation``). The physics: docs/physics.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
-
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import unquote_plus, urlencode
 
 import numpy as np
 
@@ -77,45 +80,76 @@ class EmulatedArray:
         """Bit-line voltage of ``col`` during one VMM (integration, then readout ramp)."""
         w = np.asarray(widths_s, dtype=float).reshape(1, -1)
         v_end, (t, v) = self.chip.integrate(w, record_col=col, substeps=8)
-        p, T = self.chip.params, self.chip.settings.integration_time_s
+        T = self.chip.settings.integration_time_s
         ramp_t = np.linspace(0.0, self.chip.settings.tdc_full_scale_s, 64)
-        ramp_v = np.maximum(v_end[0, col] - p.reference_current_a[col] / p.capacitance_f[col] * ramp_t, 0.0)
+        ramp_v = np.maximum(v_end[0, col] - self.chip.readout_slope_v_per_s()[col] * ramp_t, 0.0)
         return np.concatenate([t, T + ramp_t]), np.concatenate([v, ramp_v])
 
     def close(self) -> None:
         pass
 
 
+FORMS = "'sim://' or 'sim://?seed=N&preset=NAME&SWITCH=0|1'"
+_BOOL = {"0": False, "1": True, "false": False, "true": True, "off": False, "on": True}
+
+
 def chip_from_options(opts: dict[str, str]) -> VirtualChip:
-    """Build a VirtualChip from sim:// query options (ValueError on unknown ones)."""
+    """Build a VirtualChip from sim:// query options (ValueError naming the value on an
+    unknown option, a bad seed, preset or switch value)."""
     opts = dict(opts)
-    raw_seed = opts.pop("seed", "0")
+    raw_seed = str(opts.pop("seed", "0"))
     try:
         seed = int(raw_seed)
+        if seed < 0:
+            raise ValueError
     except ValueError:
-        raise ValueError(f"sim:// option seed={raw_seed!r}; expected an integer") from None
+        raise ValueError(f"sim:// option seed={raw_seed!r}; expected a non-negative integer, as in {FORMS}") from None
     switches = Switches.preset(opts.pop("preset", "default"))
-    names = {f.name for f in dataclasses.fields(Switches)}
+    names = [f.name for f in dataclasses.fields(Switches)]
     changes = {}
     for key, value in opts.items():
         if key not in names:
-            raise ValueError(f"unknown sim:// option {key!r}; expected seed, preset or one of {sorted(names)}")
-        if value not in ("0", "1", "true", "false", "on", "off"):
+            raise ValueError(f"unknown sim:// option {key!r}; expected seed, preset or one of {names}")
+        if str(value).lower() not in _BOOL:
             raise ValueError(f"sim:// option {key}={value!r}; expected 0 or 1")
-        changes[key] = value in ("1", "true", "on")
+        changes[key] = _BOOL[str(value).lower()]
     return VirtualChip(seed=seed, switches=dataclasses.replace(switches, **changes))
 
 
+def parse_sim_uri(uri: str) -> dict[str, str]:
+    """Query options of a ``sim://`` URI, strictly: nothing between ``sim://`` and ``?``,
+    no fragment, every option ``key=value`` once (ValueError naming the URI otherwise)."""
+    if not isinstance(uri, str) or not uri.startswith("sim://"):
+        raise ValueError(f"backend URI {uri!r}; expected {FORMS}")
+    rest = uri[len("sim://"):]
+    if "#" in rest or (rest and not rest.startswith("?")):
+        raise ValueError(f"backend URI {uri!r}; expected {FORMS}")
+    query = rest[1:]
+    if not query:
+        return {}
+    opts: dict[str, str] = {}
+    for item in query.split("&"):
+        key, eq, value = item.partition("=")
+        if not key or not eq or not value:
+            raise ValueError(f"backend URI {uri!r}: option {item!r} is not key=value; expected {FORMS}")
+        if unquote_plus(key) in opts:
+            raise ValueError(f"backend URI {uri!r} gives option {key!r} twice; "
+                             f"expected each option once, as in {FORMS}")
+        opts[unquote_plus(key)] = unquote_plus(value)
+    return opts
+
+
 def open_sim(uri: str, opts: dict[str, str]) -> EmulatedArray:
-    """Opener of the ``sim`` scheme."""
-    return EmulatedArray(chip_from_options(opts), uri=uri)
+    """Opener of the ``sim`` scheme. The URI is parsed again here, strictly; ``opts``
+    (already parsed, duplicates lost) are used as given only with a bare ``sim://``."""
+    parsed = parse_sim_uri(uri)
+    return EmulatedArray(chip_from_options(parsed or opts), uri=uri)
 
 
 def expand_sim(uri: str, n: int) -> list[str]:
     """``n`` distinct emulated chips from one ``sim://`` URI: seeds N, N+1, ... (N = its
     seed, default 0), the other options kept."""
-    parts = urlsplit(uri)
-    opts = dict(parse_qsl(parts.query, keep_blank_values=True))
+    opts = parse_sim_uri(uri)
     seed = chip_from_options(opts).seed  # validates every option
     opts.pop("seed", None)
     base = uri.split("?", 1)[0]
