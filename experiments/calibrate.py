@@ -3,7 +3,7 @@
 What it does: measures the calibration datasets (zero-input baseline, random fit
 patterns with 30-50 % zero inputs, one-hot reads, held-out random and activation-like
 patterns, repeated patterns for the noise floor), fits the three weight extractions of
-PHYSICS.md section 5 and prints the signal-to-error ratio (SER) of each on held-out
+docs/physics.md, section 3 and prints the signal-to-error ratio (SER) of each on held-out
 patterns next to the noise floor (the SER of one measurement against the mean of its
 repeats: no model can beat it):
 

@@ -1,4 +1,5 @@
-"""The second-order integration in C (``integrate.c``), built and loaded by labkit.native.
+"""The second-order integration in C (``integrate.c``), built, verified and loaded by
+labkit's one native builder (:mod:`labkit.model.native`).
 
 Same equations as the numpy loop of :meth:`simulator.chip.VirtualChip.integrate`, one
 sample at a time (no (B, 17, 4, 16) temporaries). :func:`integrate` returns None where
@@ -12,21 +13,20 @@ from pathlib import Path
 
 import numpy as np
 
-from labkit import native
+from labkit.model import native
 
 _SRC = Path(__file__).with_name("integrate.c")
 _LIB: list = []
 
 
+_P, _I32, _F64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_double
+SIGNATURES = {"integrate_batch": ([_I32, _I32, _I32, _P, _P, _P, _F64, _I32, _P, _P, _F64, _F64, _I32, _P, _P, _P,
+                                   _P, _F64, _F64], _I32)}
+
+
 def _lib():
     if not _LIB:
-        lib = native.load(_SRC, fast_math=True)
-        if lib is not None:
-            p, i32, f64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_double
-            lib.integrate_batch.argtypes = [i32, i32, i32, p, p, p, f64, i32, p, p, f64, f64, i32, p, p, p, p,
-                                            f64, f64]
-            lib.integrate_batch.restype = i32
-        _LIB.append(lib)
+        _LIB.append(native.load(_SRC, fast_math=True, signatures=SIGNATURES))
     return _LIB[0]
 
 

@@ -115,7 +115,7 @@ def test_noise_floor_matches_the_emulator_noise_settings(seed):
         rep = ch.vmm_repeats(b, base, patterns=48, repeats=8)
         predicted = metrics.to_db(predicted_noise_ser(chip_of(b), rep))
     assert rep.noise_floor_ser_db == pytest.approx(predicted, abs=0.6)
-    assert 25 < rep.noise_floor_ser_db < 45  # PHYSICS.md: about 5-6 effective bits
+    assert 25 < rep.noise_floor_ser_db < 45  # docs/physics.md: about 5-6 effective bits
 
 
 def test_noise_floor_is_unbounded_without_noise():

@@ -1,7 +1,7 @@
 """Calibration: measure a chip, fit its hardware-aware model, report how well it predicts.
 
-Three extractions of the same measured data (naive, linear, model; PHYSICS.md section
-5) are compared on the same held-out patterns with the same output convention
+Three extractions of the same measured data (naive, linear, model; docs/physics.md,
+section 3) are compared on the same held-out patterns with the same output convention
 ``y = t(x=0) - t(x)`` (s), so their SERs compare fairly. Modules, by job:
 :mod:`~labkit.calibrate.config` (:class:`CalibrationConfig`),
 :mod:`~labkit.calibrate.calibration_set` (the measured data, measured or read from the

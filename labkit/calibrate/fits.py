@@ -1,7 +1,7 @@
 """The three extractions of a measured :class:`~labkit.calibrate.calibration_set.CalibrationSet`.
 
 Each predicts crossing times with the output convention ``y = t(x=0) - t(x)`` (s, from
-the measured zero-input baseline), PHYSICS.md section 5:
+the measured zero-input baseline), docs/physics.md, section 3:
 
 * **naive** (:func:`fit_naive`): one-hot reads (every row alone, at a few levels,
   repeated) and the ideal model ``y = W x``: each weight is the least-squares line
@@ -39,7 +39,7 @@ from labkit.validate import check_int
 
 __all__ = ["ETA_START_PER_V", "fit_naive", "fit_linear", "FitInfo", "fit_model", "predict_mean_s"]
 
-ETA_START_PER_V = 0.5  # drain coefficient the model fit starts from (PHYSICS.md: 0.3-2 /V)
+ETA_START_PER_V = 0.5  # drain coefficient the model fit starts from (docs/physics.md: 0.3-2 /V)
 
 
 def _onehot_lines(onehot: OneHotData) -> tuple[np.ndarray, np.ndarray]:

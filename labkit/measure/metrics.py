@@ -4,7 +4,7 @@ Outputs ``y`` are measured from the zero-input baseline: ``y = t(x=0) - t(x)`` i
 seconds (a larger dot product gives an earlier crossing, so ``y >= 0``), optionally
 times the reference current (coulombs). The metrics below are ratios, so either unit works.
 
-- ``SER = sum(y_meas**2) / sum((y_meas - y_pred)**2)`` (PHYSICS.md section 5).
+- ``SER = sum(y_meas**2) / sum((y_meas - y_pred)**2)`` (docs/physics.md, section 3).
 - The *noise floor* is the SER of one measurement against the mean of repeated
   measurements of the same patterns: no model can beat it.
 """

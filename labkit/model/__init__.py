@@ -1,4 +1,4 @@
-"""The hardware-aware model of a 16x16 time-domain array (PHYSICS.md section 4).
+"""The hardware-aware model of a 16x16 time-domain array (docs/physics.md, section 3).
 
 :class:`ArrayModel` predicts the comparator crossing times of one array (or of many
 arrays, "tiles", at once) from normalized inputs ``x`` in [0, 1] with a few learned,

@@ -6,7 +6,7 @@ loop over tiles or samples). Every tile has its own array model parameters
 (:class:`TileParams`: drain coefficient per column, crosstalk charge per cell, offset and
 readout gain per column), from a chip's calibration (:meth:`TileParams.from_model`) or
 sampled from a spread (:class:`ChipSpread`). The equations are those of
-:class:`labkit.model.ArrayModel` (PHYSICS.md section 4), removed charge per column::
+:class:`labkit.model.ArrayModel` (docs/physics.md, section 3), removed charge per column::
 
     Z0 = sum_i I0_i d_i          (cell currents from the weights)
     Kt = sum_{i pulsed} k_i      (crosstalk charge of the falling edges)

@@ -77,7 +77,7 @@ class TileParams:
 class ChipSpread:
     """Chip-to-chip spread of the tile parameters, to sample tiles without a calibration.
 
-    Defaults are datasheet-level ranges (PHYSICS.md): drain coefficient 0.3-0.7 /V per
+    Defaults are datasheet-level ranges (docs/physics.md): drain coefficient 0.3-0.7 /V per
     column, crosstalk 0.2-1.2 fC per edge (coupling 0.1-0.5 fF at 1.8 V word-line swing)
     with a 30 % cell spread, comparator offset of up to tens of mV (offset spread 40 ns at
     0.5 pF / 0.2 uA) plus 4 ns of delay spread, readout gain 3 % per column.
