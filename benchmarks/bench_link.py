@@ -30,6 +30,7 @@ import simulator.serial_handler  # noqa: F401  (registers labkitemu://)
 from drivers import protocol as p
 from drivers.board import TestBoard
 from simulator.emulated import chip_from_options
+from simulator.process import serving
 
 from run_all import print_table  # noqa: E402 (benchmarks/ is on sys.path when a bench runs)
 
@@ -43,19 +44,8 @@ def board_process(baud: float | None = None):
     cmd = [sys.executable, "-m", "simulator.board_server", "--seed", str(SEED)]
     if baud:
         cmd += ["--baud", str(baud)]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        url = proc.stdout.readline().strip()
-        if not url.startswith("socket://"):
-            raise RuntimeError(f"board server did not start: {url!r}")
+    with serving(cmd, "socket://", "board server") as url:
         yield url
-    finally:
-        proc.stdin.close()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @contextlib.contextmanager
@@ -65,13 +55,8 @@ def c_firmware_process():
 
     fw = Path(__file__).resolve().parent.parent / "firmware"
     subprocess.run(["make", "-s", "-C", str(fw)], check=True)
-    proc = subprocess.Popen([str(fw / "build" / "labkit-fw-host"), "--stdin-ends"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        yield proc.stdout.readline().strip()
-    finally:
-        proc.stdin.close()
-        proc.wait(5)
+    with serving([fw / "build" / "labkit-fw-host", "--stdin-ends"], "/dev/", "C firmware") as path:
+        yield path
 
 
 def widths(n: int, seed: int = 0) -> np.ndarray:

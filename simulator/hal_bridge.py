@@ -23,6 +23,8 @@ import numpy as np
 
 from labkit.backend import ArrayBackend, VmmSettings
 
+from .process import serving
+
 FIRMWARE_VERSION = "labkit-ref-fw 1.0.0 (bridge)"
 
 
@@ -100,20 +102,10 @@ def serve(array: ArrayBackend, exe: str | Path, arm_timeout_ms: int = 1000):
     bridge = HalBridge(array)
     thread = threading.Thread(target=bridge.serve, args=(ours,), name="hal-bridge", daemon=True)
     thread.start()
-    proc = subprocess.Popen([str(exe), "--bridge-fd", str(theirs.fileno()), "--arm-timeout-ms", str(arm_timeout_ms),
-                             "--stdin-ends"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            pass_fds=(theirs.fileno(),))
-    theirs.close()
     try:
-        path = proc.stdout.readline().strip()
-        if not path.startswith("/dev/"):
-            raise RuntimeError(f"bridged firmware did not start: {path!r}")
-        yield path
+        with serving([exe, "--bridge-fd", theirs.fileno(), "--arm-timeout-ms", arm_timeout_ms, "--stdin-ends"],
+                     "/dev/", "bridged firmware", pass_fds=(theirs.fileno(),)) as path:
+            theirs.close()
+            yield path
     finally:
-        proc.stdin.close()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
         thread.join(2)

@@ -8,6 +8,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from simulator.process import serving
+
 FIRMWARE = Path(__file__).resolve().parent.parent / "firmware"
 STRICT = "-std=c99 -Wall -Wextra -Werror -pedantic"
 
@@ -25,17 +27,18 @@ def build(out_dir: Path, variant: str = "", target: str = "all") -> subprocess.C
 @contextlib.contextmanager
 def running(exe: Path, arm_timeout_ms: int = 300):
     """The host build serving its pty; yields the device path. Stopped on exit."""
-    proc = subprocess.Popen([str(exe), "--arm-timeout-ms", str(arm_timeout_ms), "--stdin-ends"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        path = proc.stdout.readline().strip()
-        if not path.startswith("/dev/"):
-            raise RuntimeError(f"firmware host build did not start: {path!r}")
+    with serving([exe, "--arm-timeout-ms", arm_timeout_ms, "--stdin-ends"], "/dev/", "firmware host build") as path:
         yield path
-    finally:
-        proc.stdin.close()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+
+
+def built(tmp_path_factory, exe: str) -> Path:
+    """The host build ``exe`` (labkit-fw-host or labkit-fw-bridge) made in a fresh
+    folder with warnings as errors; the test skips without a C compiler."""
+    import pytest
+
+    if not have_cc():
+        pytest.skip("needs a C compiler and make")
+    out = tmp_path_factory.mktemp("fw") / "build"
+    run = build(out)
+    assert run.returncode == 0, run.stderr
+    return out / exe

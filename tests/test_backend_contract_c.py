@@ -21,12 +21,7 @@ _n = itertools.count()
 
 @pytest.fixture(scope="module")
 def bridge_exe(tmp_path_factory):
-    if not hf.have_cc():
-        pytest.skip("needs a C compiler and make")
-    out = tmp_path_factory.mktemp("fwb") / "build"
-    run = hf.build(out)
-    assert run.returncode == 0, run.stderr
-    return out / "labkit-fw-bridge"
+    return hf.built(tmp_path_factory, "labkit-fw-bridge")
 
 
 @pytest.fixture
