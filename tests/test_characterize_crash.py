@@ -27,7 +27,9 @@ def start(db) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "labkit.cli", "characterize", "--backend", "sim://", "--out", str(db),
          "--no-report", "--patterns", str(PATTERNS)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # Ctrl-C works even if this
+    # test runs where SIGINT is ignored (a background job): the child must see it as a user would
 
 
 def wait_for_points(proc, db, table: str = "vmm_random", minimum: int = 1024, timeout: float = 60.0) -> int:

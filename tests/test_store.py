@@ -347,7 +347,10 @@ class Child:
 
     def __init__(self, db: Path, interval: float):
         self.proc = subprocess.Popen([sys.executable, str(WRITER), str(db), "--interval", str(interval)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     # Ctrl-C reaches the writer even where this test runs with SIGINT
+                                     # ignored (a background job), as it would a user's process
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.lines: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
