@@ -44,6 +44,9 @@ def test_one_ideal_chip_computes_what_one_chip_per_tile_computes():
         with torch.no_grad():
             one = multiplexed(model, pool)(x)
         assert pool.logs[0].programmings == 5 and len(pool.logs[0].tiles) == 5
+        with torch.no_grad():
+            multiplexed(model, pool)(x)  # without a journal every pass measures anew
+        assert pool.logs[0].programmings == 10
     with open_chips("sim://?seed=3&preset=ideal", 5) as chips:
         per_tile = deploy(model, chips)(x)
     scale = float(per_tile.abs().mean())

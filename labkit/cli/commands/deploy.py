@@ -163,7 +163,7 @@ def _multiplexed(args, out, model, split, program, uris, store, multiplex, open_
             accs = []
             for p in range(args.passes):
                 with out.progress(f"tiles, pass {p + 1}", n) as bar:
-                    network = multiplex.multiplexed(model, pool, journal if p == 0 else multiplex.Journal(),
+                    network = multiplex.multiplexed(model, pool, journal if p == 0 else None,
                                                     progress=lambda text: bar.advance(1, text))
                     acc, _ = multiplex.evaluate_multiplexed(network, split.test)
                     bar.advance(n - bar.done)
