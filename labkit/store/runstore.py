@@ -279,8 +279,9 @@ class RunStore:
                 holder = write_lock_holder(self.path)
                 self._blocked_by = holder.pid if holder is not None and holder.stopped else None
                 raise err from None
+            staged, self._staged = self._staged, []  # taken: never executed twice
             try:
-                for sql, params in self._staged:
+                for sql, params in staged:
                     db.execute(sql, params)
                 out = extra(db) if extra is not None else None
                 if self._open:
@@ -294,7 +295,12 @@ class RunStore:
                         db.execute("ROLLBACK")
                 self._drop_staged()
                 raise translate(exc, self.path, doing) from None
-            self._staged.clear()
+            except BaseException:  # not committed: the writes stay staged for the next commit
+                with contextlib.suppress(sqlite3.Error):
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                self._staged[:0] = staged
+                raise
             self._dirty_since = None
             self._last_beat = time.monotonic()
             for run in list(self._open.values()):

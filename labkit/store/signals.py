@@ -4,6 +4,7 @@ a commit or a run's end is written (so an interrupt never splits a transaction).
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from typing import Iterator
@@ -13,16 +14,28 @@ __all__ = ["signals_deferred", "sigterm_as_keyboard_interrupt"]
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM back (main thread only) for the block; they arrive after it."""
-    block = {signal.SIGINT, signal.SIGTERM}
-    can = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
-    if can:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, block)
+    """Hold SIGINT/SIGTERM back for the block (main thread only); they take effect after it.
+
+    Blocking the signal mask is not enough: a process-directed signal may land on another
+    thread, and Python then runs its handler in the main thread at once. So within the
+    block the Python-level handlers only record the signal; on leaving, the old handlers
+    are back and a recorded signal is delivered to them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    old = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        if can:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(caught):
+            handler = old[s]
+            if callable(handler):
+                handler(s, None)  # e.g. default_int_handler: KeyboardInterrupt, here
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), s)
 
 
 @contextlib.contextmanager
