@@ -33,9 +33,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from simulator.bench import BenchArray  # noqa: E402
+from simulator.bench import BenchArray, wire_instruments  # noqa: E402
 from simulator.emulated import open_sim  # noqa: E402
-from simulator.instruments import InfiniiVisionEmulator, Keithley2400Emulator, LakeShore336Emulator, Wiring  # noqa
+from simulator.instruments import Wiring  # noqa: E402
 from simulator.scpi_server import ScpiServer  # noqa: E402
 
 warnings.simplefilter("ignore")
@@ -47,10 +47,7 @@ def make_bench():
     array = open_sim("sim://", {"seed": "7", "noise": "0", "program_noise": "0"})
     wiring = Wiring(smu_cell=(3, 5), scope_columns={1: 4, 2: 9})
     chip = BenchArray(array, wiring)
-    emus = {"smu": Keithley2400Emulator(chip, wiring), "scope": InfiniiVisionEmulator(chip, wiring),
-            "tempctl": LakeShore336Emulator(chip, time_constant_s=0.02)}
-    chip.triggers.append(emus["scope"].trigger)
-    chip.clocks.append(emus["tempctl"].advance)
+    emus = wire_instruments(chip, wiring, thermal_time_constant_s=0.02)
     servers = {k: ScpiServer(d) for k, d in emus.items()}
     return chip, emus, servers
 

@@ -127,6 +127,21 @@ class BenchArray:
         pass
 
 
+def wire_instruments(chip: BenchArray, wiring: Wiring, roles=("smu", "scope", "tempctl"),
+                     thermal_time_constant_s: float = 20.0) -> dict:
+    """The emulated instruments ``roles`` coupled to ``chip`` as on the bench: the SMU on
+    the routed cell, the scope triggered by each VMM, the temperature controller's loop
+    advanced with the chip's time (``thermal_time_constant_s``, s). Role -> emulator."""
+    makers = {"smu": lambda: Keithley2400Emulator(chip, wiring), "scope": lambda: InfiniiVisionEmulator(chip, wiring),
+              "tempctl": lambda: LakeShore336Emulator(chip, time_constant_s=thermal_time_constant_s)}
+    devices = {role: makers[role]() for role in roles}
+    if "scope" in devices:
+        chip.triggers.append(devices["scope"].trigger)
+    if "tempctl" in devices:
+        chip.clocks.append(devices["tempctl"].advance)
+    return devices
+
+
 class VirtualBench:
     """A running virtual bench (context manager). ``chip`` is the hidden truth (tests).
 
@@ -179,19 +194,10 @@ class VirtualBench:
 
     def start(self) -> "VirtualBench":
         try:
-            makers = {
-                "smu": lambda: Keithley2400Emulator(self.bench_array, self.wiring),
-                "scope": lambda: InfiniiVisionEmulator(self.bench_array, self.wiring),
-                "tempctl": lambda: LakeShore336Emulator(self.bench_array,
-                                                        time_constant_s=self.thermal_time_constant_s),
-            }
-            for role in self.instrument_roles:
-                self.devices[role] = makers[role]()
-                self.servers[role] = ScpiServer(self.devices[role])
-            if "scope" in self.devices:
-                self.bench_array.triggers.append(self.devices["scope"].trigger)
-            if "tempctl" in self.devices:
-                self.bench_array.clocks.append(self.devices["tempctl"].advance)
+            self.devices.update(wire_instruments(self.bench_array, self.wiring, self.instrument_roles,
+                                                 self.thermal_time_constant_s))
+            for role, device in self.devices.items():
+                self.servers[role] = ScpiServer(device)
             self.board_server = BoardServer(self.firmware, baud=self.baud).start()
             self.station_text = self._station_text()
         except BaseException:

@@ -11,12 +11,11 @@ import warnings
 import numpy as np
 import pytest
 
-from simulator.bench import BenchArray
+from simulator.bench import BenchArray, wire_instruments
 from simulator.emulated import open_sim
 from simulator.instruments import (
     InfiniiVisionEmulator,
     Keithley2400Emulator,
-    LakeShore336Emulator,
     Wiring,
 )
 from simulator.scpi_server import ScpiServer
@@ -33,10 +32,7 @@ def bench():
     array = open_sim("sim://", {"seed": "7", "noise": "0", "program_noise": "0"})
     wiring = Wiring(smu_cell=CELL, scope_columns={1: 4, 2: 9})
     chip = BenchArray(array, wiring)
-    emus = {"smu": Keithley2400Emulator(chip, wiring), "scope": InfiniiVisionEmulator(chip, wiring),
-            "tempctl": LakeShore336Emulator(chip, time_constant_s=0.05)}
-    chip.triggers.append(emus["scope"].trigger)
-    chip.clocks.append(emus["tempctl"].advance)
+    emus = wire_instruments(chip, wiring, thermal_time_constant_s=0.05)
     servers = {k: ScpiServer(d) for k, d in emus.items()}
 
     class Bench:
