@@ -30,6 +30,7 @@ class CalibrationConfig:
     repeats: int = 16
     fit_iterations: int = 200  # L-BFGS iterations (at most; it stops earlier when converged)
     eta_per_cell: bool = False  # refine with a drain coefficient per cell (slower)
+    programmed_states: int = 0  # program the chip to N weight-like states and fit the chip on them (reprograms!)
 
     @classmethod
     def quick(cls, **changes) -> "CalibrationConfig":

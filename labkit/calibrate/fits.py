@@ -125,7 +125,8 @@ def _lbfgs(model: ArrayModel, x: torch.Tensor, target_s: torch.Tensor, mask: tor
     """Full-batch L-BFGS of the mean squared residual (in LSB^2) over the parameters named
     in ``scales`` (the others stay fixed), in scaled coordinates; writes the result back."""
     base = {k: p.detach().clone() for k, p in model.named_parameters()}
-    u = {k: torch.zeros_like(base[k], requires_grad=True) for k in scales}
+    # u has the scale's shape: a scale with a leading dim of 1 ties a tiled parameter across tiles
+    u = {k: torch.zeros_like(scales[k], dtype=base[k].dtype, requires_grad=True) for k in scales}
     first = next(iter(u.values()))
     opt = torch.optim.LBFGS(list(u.values()), lr=1.0, max_iter=25, history_size=30, tolerance_grad=1e-9,
                             tolerance_change=1e-12, line_search_fn="strong_wolfe")

@@ -131,12 +131,12 @@ def measure_times(backend: SafeArray, x: np.ndarray, baseline: Baseline | None =
 
 
 def measure_baseline(backend: SafeArray, repeats: int = 256, run=None, progress: Progress = no_progress,
-                     chunk: int = 512) -> Baseline:
+                     chunk: int = 512, table: str = "baseline") -> Baseline:
     """``repeats`` (>= 2) zero-input VMMs: the per-column mean ``t0_s`` and spread (s)
-    that outputs are read from. Table ``baseline`` (``t``)."""
+    that outputs are read from. Table ``table`` (``t``)."""
     repeats = check_int("baseline repeats", repeats, 2)
     zeros = np.zeros((repeats, backend.geometry.rows))
-    t = measure_times(backend, zeros, None, run, "baseline", None, progress, "baseline", chunk,
+    t = measure_times(backend, zeros, None, run, table, None, progress, "baseline", chunk,
                       store_x=False, store_y=False)
     return Baseline.from_times(t)
 

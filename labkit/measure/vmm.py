@@ -48,12 +48,12 @@ def vmm_random(backend: SafeArray, baseline: Baseline, n: int = 4096, zero_fract
 
 
 def vmm_onehot(backend: SafeArray, baseline: Baseline, levels: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
-               repeats: int = 8, run=None, progress: Progress = no_progress) -> OneHotData:
-    """Every row alone at each level, ``repeats`` times (table ``vmm_onehot``, with ``row``)."""
+               repeats: int = 8, run=None, progress: Progress = no_progress, table: str = "vmm_onehot") -> OneHotData:
+    """Every row alone at each level, ``repeats`` times (table ``table``, with ``row``)."""
     repeats = check_int("one-hot repeats", repeats, 1)
     x1, row1 = onehot_patterns(backend.geometry.rows, levels)
     x, row = np.tile(x1, (repeats, 1)), np.tile(row1, repeats)
-    d = measure_vmm(backend, x, baseline, run, "vmm_onehot", {"row": row}, progress, "one-hot VMMs")
+    d = measure_vmm(backend, x, baseline, run, table, {"row": row}, progress, "one-hot VMMs")
     return OneHotData(d.x, d.t_s, d.y_s, row)
 
 

@@ -10,12 +10,15 @@ import torch
 from torch import nn
 
 from labkit.backend import Datasheet, Geometry, VmmSettings
+from labkit.model import second_order as so
 from labkit.model.kernels import ChargeFn, InputQuantize, Readout, StraightThrough, fine_step_charge, per_cell_charge
 from labkit.model.units import FC, FF, NA, US
 
 __all__ = ["ArrayModel", "FORMAT"]
 
-FORMAT = "labkit.ArrayModel/1"
+FORMAT = "labkit.ArrayModel/2"
+FORMATS = ("labkit.ArrayModel/1", FORMAT)  # /1: no second-order terms (they read as zero)
+SECOND_ORDER = ("mix", "width_loss_s", "source_per_a", "tdc_bow_lsb")
 
 
 def _as_tensor(value, shape, name: str) -> np.ndarray:
@@ -42,9 +45,14 @@ class ArrayModel(nn.Module):
     * ``k_xt`` (rows, cols): crosstalk charge per falling edge, fC.
     * ``t0`` (cols,): crossing time at zero charge, us.
     * ``gain`` (cols,): readout gain relative to the nominal ``1/I_ref``.
+    * second-order terms (:mod:`labkit.model.second_order`, used when ``second_order``):
+      ``mix`` (cols - 1,) bit-line coupling fraction per adjacent pair, ``wloss`` (rows,)
+      pulse width lost per row (us), ``beta`` (1,) source-line factor (1/nA), ``bow`` (1,)
+      TDC INL bow (LSB).
 
     Constructor values are SI (``currents_a`` A, ``eta_per_v`` 1/V, ``crosstalk_c`` C per
-    edge, ``offset_s`` s, ``gain_s_per_c`` s/C), broadcast to the shapes above; defaults:
+    edge, ``offset_s`` s, ``gain_s_per_c`` s/C, ``mix`` fraction, ``width_loss_s`` s,
+    ``source_per_a`` 1/A, ``tdc_bow_lsb`` LSB), broadcast to the shapes above; defaults:
     half of full scale at all-ones input, eta 0.5/V, no crosstalk, nominal readout.
     The operating point (T, C, I_ref, input bits, TDC) comes from ``datasheet`` and
     ``settings`` and is fixed; the model is fitted per operating point.
@@ -76,6 +84,11 @@ class ArrayModel(nn.Module):
         crosstalk_c=0.0,
         offset_s=None,
         gain_s_per_c=None,
+        mix=0.0,
+        width_loss_s=0.0,
+        source_per_a=0.0,
+        tdc_bow_lsb=0.0,
+        second_order: bool | None = None,
         eta_per_cell: bool = False,
         droop: bool = True,
         crosstalk: bool = True,
@@ -133,6 +146,13 @@ class ArrayModel(nn.Module):
         self.gain = nn.Parameter(
             torch.tensor(_as_tensor(gain_s_per_c, lead + (C,), "gain_s_per_c") * ds.reference_current_a, **kw)
         )
+        self.mix = nn.Parameter(torch.tensor(_as_tensor(mix, lead + (C - 1,), "mix"), **kw))
+        self.wloss = nn.Parameter(torch.tensor(_as_tensor(width_loss_s, lead + (R,), "width_loss_s") / US, **kw))
+        self.beta = nn.Parameter(torch.tensor(_as_tensor(source_per_a, lead + (1,), "source_per_a") * NA, **kw))
+        self.bow = nn.Parameter(torch.tensor(_as_tensor(tdc_bow_lsb, lead + (1,), "tdc_bow_lsb"), **kw))
+        if second_order is None:  # on when any term is given
+            second_order = any(bool(np.any(np.asarray(v) != 0)) for v in (mix, width_loss_s, source_per_a, tdc_bow_lsb))
+        self.second_order = bool(second_order)
 
     # ------------------------------------------------------------ shapes and getters
     @property
@@ -170,15 +190,28 @@ class ArrayModel(nn.Module):
         """Readout gain dt/dq (s/C) per column (nominally 1/I_ref)."""
         return self._gain_us_per_fc().detach().cpu().double().numpy() * (US / FC)
 
+    def second_order_si(self) -> dict[str, np.ndarray]:
+        """The second-order terms (SI): ``mix``, ``width_loss_s`` (s), ``source_per_a``
+        (1/A), ``tdc_bow_lsb``; zeros when ``second_order`` is off."""
+        on = 1.0 if self.second_order else 0.0
+        val = lambda p, f: on * p.detach().cpu().double().numpy() * f  # noqa: E731
+        return {"mix": val(self.mix, 1.0), "width_loss_s": val(self.wloss, US),
+                "source_per_a": val(self.beta, 1.0 / NA), "tdc_bow_lsb": val(self.bow, 1.0)}
+
     def set_si(self, **values) -> None:
         """Overwrite parameters from SI arrays: ``currents_a``, ``eta_per_v``,
-        ``crosstalk_c``, ``offset_s``, ``gain_s_per_c`` (any subset)."""
+        ``crosstalk_c``, ``offset_s``, ``gain_s_per_c``, ``mix``, ``width_loss_s``,
+        ``source_per_a``, ``tdc_bow_lsb`` (any subset)."""
         conv = {
             "currents_a": ("log_i0", lambda a: np.log(a / NA)),
             "eta_per_v": ("eta", lambda a: a),
             "crosstalk_c": ("k_xt", lambda a: a / FC),
             "offset_s": ("t0", lambda a: a / US),
             "gain_s_per_c": ("gain", lambda a: a * self.datasheet.reference_current_a),
+            "mix": ("mix", lambda a: a),
+            "width_loss_s": ("wloss", lambda a: a / US),
+            "source_per_a": ("beta", lambda a: a * NA),
+            "tdc_bow_lsb": ("bow", lambda a: a),
         }
         for key, value in values.items():
             if key not in conv:
@@ -218,20 +251,49 @@ class ArrayModel(nn.Module):
         return self._tiled(self.eta, 2 if self.eta_per_cell else 1) / self.C_ff
 
     # ------------------------------------------------------------ integration
+    def _second_order(self, x, log_i0, kxt):
+        """Effective pulse widths, and currents and crosstalk seen through the bit-line
+        coupling (:mod:`labkit.model.second_order`)."""
+        i0 = log_i0.exp()
+        loss = self._tiled(self.wloss, 1).unsqueeze(1) / self.T_us
+        edge = so.edge_fraction(x, loss)
+        x = so.effective_inputs(x, loss, self._tiled(self.beta, 1).unsqueeze(1), i0.sum(-1).unsqueeze(1))
+        mix = self._tiled(self.mix, 1).unsqueeze(1)  # (n, 1, C-1)
+        zero = torch.zeros_like(mix[..., :1])
+        lw, rw = torch.cat([zero, mix], -1), torch.cat([mix, zero], -1)
+        C = self.cols
+        li = torch.tensor([0] + list(range(C - 1)), device=x.device)
+        ri = torch.tensor(list(range(1, C)) + [C - 1], device=x.device)
+        log_i0 = so.mix_columns(i0, 1.0 - lw - rw, li, lw, ri, rw).clamp_min(1e-30).log()
+        if kxt is not None:
+            kxt = so.mix_columns(kxt, 1.0 - lw - rw, li, lw, ri, rw)
+        return x, log_i0, kxt, edge
+
     def _charge_fc(self, x: torch.Tensor) -> torch.Tensor:
         """Removed charge q(T) in fC, (n, B, cols), for prepared inputs (n, B, rows)."""
         pulsed = x > 0
         log_i0 = self._tiled(self.log_i0, 2)
         kxt = self._tiled(self.k_xt, 2) if self.crosstalk else None
+        edge = None
+        if self.second_order:
+            x, log_i0, kxt, edge = self._second_order(x, log_i0, kxt)
         if self.droop and self.eta_per_cell:
-            return per_cell_charge(x, pulsed, log_i0.exp(), kxt, self._eta_prime(), self.T_us, self.substeps)
-        eta = self._tiled(self.eta, 1).unsqueeze(1)
-        return ChargeFn.apply(x, pulsed, log_i0, kxt, eta, self.T_us, self.C_ff, self.droop, self.edge_timing)
+            q = per_cell_charge(x, pulsed, log_i0.exp(), kxt, self._eta_prime(), self.T_us, self.substeps)
+        else:
+            eta = self._tiled(self.eta, 1).unsqueeze(1)
+            q = ChargeFn.apply(x, pulsed, log_i0, kxt, eta, self.T_us, self.C_ff, self.droop, self.edge_timing)
+        if edge is not None and kxt is not None:  # the edges of pulses shorter than the rise couple less
+            q = q + torch.bmm(edge - pulsed.to(edge.dtype), kxt)
+        return q
 
     # ------------------------------------------------------------ readout
     def _readout_us(self, q: torch.Tensor) -> torch.Tensor:
         """Crossing times (us) from charge (fC), with noise, TDC quantization and clip."""
         noise = self.noise_std_s / US if (self.training and self.noise_std_s > 0) else 0.0
+        if self.second_order:  # the TDC bow, as the charge that moves the time by as much
+            t0, g = self._tiled(self.t0, 1).unsqueeze(1), self._tiled(self._gain_us_per_fc(), 1).unsqueeze(1)
+            t = t0 - g * q
+            q = q + (t - so.tdc_bow(t, self._tiled(self.bow, 1).unsqueeze(1), self.lsb_us, 2**self.settings.tdc_bits)) / g
         return Readout.apply(q, self._tiled(self.t0, 1).unsqueeze(1), self._tiled(self.gain, 1).unsqueeze(1),
                              self.iref_na, self.lsb_us, self.tfs_us, self.quantize, self.clip, noise)
 
@@ -298,7 +360,8 @@ class ArrayModel(nn.Module):
         """Slow reference: explicit RK4 on a uniform grid of ``steps`` intervals over T
         with every falling edge inserted, exact per-cell exponentials, float64.
 
-        Same equations and switches as ``forward`` (noise excluded); returns crossing
+        Same equations and switches as ``forward`` (noise and the second-order terms
+        excluded); returns crossing
         times (s), or the removed charge (C) with ``charge=True``.
         """
         xp, lead = self._prepare(x, dtype=torch.float64)
@@ -332,6 +395,7 @@ class ArrayModel(nn.Module):
             "crosstalk_c": self.crosstalk_c(),
             "offset_s": self.offset_s(),
             "gain_s_per_c": self.gain_s_per_c(),
+            **self.second_order_si(),
             "n_tiles": np.array(0 if self.n_tiles is None else self.n_tiles),
             "rows": np.array(self.rows),
             "cols": np.array(self.cols),
@@ -353,8 +417,8 @@ class ArrayModel(nn.Module):
         """Rebuild from :meth:`to_dict` output (e.g. an ``np.load`` result); ``switches``
         (droop, crosstalk, quantize, noise_std_s, clip, dtype, device, ...) pass through."""
         fmt = str(np.asarray(d.get("format", "")))
-        if fmt != FORMAT:
-            raise ValueError(f"model format {fmt!r}; expected {FORMAT!r}")
+        if fmt not in FORMATS:
+            raise ValueError(f"model format {fmt!r}; expected one of {FORMATS!r}")
 
         def num(key, kind=float):
             return kind(np.asarray(d[key]).item())
@@ -376,7 +440,8 @@ class ArrayModel(nn.Module):
         return cls(
             sheet, settings, geometry, n_tiles=n or None, eta_per_cell=num("eta_per_cell", bool),
             currents_a=d["currents_a"], eta_per_v=d["eta_per_v"], crosstalk_c=d["crosstalk_c"],
-            offset_s=d["offset_s"], gain_s_per_c=d["gain_s_per_c"], **switches,
+            offset_s=d["offset_s"], gain_s_per_c=d["gain_s_per_c"],
+            **{k: d[k] for k in SECOND_ORDER if k in d}, **switches,
         )
 
     def extra_repr(self) -> str:

@@ -1,0 +1,118 @@
+"""The model's second-order array terms: the ones that transfer from one programmed state
+of a chip to another (docs/physics.md, section 3.2). One definition, used by the array
+model (:class:`labkit.model.ArrayModel`, calibration) and by the tiles of network layers
+(:mod:`labkit.nn.layers`, training and evaluation). Scaled units (:mod:`labkit.model.units`).
+
+* **Bit-line coupling** (``mix``, per pair of adjacent columns, a fraction): charge
+  integrated on column ``j`` shows up on its neighbours through the coupling capacitance,
+  ``q'_j = (1 - m_{j-1} - m_j) q_j + m_{j-1} q_{j-1} + m_j q_{j+1}``. It is applied to the
+  cell currents and crosstalk charges (linear, so it commutes with the integration; its
+  interaction with the drain droop is second order in both).
+* **Effective pulse width** (``width_loss``, per row, in units of T): a word line with
+  finite rise and fall times conducts like a full pulse ``d - delta`` long,
+  ``x' = max(x - delta, 0)`` (0 stays 0), separate from the crosstalk charge of its falling edge.
+  A pulse shorter than the rise (``x < delta``, as ``delta`` is nearly the rise time)
+  turns round below the full level, and its falling edge couples ``x / delta`` of the
+  crosstalk charge (:func:`edge_fraction`).
+* **Source line** (``beta``, 1/nA, shared by all columns): the total current ``I_tot``
+  of all active cells raises the common source; every cell's current falls by the
+  factor ``s = exp(-beta I_tot s)``. Between falling edges the active rows are fixed, so
+  row ``i`` integrates ``sum_{slots before its edge} s_k dt_k`` instead of ``d_i``.
+* **TDC bow** (``bow``, LSB): the converter's code edges sit ``bow sin(pi k / N)`` LSB
+  late, so a time ``t`` reads ``t - bow lsb sin(pi t / (N lsb))``; :func:`tdc_linearize`
+  undoes it on measured times.
+
+All four are zero in a model that has not been fitted with them: it is then exactly the
+first-order model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+__all__ = ["neighbours", "mix_columns", "source_factor", "effective_inputs", "edge_fraction", "tdc_bow",
+           "tdc_linearize"]
+
+
+def neighbours(mix: np.ndarray, cols: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """Gather form of the coupling for the columns ``cols`` of one array (default: all):
+    ``(keep, left_index, left_weight, right_index, right_weight)``, each (len(cols),).
+
+    ``mix`` (C-1,) is the coupling of physical columns j and j+1. The indices point into
+    ``cols`` (a neighbour that is not among them gets weight 0; its own loss stays)."""
+    mix = np.asarray(mix, dtype=float)
+    C = len(mix) + 1
+    cols = np.arange(C) if cols is None else np.asarray(cols)
+    where = {int(c): k for k, c in enumerate(cols)}
+    m_left = np.concatenate([[0.0], mix])  # coupling to column j - 1
+    m_right = np.concatenate([mix, [0.0]])  # coupling to column j + 1
+    keep = 1.0 - m_left[cols] - m_right[cols]
+    li = np.array([where.get(int(c) - 1, k) for k, c in enumerate(cols)])
+    ri = np.array([where.get(int(c) + 1, k) for k, c in enumerate(cols)])
+    lw = np.where(li != np.arange(len(cols)), m_left[cols], 0.0)
+    rw = np.where(ri != np.arange(len(cols)), m_right[cols], 0.0)
+    return keep, li, lw, ri, rw
+
+
+def mix_columns(a: torch.Tensor, keep, li, lw, ri, rw) -> torch.Tensor:
+    """Bit-line coupling on the last dim of ``a`` (currents or charges per column).
+
+    ``keep``, ``lw``, ``rw`` broadcast against ``a``; ``li``, ``ri`` are long tensors of
+    its last-dim size (or broadcastable index tensors for per-tile maps)."""
+    li = li.expand(a.shape) if li.dim() > 1 else li
+    ri = ri.expand(a.shape) if ri.dim() > 1 else ri
+    left = a.gather(-1, li) if li.dim() > 1 else a.index_select(-1, li)
+    right = a.gather(-1, ri) if ri.dim() > 1 else a.index_select(-1, ri)
+    return a * keep + left * lw + right * rw
+
+
+def source_factor(y: torch.Tensor) -> torch.Tensor:
+    """The root ``s`` of ``s = exp(-y s)`` (two Newton steps from ``1 / (1 + y)``;
+    error < 1e-9 for ``0 <= y < 0.5``)."""
+    y = y.clamp_min(-0.25)  # (a fit may pass through 0; the root exists for y > -1/e)
+    s = 1.0 / (1.0 + y)
+    for _ in range(2):
+        e = torch.exp(-y * s)
+        s = s - (s - e) / (1.0 + y * e)
+    return s
+
+
+def effective_inputs(x: torch.Tensor, width_loss: torch.Tensor | None, beta: torch.Tensor | None,
+                     row_current: torch.Tensor | None, dim: int = -1) -> torch.Tensor:
+    """Full-current-equivalent pulse widths (units of T) of inputs ``x`` in [0, 1].
+
+    ``dim``: the rows' dim of ``x``. ``width_loss`` (units of T) broadcasts against ``x``;
+    ``beta`` (1/nA) against ``x`` with the rows' dim of size 1; ``row_current`` (nA, the
+    summed cell current of each row) against ``x``. None (or all zero) skips a term."""
+    g = x if width_loss is None else torch.relu(x - width_loss) * (x > 0)
+    if beta is None or row_current is None:
+        return g
+    d, order = torch.sort(g, dim=dim)  # slot k ends at the k-th falling edge
+    i_sorted = torch.broadcast_to(row_current, g.shape).gather(dim, order)
+    active = i_sorted.flip(dim).cumsum(dim).flip(dim)  # current of the rows still on in slot k
+    dt = torch.diff(d, dim=dim, prepend=torch.zeros_like(d.narrow(dim, 0, 1)))
+    g_sorted = (source_factor(beta * active) * dt).cumsum(dim)
+    return torch.empty_like(g_sorted).scatter_(dim, order, g_sorted)
+
+
+def edge_fraction(x: torch.Tensor, width_loss: torch.Tensor) -> torch.Tensor:
+    """Part of its crosstalk charge the falling edge of a pulse ``x`` (units of T)
+    couples: ``min(x / delta, 1)`` (1 where ``delta <= 0``); 0 for ``x = 0``."""
+    return torch.where(width_loss > 0, (x / width_loss.clamp_min(1e-9)).clamp(0.0, 1.0), (x > 0).to(x.dtype))
+
+
+def tdc_bow(t: torch.Tensor, bow_lsb, lsb: float, levels: int) -> torch.Tensor:
+    """Times (any unit, ``lsb`` in the same) as a TDC with an INL bow of ``bow_lsb``
+    reads them (before the floor): ``t - bow lsb sin(pi t / (levels lsb))``."""
+    return t - bow_lsb * lsb * torch.sin(t * (math.pi / (levels * lsb)))
+
+
+def tdc_linearize(t_s: np.ndarray, bow_lsb: float, lsb_s: float, levels: int) -> np.ndarray:
+    """Measured crossing times (s) with the bow taken out (first order: the bow's slope
+    is ``pi bow / levels``, ~0.3 % at 1 LSB on 1024 codes)."""
+    if not bow_lsb:
+        return t_s
+    return t_s + bow_lsb * lsb_s * np.sin(np.asarray(t_s) * (math.pi / (levels * lsb_s)))
