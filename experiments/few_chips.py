@@ -70,8 +70,9 @@ def run(name: str, k: int, args, net, split, software: float) -> dict:
             prog, pulses, vmms = n, s["pulses_total"], dep.vmm_count
         else:
             cfg = analog_layers(hw)[0][1].config
-            gains = multiplex.chip_gains(hw, {k: b.identity.chip_id for k, b in enumerate(chips)}, k)
-            pool = multiplex.ChipPool([ChipTile(b, cfg, gain_s_per_c=gains[i]) for i, b in enumerate(chips)])
+            tiles = {i: ChipTile(b, cfg) for i, b in enumerate(chips)}
+            multiplex.use_chip_readout(tiles, hw, {i: b.identity.chip_id for i, b in enumerate(chips)}, k)
+            pool = multiplex.ChipPool(list(tiles.values()))
             network = multiplex.multiplexed(hw, pool)
             accs = [multiplex.evaluate_multiplexed(network, split.test)[0] for _ in range(args.passes)]
             prog = sum(log_.programmings for log_ in pool.logs)

@@ -212,7 +212,7 @@ def test_convert_fuses_relu_keeps_parameter_names_and_orders_tiles():
     assert set(net.state_dict()) <= keys
     assert {k for k in keys - set(net.state_dict())} == {
         f"{n}.{b}" for n in ("0", "3", "7", "9", "11")
-        for b in ("input_scale", "tile_eta", "tile_kxt", "tile_t0", "tile_gain")}
+        for b in ("input_scale", "tile_eta", "tile_kxt", "tile_t0", "tile_gain", "tile_so")}
     assert [m.relu for _, m in analog_layers(an)] == [True, True, True, True, False]
     # every tile got its own draw of the spread
     eta = torch.cat([m.tile_eta for _, m in analog_layers(an)])

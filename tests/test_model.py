@@ -82,16 +82,22 @@ def test_closed_form_matches_fine_step_reference(kind):
     assert (t - t_ref).abs().max().item() < 1e-4 * SHEET.full_scale_charge_c / SHEET.reference_current_a
 
 
+SECOND = dict(mix=0.015, width_loss_s=12e-9, source_per_a=6e4, tdc_bow_lsb=0.7)  # second-order terms, chip-sized
+
+
 def test_gradcheck_inputs_and_every_parameter():
-    m = make_model(seed=3, quantize=False)
+    m = make_model(seed=3, quantize=False, **SECOND)
     rng = np.random.default_rng(4)
     # distinct widths away from 0 so that no finite-difference step crosses an edge or a tie
     x = torch.tensor(rng.permuted(np.tile(np.linspace(0.05, 0.95, 16), (3, 1)), axis=1), requires_grad=True)
     assert torch.autograd.gradcheck(lambda v: m.crossing_us(v), (x,))
 
     names = [k for k, _ in m.named_parameters()]
-    assert set(names) == {"log_i0", "eta", "k_xt", "t0", "gain"}
-    x0 = patterns(3, levels=16).double()  # zeros (no edge) and ties are fine for parameters
+    assert set(names) == {"log_i0", "eta", "k_xt", "t0", "gain", "mix", "wloss", "beta", "bow"}
+    # zeros (no edge) are fine for parameters; ties of pulsed rows are not (the source line's
+    # slots reorder under a finite-difference step of one row's width loss)
+    x0 = x.detach().clone()
+    x0[:, ::5] = 0.0
 
     for crosstalk, droop, timing in ((True, True, True), (True, True, False), (False, True, True), (True, False, True)):
         m.crosstalk, m.droop, m.edge_timing = crosstalk, droop, timing
@@ -236,7 +242,7 @@ def test_tiles_equal_separate_arrays():
 
 
 def test_gradients_reach_every_tile_and_parameter():
-    m = make_model(seed=13, n_tiles=3, dtype=torch.float32)
+    m = make_model(seed=13, n_tiles=3, dtype=torch.float32, **SECOND)
     x = patterns(16, (3, 16)).float().requires_grad_(True)
     # signed outputs are offset-free (t0 cancels in the read-back charge): add the times
     (m.signed(x, i_scale_a=10e-9).square().sum() + m.crossing_us(x).sum()).backward()

@@ -12,9 +12,10 @@ from typing import Callable, Mapping
 import numpy as np
 
 from labkit.calibrate.calibration_set import CalibrationSet
+from labkit.calibrate.residuals import column_noise, repeat_variance, residual_structure
 from labkit.measure.metrics import noise_floor_ser, ser, to_db
 
-__all__ = ["ser_report"]
+__all__ = ["ser_report", "programmed_report"]
 
 
 def _ser_entry(r: float) -> dict:
@@ -51,3 +52,35 @@ def ser_report(cs: CalibrationSet, predictors: Mapping[str, Callable[[np.ndarray
     out["noise_floor_s"], out["noise_relative"] = cs.repeats.noise_model()
     out["sizes"] = cs.sizes()
     return out
+
+
+def programmed_report(state, model, shipped: Mapping, held_out: bool) -> dict:
+    """The headline on a programmed state (a
+    :class:`~labkit.calibrate.programmed.ProgrammedState`): SER of the naive (its one-hot
+    reads), linear (its random VMMs) and model (``model``: the chip's parameters at the
+    state's read currents) extractions on its activation-like VMMs, its noise floor, and
+    the model's residual structure. ``shipped``: the report at the shipped currents
+    (kept under ``shipped``). ``held_out``: the model was fitted without this state."""
+    from labkit.calibrate.fits import fit_linear, fit_naive, predict_mean_s
+
+    t0 = state.baseline.t0_s
+    acts, onehot = state.activations, state.onehot
+    predictors = {"naive": fit_naive(state).predict_s, "linear": fit_linear(state).predict_s,
+                  "model": lambda x: predict_mean_s(model, x)}
+    ser_db = {k: to_db(ser(acts.y_s, t0 - np.asarray(p(acts.x)))) for k, p in predictors.items()}
+    floor = to_db(noise_floor_ser(state.activation_repeats.y_s))
+    floor_s, rel = column_noise(state.activation_repeats.y_s)
+    sets = {"activation-like": (acts.x, acts.y_s, t0 - predict_mean_s(model, acts.x))}
+    if held_out:  # its one-hot reads were not fitted either (random VMMs: no repeats to judge them by)
+        sets["one-hot reads"] = (onehot.x, onehot.y_s, t0 - predict_mean_s(model, onehot.x),
+                                 repeat_variance(onehot.x, onehot.y_s))
+    keep = ("ser_db", "ser_activations_db", "noise_floor_ser_db", "noise_floor_activations_ser_db", "gap_to_floor_db")
+    return {
+        "shipped": {k: shipped.get(k) for k in keep},
+        "ser_db": ser_db,
+        "noise_floor_ser_db": floor,
+        "gap_to_floor_db": {k: floor - v for k, v in ser_db.items()},
+        "gain_over_naive_db": {k: v - ser_db["naive"] for k, v in ser_db.items()},
+        "programmed": {"held_out_state": held_out, "inputs": "activation-like",
+                       "residuals": residual_structure(sets, floor_s, rel)},
+    }

@@ -199,8 +199,9 @@ def deploy(model: nn.Module, backends: Sequence, program: ProgramConfig | None =
                 tp = layer.tile_params(r * layer.col_tiles + c)
                 # the tile's readout gain where it describes this very chip (a calibration
                 # of it), the datasheet's 1/I_ref otherwise
-                gain = tp.gain_s_per_c if tp.chip_id == b.identity.chip_id else None
-                chip = ChipTile(b, layer.config, program or ProgramConfig(), baseline_repeats, reads, gain_s_per_c=gain)
+                chip = ChipTile(b, layer.config, program or ProgramConfig(), baseline_repeats, reads)
+                if tp.chip_id == b.identity.chip_id:
+                    chip.use_readout(tp)
                 chip.configure()  # validation first, on every chip
                 tiles.append(TileDeployment(name, len(tiles), r, c, chip))
     for t in tiles:

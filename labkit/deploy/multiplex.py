@@ -256,18 +256,25 @@ def tile_inputs(model: nn.Module, ds: Dataset) -> list[int]:
             [counts[name][0]] * counts[name][1]]
 
 
-def chip_gains(model: nn.Module, chip_ids: dict[int, str], size: int) -> dict[int, np.ndarray | None]:
-    """For chip ``k`` of ``size`` (``chip_ids[k]`` its id), the readout gain of a tile the
-    network trained on that very chip's calibration (tile-plan placement), or None
-    (nominal ``1/I_ref``)."""
-    gains: dict = {k: None for k in chip_ids}
+def chip_params(model: nn.Module, chip_ids: dict[int, str], size: int) -> dict[int, "TileParams | None"]:
+    """For chip ``k`` of ``size`` (``chip_ids[k]`` its id), the parameters of a tile the
+    network trained on that very chip's calibration (tile-plan placement), or None."""
+    found: dict = {k: None for k in chip_ids}
     j = 0
     for _, layer in analog_layers(model):
         for t in range(layer.n_tiles):
             k = j % size
-            if k in gains and gains[k] is None:
+            if k in found and found[k] is None:
                 tp = layer.tile_params(t)
                 if tp.chip_id == chip_ids[k]:
-                    gains[k] = tp.gain_s_per_c
+                    found[k] = tp
             j += 1
-    return gains
+    return found
+
+
+def use_chip_readout(pool_tiles: dict, model: nn.Module, chip_ids: dict[int, str], size: int) -> None:
+    """Give each chip tile the readout of its chip's calibration (gain per column, TDC
+    bow) where the network trained on it; the datasheet's otherwise."""
+    for k, tp in chip_params(model, chip_ids, size).items():
+        if tp is not None and k in pool_tiles:
+            pool_tiles[k].use_readout(tp)

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labkit.model import second_order as so
 from labkit.model import tile_physics, tiles_native
 from labkit.model.kernels import InputQuantize
 from labkit.model.units import FC, FF, NA, US
@@ -115,6 +116,7 @@ class AnalogLayer(nn.Module):
         self.register_buffer("tile_t0", torch.tensor(np.stack([p.offset_s for p in params]) / US, dtype=torch.float32))
         self.register_buffer("tile_gain", torch.tensor(np.stack([p.gain_s_per_c for p in params]) * (FC / US),
                                                        dtype=torch.float32))
+        self.register_buffer("tile_so", torch.tensor(np.stack([self._so_row(p) for p in params]), dtype=torch.float32))
         self.tile_chips = [p.chip_id for p in params]
         self.tiles: LayerTiles = ModelTiles()
         o = np.arange(self.out_features_)
@@ -136,13 +138,32 @@ class AnalogLayer(nn.Module):
     def n_tiles(self) -> int:
         return self.row_tiles * self.col_tiles
 
+    def _so_row(self, p: TileParams) -> np.ndarray:
+        """A tile's second-order terms as one row of ``tile_so``: mix (cols - 1), width
+        loss per row (us), source-line factor (1/nA), TDC bow (LSB)."""
+        op = self.config.operating
+        mix, loss, beta, bow = p.second_order(op.rows, op.cols)
+        return np.concatenate([mix, loss / US, [beta * NA, bow]])
+
+    def _so_split(self, index: int) -> tuple:
+        op = self.config.operating
+        v = self.tile_so[index].double().numpy()
+        C, R = op.cols, op.rows
+        return v[:C - 1].copy(), v[C - 1:C - 1 + R] * US, float(v[-2]) / NA, float(v[-1])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + "tile_so" not in state_dict:  # saved before the second-order terms: none
+            state_dict[prefix + "tile_so"] = torch.zeros_like(self.tile_so)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def tile_params(self, index: int) -> TileParams:
         """Chip parameters (SI) of tile ``index``."""
         return TileParams(self.tile_eta[index].double().numpy().copy(),
                           self.tile_kxt[index].double().numpy() * FC,
                           self.tile_t0[index].double().numpy() * US,
                           self.tile_gain[index].double().numpy() * (US / FC),
-                          self.tile_chips[index] if index < len(self.tile_chips) else "")
+                          self.tile_chips[index] if index < len(self.tile_chips) else "",
+                          *self._so_split(index))
 
     def set_tiles(self, tiles) -> None:
         """Replace every tile's chip parameters (same sources as :func:`convert`)."""
@@ -152,6 +173,7 @@ class AnalogLayer(nn.Module):
             self.tile_kxt.copy_(torch.tensor(np.stack([p.crosstalk_c for p in params]) / FC))
             self.tile_t0.copy_(torch.tensor(np.stack([p.offset_s for p in params]) / US))
             self.tile_gain.copy_(torch.tensor(np.stack([p.gain_s_per_c for p in params]) * (FC / US)))
+            self.tile_so.copy_(torch.tensor(np.stack([self._so_row(p) for p in params])))
         self.tile_chips = [p.chip_id for p in params]
 
     def weight_matrix(self) -> torch.Tensor:
@@ -204,6 +226,58 @@ class AnalogLayer(nn.Module):
         self._wide_cache = (key, (kx, e, t0c, gc))
         return kx, e, t0c, gc
 
+    def _second_wide(self):
+        """Per row tile the second-order terms of the used columns, or None without any:
+        coupling in gather form (keep, li, lw, ri, rw: (rt, 1, 2n) weights, (2n,)
+        indices), width loss (rt, R, 1) in units of T, beta (rt, 1, 1) 1/nA. Cached."""
+        key = (self.tile_so.data_ptr(), self.tile_so._version)
+        cached = getattr(self, "_so_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        op = self.config.operating
+        R, C, P = op.rows, op.cols, op.outputs_per_tile
+        out = None
+        if bool(self.tile_so.abs().max() > 0):
+            t = self._tidx.numpy()  # (rt, 2n) tile of each used column
+            cols = self._cols.numpy()
+            ctile = (t[0] - t[0].min())  # column tile of each used column (same in every row tile)
+            keys = {(int(ct), int(c)): k for k, (ct, c) in enumerate(zip(ctile, cols))}
+            li = np.array([keys.get((int(ct), int(c) - 1), k) for k, (ct, c) in enumerate(zip(ctile, cols))])
+            ri = np.array([keys.get((int(ct), int(c) + 1), k) for k, (ct, c) in enumerate(zip(ctile, cols))])
+            so_t = self.tile_so.double().numpy()[t]  # (rt, 2n, terms)
+            mix = so_t[..., :C - 1]
+            pad = np.zeros(mix.shape[:-1] + (1,))
+            m_left = np.take_along_axis(np.concatenate([pad, mix], -1), cols[None, :, None], -1)[..., 0]
+            m_right = np.take_along_axis(np.concatenate([mix, pad], -1), cols[None, :, None], -1)[..., 0]
+            own = np.arange(len(cols))
+            f32 = lambda a: torch.tensor(a, dtype=torch.float32).unsqueeze(1)  # noqa: E731
+            coupling = (f32(1.0 - m_left - m_right), torch.tensor(li), f32(np.where(li != own, m_left, 0.0)),
+                        torch.tensor(ri), f32(np.where(ri != own, m_right, 0.0)))
+            per_tile = so_t.mean(1)  # width loss and source line: the mean of the row tile's chips
+            loss = torch.tensor(per_tile[:, C - 1:C - 1 + R] / self._T_us, dtype=torch.float32).unsqueeze(-1)
+            beta = torch.tensor(per_tile[:, -2], dtype=torch.float32).view(-1, 1, 1)
+            unused = (C * self.col_tiles - len(cols)) / self.col_tiles  # columns per chip the layer leaves at I_min
+            out = (coupling, loss, beta, unused)
+        self._so_cache = (key, out)
+        return out
+
+    def _second_order(self, xt: torch.Tensor, i0t: torch.Tensor, kx: torch.Tensor):
+        """Inputs, currents and crosstalk through the second-order terms
+        (:mod:`labkit.model.second_order`): effective widths straight-through (the
+        gradient of the ideal pulse), coupling exact. The source line sees each row's
+        current averaged over the layer's column tiles (chips) plus its unused columns."""
+        terms = self._second_wide()
+        if terms is None:
+            return xt, i0t, kx
+        coupling, loss, beta, unused = terms
+        with torch.no_grad():
+            row_na = (i0t.sum(-1, keepdim=True) / self.col_tiles + unused * self._i_min_na * self._T_us) / self._T_us
+            xe = so.effective_inputs(xt, loss, beta, row_na, dim=1)
+            # a pulse shorter than the rise keeps its edge's crosstalk when it couples half or more
+            xe = torch.where((xe <= 0) & (so.edge_fraction(xt, loss) >= 0.5), torch.full_like(xe, 1e-6), xe)
+        xt = xt + (xe - xt).detach()
+        return xt, so.mix_columns(i0t, *coupling), so.mix_columns(kx, *coupling)
+
     def _jittered(self, wide):
         """The wide parameters, perturbed in training when ``config.noise.jitter`` > 0."""
         j = self.config.noise.jitter
@@ -248,8 +322,8 @@ class AnalogLayer(nn.Module):
         cfg, R = self.config, self.config.operating.rows
         kx, e, t0c, gc = self._jittered(self._wide())
         opts = self._opts(2) + (cfg.crosstalk, cfg.edge_order)
-        xt = xt.view(self.row_tiles, R, -1)
-        y = tile_physics.TileBmm.apply(xt, self._jitter_currents(self._currents_t()), kx, e, t0c, gc, opts)
+        xt, i0t, kx = self._second_order(xt.view(self.row_tiles, R, -1), self._jitter_currents(self._currents_t()), kx)
+        y = tile_physics.TileBmm.apply(xt, i0t, kx, e, t0c, gc, opts)
         return y / (self._i_scale_na * self._T_us)
 
     def _inputs(self, a: torch.Tensor) -> tuple[torch.Tensor, bool]:

@@ -26,6 +26,19 @@ class TileParams:
     offset_s: np.ndarray
     gain_s_per_c: np.ndarray
     chip_id: str = ""
+    # second-order terms (labkit.model.second_order; None / 0: none): bit-line coupling
+    # per adjacent column pair (cols - 1,), pulse width lost per row (rows,) s, source-line
+    # factor 1/A, TDC INL bow LSB (corrected digitally when a chip tile reads times)
+    mix: np.ndarray | None = None
+    width_loss_s: np.ndarray | None = None
+    source_per_a: float = 0.0
+    tdc_bow_lsb: float = 0.0
+
+    def second_order(self, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """``(mix, width_loss_s, source_per_a, tdc_bow_lsb)`` with zeros for missing terms."""
+        mix = np.zeros(cols - 1) if self.mix is None else np.asarray(self.mix, dtype=float).reshape(cols - 1)
+        loss = np.zeros(rows) if self.width_loss_s is None else np.asarray(self.width_loss_s, float).reshape(rows)
+        return mix, loss, float(np.ravel(self.source_per_a)[0]), float(np.ravel(self.tdc_bow_lsb)[0])
 
     @classmethod
     def nominal(cls, op: OperatingPoint = OperatingPoint(), eta_per_v: float = 0.5,
@@ -58,7 +71,10 @@ class TileParams:
                 raise ValueError(f"read_currents_a has shape {read.shape}; expected {fit.shape}")
             rho = np.median(fit / np.maximum(read, 1e-15), axis=0)
             eta, kxt, gain = eta * rho, kxt / rho[None, :], gain * rho
-        return cls(eta, kxt, np.asarray(model.offset_s(), dtype=float), gain, chip_id)
+        so = model.second_order_si() if hasattr(model, "second_order_si") else {}
+        return cls(eta, kxt, np.asarray(model.offset_s(), dtype=float), gain, chip_id,
+                   so.get("mix"), so.get("width_loss_s"), float(np.ravel(so.get("source_per_a", 0.0))[0]),
+                   float(np.ravel(so.get("tdc_bow_lsb", 0.0))[0]))
 
     @classmethod
     def from_calibration(cls, cal, read_currents_a=None) -> "TileParams":

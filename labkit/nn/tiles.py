@@ -29,6 +29,7 @@ import torch
 
 from labkit.measure import measure_baseline
 from labkit.model import ArrayModel, tile_physics
+from labkit.model import second_order as so
 from labkit.model.units import FC, FF, NA, US
 from labkit.nn.config import AnalogConfig
 from labkit.nn.tileparams import TileParams
@@ -85,8 +86,10 @@ class ModelTile:
         this tile's parameters; ``switches`` pass through (e.g. ``dtype``, ``quantize``)."""
         op, p = self.config.operating, self._params
         currents = map_weights(self._w.double().numpy(), self.config.window(), op.geometry())
+        mix, loss, beta, _ = p.second_order(op.rows, op.cols)  # the TDC bow: corrected where times are read
         return ArrayModel(op.datasheet(), currents_a=currents, eta_per_v=p.eta_per_v, crosstalk_c=p.crosstalk_c,
-                          offset_s=p.offset_s, gain_s_per_c=p.gain_s_per_c, **switches)
+                          offset_s=p.offset_s, gain_s_per_c=p.gain_s_per_c, mix=mix, width_loss_s=loss,
+                          source_per_a=beta, **switches)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cfg, op, p = self.config, self.config.operating, self._params
@@ -130,8 +133,15 @@ class ChipTile:
         self.gain_s_per_c = (np.full(backend.geometry.cols, 1.0 / backend.datasheet.reference_current_a)
                              if gain_s_per_c is None else np.asarray(gain_s_per_c, dtype=float))
         self.baseline_s = np.full(backend.geometry.cols, np.nan)
+        self.tdc_bow_lsb = 0.0  # INL bow taken out of every measured time (labkit.model.second_order)
         self.summary: dict = {}
         self.vmm_count = 0
+
+    def use_readout(self, params: TileParams) -> None:
+        """Read times as the calibration ``params`` of this chip says: its gain per column
+        and its TDC bow (before :meth:`set_weights`, which measures the baseline)."""
+        self.gain_s_per_c = np.asarray(params.gain_s_per_c, dtype=float)
+        self.tdc_bow_lsb = float(params.tdc_bow_lsb)
 
     @property
     def chip_id(self) -> str:
@@ -167,8 +177,15 @@ class ChipTile:
                                        config=self.program or ProgramConfig())
         self.summary = result.summary()
         self.summary.pop("failed", None)
-        self.baseline_s = measure_baseline(b, self.baseline_repeats).t0_s
+        st = b.settings
+        self.baseline_s = so.tdc_linearize(measure_baseline(b, self.baseline_repeats).t0_s, self.tdc_bow_lsb,
+                                           st.tdc_lsb_s, 2**st.tdc_bits)
         return self.summary
+
+    def _times(self, x: np.ndarray) -> np.ndarray:
+        """Measured crossing times (s) of ``x``, the TDC bow taken out."""
+        st = self.backend.settings
+        return so.tdc_linearize(self.backend.vmm_x(x), self.tdc_bow_lsb, st.tdc_lsb_s, 2**st.tdc_bits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         op = self.config.operating
@@ -180,7 +197,7 @@ class ChipTile:
         times = np.repeat(self.baseline_s[None, :], N, axis=0)
         for a in range(0, len(active), self.batch):
             idx = active[a:a + self.batch]
-            times[idx] = np.mean([self.backend.vmm_x(xr[idx]) for _ in range(self.reads)], axis=0)
+            times[idx] = np.mean([self._times(xr[idx]) for _ in range(self.reads)], axis=0)
             self.vmm_count += len(idx) * self.reads
         q = (self.baseline_s[None, :] - times) / self.gain_s_per_c[None, :]  # C
         pairs = np.asarray(op.pairs)

@@ -151,10 +151,7 @@ def _multiplexed(args, out, model, split, program, uris, store, multiplex, open_
             return ChipTile(backends[k], cfg, program, reads=args.reads)
 
         pool = multiplex.ChipPool.distributed(chip, K) if distributed else multiplex.ChipPool([chip(k) for k in range(K)])
-        gains = multiplex.chip_gains(model, {k: b.identity.chip_id for k, b in backends.items()}, K)
-        for k, tile in pool.local.items():
-            if gains[k] is not None:
-                tile.gain_s_per_c = gains[k]
+        multiplex.use_chip_readout(pool.local, model, {k: b.identity.chip_id for k, b in backends.items()}, K)
         with store.run("deploy", backend_uri=args.backend, chip_id=",".join(b.identity.chip_id for b in backends.values()),
                        seeds={"data": args.seed}) as run:
             run.put_result({"checkpoint": str(args.checkpoint), "chips": K, "tiles": n,
