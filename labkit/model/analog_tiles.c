@@ -1,4 +1,6 @@
-/* Fused tile kernels of the analog layers (labkit/analog.py, labkit/analog_native.py).
+/* Fused tile kernels of the analog layers (labkit/model/tile_physics.py, tiles_native.py).
+   The readout inlines labkit/model/equations.py (droop_charge, read_times);
+   tests/test_analog.py holds this kernel to that torch definition.
 
    One row tile has R input rows (pulses x in [0, 1], samples contiguous) and N2 columns
    (the plus columns of the outputs, then the minus columns). Forward, per column c and
