@@ -24,7 +24,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-from labkit.model import slots_native
+from labkit.model import native, slots_native
 from labkit.model.equations import droop_charge, droop_grad, read_times
 
 # ---------------------------------------------------------------- straight-through pieces
@@ -256,6 +256,27 @@ class ChargeFn(torch.autograd.Function):
         g_log_i0 = g_i0 * i0 if need_i0 else None
         g_eta = g_e / c_ff if (need_eta and droop) else None
         return g_x, None, g_log_i0, g_k if need_k else None, g_eta, None, None, None, None
+
+
+def race_paths(batch: int = 1024, rows: int = 16, cols: int = 16) -> tuple[float, float]:
+    """Seconds per forward + backward of :class:`ChargeFn` (full physics, float32) with
+    the C slot kernel and with the torch path, timed alternately on one array."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, batch, rows, generator=g) * (torch.rand(1, batch, rows, generator=g) > 0.4)
+    log_i0 = torch.log(20.0 + 200.0 * torch.rand(1, rows, cols, generator=g))
+    kxt = 0.5 * torch.randn(1, rows, cols, generator=g)
+    eta = torch.full((1, 1, cols), 0.05)
+    gq = torch.randn(1, batch, cols, generator=g)
+
+    def step(on: bool):
+        def run():
+            ctx = native.RaceCtx((True, False, True, True, True) + (False,) * 4)
+            with slots_native.forcing(on):
+                ChargeFn.forward(ctx, x, x > 0, log_i0, kxt, eta, 1.0, 50.0, True, True)
+                ChargeFn.backward(ctx, gq)
+        return run
+
+    return native.timed_race(step(True), step(False))
 
 
 # ---------------------------------------------------------------- per-cell eta (RK4 per slot)

@@ -48,10 +48,10 @@ import math
 
 import torch
 
-from labkit.model import tiles_native
+from labkit.model import native, tiles_native
 from labkit.model.equations import droop_charge, read_times
 
-__all__ = ["TileBmm", "tile_readout", "gaussian", "NATIVE", "EDGE_A", "EDGE_B"]
+__all__ = ["TileBmm", "tile_readout", "gaussian", "NATIVE", "EDGE_A", "EDGE_B", "race_paths"]
 
 EDGE_A, EDGE_B = 0.9, -0.9  # relu(u - v) p_v ~ u (A p_v + B v): exact for equal pulses
 
@@ -182,6 +182,30 @@ class TileBmm(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             gi = torch.bmm(gz, xt.transpose(1, 2)).transpose(1, 2)  # (rt, R, 2n)
         return gx, gi, None, None, None, None, None
+
+
+def race_paths(rt: int = 4, rows: int = 16, n2: int = 16, samples: int = 4096) -> tuple[float, float]:
+    """Seconds per forward + backward of :class:`TileBmm` with the C kernels and with the
+    torch path, timed alternately on a representative layer (``rt`` row tiles of
+    ``rows`` x ``n2`` columns, ``samples`` samples, full physics and training noise)."""
+    g = torch.Generator().manual_seed(0)
+    xt = torch.rand(rt, rows, samples, generator=g) * (torch.rand(rt, rows, samples, generator=g) > 0.4)
+    i0t = 5.0 + 40.0 * torch.rand(rt, rows, n2, generator=g)
+    kx = 0.5 * torch.randn(rt, rows, n2, generator=g)
+    par = lambda lo, span: lo + span * torch.rand(rt, 1, n2, generator=g)  # noqa: E731
+    args = (xt, i0t, kx, par(1e-3, 1e-3), par(900.0, 20.0), par(1.0, 0.1),
+            (True, True, (0.5, 0.02), 1023.0, 2, True, True))
+    gy = torch.randn(samples, n2 // 2, generator=g)
+
+    def step(on: bool):
+        def run():
+            ctx = native.RaceCtx((True, True) + (False,) * 5)
+            with tiles_native.forcing(on):
+                TileBmm.forward(ctx, *args)
+                TileBmm.backward(ctx, gy)
+        return run
+
+    return native.timed_race(step(True), step(False))
 
 
 def branch_charges(w: torch.Tensor, i_min_na: float, i_scale_na: float, t_us: float) -> torch.Tensor:

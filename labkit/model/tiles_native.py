@@ -15,6 +15,7 @@ Built, verified and loaded at first use by :mod:`labkit.model.native`; without a
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 
 from labkit.model import native
 
-__all__ = ["available", "applies", "forward", "backward", "patches", "patches_backward"]
+__all__ = ["available", "applies", "chosen", "forcing", "forward", "backward", "patches", "patches_backward"]
 
 SOURCE = Path(__file__).with_name("analog_tiles.c")
 _p, _i64, _f32, _i32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_int
@@ -42,16 +43,44 @@ def _lib():
     return native.load(SOURCE, fast_math=True, signatures=SIGNATURES)
 
 
+PROBE = "tiles-v1"  # names the race below: a new probe discards the cached verdicts
+_FORCE: list[bool] = []  # the path under test while racing
+
+
 def available() -> bool:
     """True when the compiled kernels can be used on this machine."""
     return _lib() is not None
 
 
+def chosen() -> bool:
+    """True if the kernels are to run: forced (``LABKIT_NATIVE``), or faster than the
+    torch path in the race at first use (:func:`labkit.model.native.choose`)."""
+    if _FORCE:
+        return _FORCE[-1]
+    return _lib() is not None and native.choose(SOURCE, True, PROBE, _race)
+
+
+def _race() -> tuple[float, float]:
+    from labkit.model import tile_physics  # the torch path lives there (it imports this module)
+
+    return tile_physics.race_paths()
+
+
+@contextlib.contextmanager
+def forcing(on: bool):
+    """Run the kernels (True) or the torch path (False) inside the block."""
+    _FORCE.append(on)
+    try:
+        yield
+    finally:
+        _FORCE.pop()
+
+
 def applies(*tensors: torch.Tensor) -> bool:
     """True when the kernels serve these tensors (float32 on the CPU; tile inputs (RT, R,
-    S) with R <= 64)."""
+    S) with R <= 64) and are chosen on this machine (:func:`chosen`)."""
     return (_lib() is not None and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
-            and (tensors[0].dim() != 3 or tensors[0].shape[1] <= _R_MAX))
+            and (tensors[0].dim() != 3 or tensors[0].shape[1] <= _R_MAX) and chosen())
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
