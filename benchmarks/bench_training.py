@@ -29,15 +29,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
-import machine
-from labkit.nn import ChipSpread, convert
-from labkit.model import keep_freed_memory, tile_physics, tiles_native
-from labkit.train.networks import lenet5
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's labkit
+
+import machine  # noqa: E402
+from labkit.nn import ChipSpread, convert  # noqa: E402
+from labkit.model import keep_freed_memory, tile_physics, tiles_native  # noqa: E402
+from labkit.train.networks import lenet5  # noqa: E402
 
 TARGET = 5.0
 

@@ -10,7 +10,33 @@ checks them against the torch path). Long batches are split across torch's CPU t
 (ctypes releases the GIL).
 
 Built, verified and loaded at first use by :mod:`labkit.model.native`; without a compiler, or with
-``LABKIT_NATIVE=0``, the torch path runs.
+``LABKIT_NATIVE=0``, the torch path runs. Where both can run, a timed race at first use
+(:func:`chosen`, ``tile_physics.race_paths``: 4 row tiles x 16 x 16, 4096 samples, full
+physics) decides, cached with the build; ``LABKIT_NATIVE=1`` forces the kernels.
+
+What made the kernels slow on an AVX2 CPU (the Speed issue; measured on an AMD EPYC
+with AVX-512, 1 MiB L2 per core, building for ``-march=x86-64-v3`` to run the AVX2
+code; LeNet-5 training step, batch 128, 1 thread, one run):
+
+* Vector width (the cause). The kernel used 64-byte GCC vector types (16 floats)
+  whatever the target; on a 256-bit machine the compiler splits each into two
+  registers, so the 16 accumulators of a register block need 32 ymm registers of 16 and
+  spill: 329 ms per step (33.6x plain torch; the torch path 9.3x). The width and the
+  register blocking now follow the target (``VL``, ``UNROLL``, ``GK`` in the C source):
+  48 ms (4.9x), with AVX-512 unchanged (3.4x; identical code and results there).
+  Without ``-march`` (SSE2 only) the kernel stays slower than the torch path
+  (``floorf`` does not vectorize there): the race picks the torch path.
+* Noise-bank gathers at hashed offsets: not a cost. Each block reads a contiguous
+  window of 128 values; kernel time with the bank, without noise, and with a 16 kB bank
+  agree within 5-10 %; a 4 MB bank (beyond L2) costs 12-25 %. The 256 kB bank is kept
+  (fewer distinct windows would correlate the noise).
+* Working sets: one block (16 rows x 128 samples, its products and readout) is under
+  32 kB, L1-resident on any of these CPUs; the whole activations stream from L3.
+* The polynomial log: 5 % faster than glibc's vectorized ``logf``; kept.
+* Denormals: ``torch.set_flush_denormal(True)`` changes nothing (none arise).
+* Division and square root of the readout (``-mrecip=all``, no noise-floor sqrt): no
+  gain. On AVX-512 the forward splits about evenly between the products and the
+  readout, at roughly 1.5 cycles per column and sample each.
 """
 
 from __future__ import annotations
