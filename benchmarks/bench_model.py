@@ -98,6 +98,23 @@ def main() -> list[dict]:
         rows.append(dict(name="  ratio to Linear(16,16)", value=t_m / t_l, unit="x",
                          target="< 20" if not opts else "-", peer="1"))
 
+    # the slot kernel against the torch path of the same equations, in the same rounds
+    if slots_native.library() is not None:
+        model = ArrayModel()
+
+        def on_path(native_on):
+            run = _step(model.crossing_us, x, g)
+
+            def step():
+                with slots_native.forcing(native_on):
+                    run()
+            return step
+
+        t_c, t_t = _race(on_path(True), on_path(False))
+        rows.append(dict(name=f"1 array, B={B}, fwd+bwd: full physics, C slot kernel", value=t_c * 1e3, unit="ms",
+                         target="-", peer=f"its torch path {t_t * 1e3:.3f} ms"))
+        rows.append(dict(name="  speed-up over the torch path", value=t_t / t_c, unit="x", target=">= 1.5", peer="1"))
+
     # 32 tiles, batch 128
     n, B = 32, 128
     x = _inputs((B, n, 16), seed=1)
@@ -123,7 +140,11 @@ def main() -> list[dict]:
                      peer=f"ideal tiled bmm {t_i * 1e3:.3f} ms"))
     rows.append(dict(name="  ratio to the ideal tiled layer", value=t_f / t_i, unit="x", target="-", peer="1"))
 
-    slot = "compiled C (labkit/model/slots.c)" if slots_native.library() is not None else "torch (no C compiler)"
+    if slots_native.library() is None:
+        slot = "torch (no C compiler or LABKIT_NATIVE=0)"
+    else:
+        slot = ("compiled C (labkit/model/slots.c)" if slots_native.chosen() else "torch (it won the race)") + \
+            f", LABKIT_NATIVE={os.environ.get('LABKIT_NATIVE', 'unset: measured choice')}"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, slot kernel: {slot}")
     print_table(rows)
     return rows

@@ -5,6 +5,11 @@
   497 tiles, each with its own chip parameters from the datasheet spread) with the full
   time-domain physics on: input clock, bit-line droop, per-cell crosstalk with the
   edge-order term, readout noise, TDC quantization and clip, partial sums;
+- ``labkit, torch path``: the same analog network, same step, with the torch path of
+  the tile physics instead of the fused C kernels (``tile_physics.NATIVE["on"] = False``),
+  timed in the same rounds (the kernels' speed-up over their fallback, the Speed issue);
+  the header says which path the ``labkit`` row took (the race at first use,
+  :func:`labkit.model.native.choose`);
 - ``aihwkit-lightning`` (the peer, if installed: ``pip install .[bench]``): its analog
   layers with 16-row tiles (``max_input_size=16``), 8-bit inputs, 10-bit outputs, output
   noise and additive weight noise.
@@ -24,14 +29,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from labkit.nn import ChipSpread, convert
-from labkit.model import keep_freed_memory
-from labkit.train.networks import lenet5
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's labkit
+
+import machine  # noqa: E402
+from labkit.nn import ChipSpread, convert  # noqa: E402
+from labkit.model import keep_freed_memory, tile_physics, tiles_native  # noqa: E402
+from labkit.train.networks import lenet5  # noqa: E402
 
 TARGET = 5.0
 
@@ -39,6 +49,28 @@ TARGET = 5.0
 def _step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
     model.zero_grad(set_to_none=True)
     nn.functional.cross_entropy(model(x), y).backward()
+
+
+class _TorchPath(nn.Module):
+    """``net`` with the tile physics on its torch path (the fused kernels' fallback)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x)
+
+    def zero_grad(self, set_to_none: bool = True):
+        self.net.zero_grad(set_to_none=set_to_none)
+
+
+def _torch_path_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    tile_physics.NATIVE["on"] = False
+    try:
+        _step(model, x, y)
+    finally:
+        tile_physics.NATIVE["on"] = True
 
 
 def _peer(net: nn.Module) -> nn.Module | None:
@@ -73,28 +105,38 @@ def main(argv=None) -> list[dict]:
     net = lenet5()
     x = torch.rand(args.batch, 1, 28, 28)
     y = torch.randint(0, 10, (args.batch,))
-    models = {"plain": net, "labkit": convert(net, ChipSpread()).train()}
+    analog = convert(net, ChipSpread()).train()
+    models = {"plain": net, "labkit": analog, "labkit, torch path": _TorchPath(analog)}
     peer = _peer(lenet5())
     if peer is not None:
         models["aihwkit-lightning"] = peer.train()
-    for m in models.values():  # warm up (allocations, first-call paths)
+    step = {name: _torch_path_step if name == "labkit, torch path" else _step for name in models}
+    for name, m in models.items():  # warm up (allocations, first-call paths, the kernels' race)
         for _ in range(3):
-            _step(m, x, y)
+            step[name](m, x, y)
     times: dict[str, list[float]] = {k: [] for k in models}
     for _ in range(max(1, args.steps // 3)):  # rounds of 3 warm steps per network
         for name, m in models.items():
             for _ in range(3):
                 t = time.perf_counter()
-                _step(m, x, y)
+                step[name](m, x, y)
                 times[name].append(time.perf_counter() - t)
     base = statistics.median(times["plain"])
     rows = []
     print(f"LeNet-5, batch {args.batch}, forward+backward, {args.threads} CPU thread(s), median of {args.steps}, "
           f"{'freed memory kept' if retained else 'default allocator'}")
+    print(f"machine: {machine.describe()}")
+    print(f"labkit row: {'fused C kernels' if tiles_native.chosen() else 'torch path'} "
+          f"(LABKIT_NATIVE={__import__('os').environ.get('LABKIT_NATIVE', 'unset: measured choice')})")
     print(f"{'network':22} {'ms/step':>9} {'ratio':>7}")
     meds = {name: statistics.median(ts) for name, ts in times.items()}
     for name, med in meds.items():
         print(f"{name:22} {med * 1e3:9.1f} {med / base:7.2f}")
+    if "labkit, torch path" in meds:
+        speedup = meds["labkit, torch path"] / meds["labkit"]
+        print(f"fused kernels vs torch path, same run: {speedup:.2f}x faster")
+        rows.append({"name": f"LeNet-5 B={args.batch} fwd+bwd, labkit path vs its torch path (speed-up)",
+                     "value": speedup, "unit": "x", "target": ">= 1.5", "peer": "-"})
     peer = meds.get("aihwkit-lightning")
     for name, med in meds.items():
         if name == "plain":

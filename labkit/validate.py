@@ -1,9 +1,10 @@
 """Validators for values a user hands to labkit: one line naming the value and what was expected.
 
-Each raises :class:`~labkit.errors.UsageError` (a ``ValueError``) before anything reaches
-a chip, and returns the checked value in the form the caller goes on with. Finiteness
-and envelope ranges of arrays are :mod:`labkit.backend.checks` (``finite``,
-``in_range``, ``all_in_range``); the checks here build on them.
+Each raises before anything reaches a chip: :class:`~labkit.errors.UsageError` (a
+``ValueError``) for a malformed value, :class:`~labkit.errors.SafetyError` for one outside
+the safety envelope (``in_range``, ``all_in_range``, used by SafeArray and its capability
+guards). The ``check_*`` functions return the checked value in the form the caller goes
+on with.
 """
 
 from __future__ import annotations
@@ -12,10 +13,29 @@ import math
 
 import numpy as np
 
-from labkit.backend.checks import finite
-from labkit.errors import UsageError
+from labkit.errors import SafetyError, UsageError
 
-__all__ = ["check_int", "check_positive", "check_fraction", "check_inputs"]
+__all__ = ["check_int", "check_positive", "check_fraction", "check_inputs", "finite", "in_range", "all_in_range"]
+
+
+def finite(name: str, a: np.ndarray) -> None:
+    """UsageError naming the first non-finite value of ``a``."""
+    if not np.all(np.isfinite(a)):
+        bad = a[~np.isfinite(a)].ravel()[0]
+        raise UsageError(f"{name} contains {bad}; expected finite values")
+
+
+def in_range(name: str, value: float, rng: tuple[float, float], unit: str) -> None:
+    """SafetyError unless ``rng[0] <= value <= rng[1]`` (``unit`` for the message)."""
+    if not (math.isfinite(value) and rng[0] <= value <= rng[1]):
+        raise SafetyError(f"{name}={value:g} {unit} is outside the allowed [{rng[0]:g}, {rng[1]:g}] {unit}")
+
+
+def all_in_range(name: str, values: np.ndarray, rng: tuple[float, float], unit: str) -> None:
+    """SafetyError naming the first value of ``values`` outside ``rng``."""
+    bad = (values < rng[0]) | (values > rng[1])
+    if np.any(bad):
+        in_range(name, float(values[bad].ravel()[0]), rng, unit)
 
 
 def check_int(name: str, value, lo: int, hi: int | None = None) -> int:

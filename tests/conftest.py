@@ -13,6 +13,10 @@ import os
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# the tests hold the compiled kernels to the torch path: run them wherever they build
+# (without this, a race at first use may pick the torch path on a slow kernel's CPU;
+# tests/test_native_choice.py tests that choice)
+os.environ.setdefault("LABKIT_NATIVE", "1")
 
 
 def pytest_addoption(parser):

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from labkit.backend.checks import all_in_range, finite, in_range
 from labkit.backend.contract import GateSweep, TemperatureControl, VirtualClock, WaveformCapture
 from labkit.errors import SafetyError, UsageError
 from labkit.units import si
+from labkit.validate import all_in_range, finite, in_range
 
 GUARDS: dict[type, type] = {}
 

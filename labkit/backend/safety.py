@@ -12,10 +12,10 @@ import dataclasses
 
 import numpy as np
 
-from labkit.backend.checks import all_in_range, finite, in_range
 from labkit.backend.contract import ArrayBackend, VmmSettings
 from labkit.errors import UsageError
 from labkit.units import si
+from labkit.validate import all_in_range, finite, in_range
 
 
 class SafeArray:

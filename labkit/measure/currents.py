@@ -12,11 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from labkit.backend import GateSweep, SafeArray
-from labkit.backend.checks import all_in_range, finite
 from labkit.errors import SafetyError, UsageError
 from labkit.measure.progress import Progress, no_progress
 from labkit.units import si
-from labkit.validate import check_int
+from labkit.validate import all_in_range, check_int, finite
 
 __all__ = ["cell_current_map", "operating_point", "gate_voltages", "IdVgCurves", "id_vg_sweep"]
 

@@ -46,7 +46,9 @@ Internal units keep gradient-based fits well conditioned: currents nA, time us,
 charge fC (= nA us), capacitance fF (:mod:`labkit.model.units`, the one definition).
 Getters return SI values.
 
-Modules: ``array`` (ArrayModel), ``kernels`` (its autograd kernels; ``slots_native``
+Modules: ``equations`` (the droop closed form and the readout: one definition for the
+array model and the tile physics), ``array`` (ArrayModel), ``kernels`` (its autograd
+kernels; ``slots_native``
 binds ``slots.c``), ``tile_physics`` (the same equations for the many tiles of a network
 layer at once, to first order in the crosstalk droop; ``tiles_native`` binds
 ``analog_tiles.c``), ``native`` (the one builder and verified cache of the C kernels),

@@ -1,4 +1,6 @@
-/* Fused tile kernels of the analog layers (labkit/analog.py, labkit/analog_native.py).
+/* Fused tile kernels of the analog layers (labkit/model/tile_physics.py, tiles_native.py).
+   The readout inlines labkit/model/equations.py (droop_charge, read_times);
+   tests/test_analog.py holds this kernel to that torch definition.
 
    One row tile has R input rows (pulses x in [0, 1], samples contiguous) and N2 columns
    (the plus columns of the outputs, then the minus columns). Forward, per column c and
@@ -28,7 +30,24 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Vector width and register blocking follow the compile target (-march=native): 16
+   floats and two vectors of samples per register block with AVX-512 (32 vector
+   registers), 8 floats and one vector with AVX/AVX2 and 4 with SSE (16 registers). A
+   64-byte vector type on a 256-bit machine is split by the compiler into register
+   pairs that no longer fit the register file (spills: 10x slower on AVX2). */
+#if defined(__AVX512F__)
 #define VL 16                /* floats per vector */
+#define UNROLL 2             /* vectors of samples per register block */
+#define GK 4                 /* columns per register block of the weight gradient */
+#elif defined(__AVX__)
+#define VL 8
+#define UNROLL 1
+#define GK 2
+#else
+#define VL 4
+#define UNROLL 1
+#define GK 2
+#endif
 #define BS 128               /* samples per block */
 #define NV (BS / VL)         /* vectors per block */
 #define CB 8                 /* columns per register block */
@@ -92,20 +111,19 @@ static void load_coef(float out[][CB], const float *a, long r, long R, long N2, 
         for (long cc = 0; cc < CB; cc++) out[i][cc] = cc < nc ? a[(r * R + i) * N2 + c0 + cc] : 0.0f;
 }
 
-/* zb[cc] = sum_i ac[i][cc] xb[i] over the block, two vectors of samples at a time (16
-   accumulators; 10 loads per 16 multiply-adds) */
+/* zb[cc] = sum_i ac[i][cc] xb[i] over the block, UNROLL vectors of samples at a time
+   (CB * UNROLL accumulators) */
 static void products(long R, vf xb[][NV], float ac[][CB], vf zb[CB][NV])
 {
-    for (long v = 0; v < NV; v += 2) {
-        vf a0[CB] = {0}, a1[CB] = {0};
-        for (long i = 0; i < R; i++) {
-            vf x0 = xb[i][v], x1 = xb[i][v + 1];
-            for (int cc = 0; cc < CB; cc++) {
-                a0[cc] += ac[i][cc] * x0;
-                a1[cc] += ac[i][cc] * x1;
+    for (long v = 0; v < NV; v += UNROLL) {
+        vf acc[UNROLL][CB] = {{0}};
+        for (long i = 0; i < R; i++)
+            for (int u = 0; u < UNROLL; u++) {
+                vf xv = xb[i][v + u];
+                for (int cc = 0; cc < CB; cc++) acc[u][cc] += ac[i][cc] * xv;
             }
-        }
-        for (int cc = 0; cc < CB; cc++) zb[cc][v] = a0[cc], zb[cc][v + 1] = a1[cc];
+        for (int cc = 0; cc < CB; cc++)
+            for (int u = 0; u < UNROLL; u++) zb[cc][v + u] = acc[u][cc];
     }
 }
 
@@ -224,34 +242,33 @@ static void grad_block(vf gz[CB][NV], const mtype *m, const float *gy, long r, l
     }
 }
 
-/* gxb[i] += sum_cc ac[i][cc] gz[cc], two vectors of samples at a time */
+/* gxb[i] += sum_cc ac[i][cc] gz[cc], UNROLL vectors of samples at a time */
 static void grad_x(long R, vf gxb[][NV], float ac[][CB], vf gz[CB][NV])
 {
-    for (long v = 0; v < NV; v += 2) {
-        vf g0[CB], g1[CB];
-        for (int cc = 0; cc < CB; cc++) g0[cc] = gz[cc][v], g1[cc] = gz[cc][v + 1];
-        for (long i = 0; i < R; i++) {
-            vf a0 = gxb[i][v], a1 = gxb[i][v + 1];
-            for (int cc = 0; cc < CB; cc++) {
-                a0 += ac[i][cc] * g0[cc];
-                a1 += ac[i][cc] * g1[cc];
+    for (long v = 0; v < NV; v += UNROLL) {
+        vf g[UNROLL][CB];
+        for (int cc = 0; cc < CB; cc++)
+            for (int u = 0; u < UNROLL; u++) g[u][cc] = gz[cc][v + u];
+        for (long i = 0; i < R; i++)
+            for (int u = 0; u < UNROLL; u++) {
+                vf a = gxb[i][v + u];
+                for (int cc = 0; cc < CB; cc++) a += ac[i][cc] * g[u][cc];
+                gxb[i][v + u] = a;
             }
-            gxb[i][v] = a0, gxb[i][v + 1] = a1;
-        }
     }
 }
 
-/* gav[i][c0 + cc] += gz[cc] xb[i] lane-wise (summed over the block's vectors), in 4 x 4
+/* gav[i][c0 + cc] += gz[cc] xb[i] lane-wise (summed over the block's vectors), in 4 x GK
    register tiles; R is a multiple of 4 (the caller pads). */
 static void grad_a(long R, long N2, vf *gav, vf xb[][NV], vf gz[CB][NV], long c0)
 {
     for (long i = 0; i < R; i += 4)
-        for (int cc = 0; cc < CB; cc += 4) {
-            vf acc[4][4];
+        for (int cc = 0; cc < CB; cc += GK) {
+            vf acc[4][GK];
             memset(acc, 0, sizeof acc);
             for (long v = 0; v < NV; v++) {
                 vf x0 = xb[i][v], x1 = xb[i + 1][v], x2 = xb[i + 2][v], x3 = xb[i + 3][v];
-                for (int k = 0; k < 4; k++) {
+                for (int k = 0; k < GK; k++) {
                     vf gv = gz[cc + k][v];
                     acc[0][k] += gv * x0;
                     acc[1][k] += gv * x1;
@@ -260,7 +277,7 @@ static void grad_a(long R, long N2, vf *gav, vf xb[][NV], vf gz[CB][NV], long c0
                 }
             }
             for (int u = 0; u < 4; u++)
-                for (int k = 0; k < 4; k++) gav[(i + u) * (N2 + CB) + c0 + cc + k] += acc[u][k];
+                for (int k = 0; k < GK; k++) gav[(i + u) * (N2 + CB) + c0 + cc + k] += acc[u][k];
         }
 }
 

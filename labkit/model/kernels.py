@@ -24,7 +24,8 @@ import math
 import torch
 from torch.nn import functional as F
 
-from labkit.model import slots_native
+from labkit.model import native, slots_native
+from labkit.model.equations import droop_charge, droop_grad, read_times
 
 # ---------------------------------------------------------------- straight-through pieces
 
@@ -63,7 +64,8 @@ class InputQuantize(torch.autograd.Function):
 
 class Readout(torch.autograd.Function):
     """Comparator crossing times ``t = t0 - gain / iref * q`` (us) with optional Gaussian
-    noise (std ``noise_us``), TDC floor to ``lsb`` and clip to [0, tfs], one graph node.
+    noise (std ``noise_us``), TDC floor to ``lsb`` and clip to [0, tfs], one graph node
+    (:func:`labkit.model.equations.read_times`).
 
     q (n, B, C) fC; t0 and gain (n, 1, C) (gain relative to ``1 / iref``, iref in nA).
     Quantization is straight-through; clip ``"ste"`` passes the gradient, ``"hard"``
@@ -74,15 +76,8 @@ class Readout(torch.autograd.Function):
     def forward(ctx, q, t0, gain, iref, lsb, tfs, quantize, clip, noise_us):
         g = gain / iref
         t = t0 - g * q
-        if noise_us > 0:
-            t = t + noise_us * torch.randn_like(t)
-        if quantize:
-            t = torch.floor(t / lsb) * lsb
-        keep = None
-        if clip is not None:
-            if clip == "hard":
-                keep = (t >= 0) & (t <= tfs)
-            t = t.clamp(0.0, tfs)
+        normals = torch.randn_like(t) if noise_us > 0 else None
+        t, keep = read_times(t, lsb, tfs, quantize, clip, normals, (noise_us, 0.0))
         ctx.save_for_backward(q, g, keep)
         ctx.iref = iref
         return t
@@ -103,35 +98,12 @@ class Readout(torch.autograd.Function):
 # ---------------------------------------------------------------- droop compression
 
 
-def _log1p_curv(y: torch.Tensor) -> torch.Tensor:
-    """``(log1p(y) - y / (1 + y)) / y^2``, evaluated in float64 (the difference cancels
-    as ``y -> 0``: relative error ~2e-16 / y) with the limit 1/2 at ``y = 0``."""
-    v = y.double()
-    phi = (torch.log1p(v) - v / (1.0 + v)) / (v * v)
-    return torch.nan_to_num(phi, nan=0.5).to(y.dtype)
-
-
-def compress_forward(z: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``q = ln(1 + e z) / e`` (limit ``z`` as e -> 0) and ``y = e z`` (floored at -1 + 1e-6)."""
-    y = (e * z).clamp_min(-1.0 + 1e-6)
-    ratio = torch.log1p(y) / y  # log1p is accurate for small y: only y == 0 (0/0) needs care
-    return z * torch.nan_to_num(ratio, nan=1.0), y
-
-
-def compress_backward(g: torch.Tensor, z: torch.Tensor, y: torch.Tensor, need_e: bool):
-    """Gradients of :func:`compress_forward`: ``dq/dz`` applied to ``g``, and the
-    batch-summed ``dq/de`` (n, 1, C) (stable for small ``e z``)."""
-    g_z = g / (1.0 + y)
-    g_e = -(g * z * z * _log1p_curv(y)).sum(-2, keepdim=True) if need_e else None
-    return g_z, g_e
-
-
 class LogCompress(torch.autograd.Function):
     """Droop compression ``ln(1 + e z) / e``; z (n, B, C), e (n, 1, C)."""
 
     @staticmethod
     def forward(ctx, z, e):
-        q, y = compress_forward(z, e)
+        q, y = droop_charge(z, e)
         ctx.save_for_backward(z, y)
         return q
 
@@ -139,7 +111,7 @@ class LogCompress(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
         z, y = ctx.saved_tensors
-        return compress_backward(g, z, y, ctx.needs_input_grad[1])
+        return droop_grad(g, z, y, ctx.needs_input_grad[1])
 
 
 # ---------------------------------------------------------------- adaptive slots
@@ -219,7 +191,7 @@ class ChargeFn(torch.autograd.Function):
         else:
             z = torch.bmm(d, i0)
         if droop:
-            q, y = compress_forward(z, e)
+            q, y = droop_charge(z, e)
             saved += [z, y]
         else:
             q = z
@@ -242,7 +214,7 @@ class ChargeFn(torch.autograd.Function):
         g_x = g_i0 = g_k = g_e = None
         if droop:
             z, y = saved[-2:]
-            g_z, g_e = compress_backward(gq, z, y, need_eta)
+            g_z, g_e = droop_grad(gq, z, y, need_eta)
         else:
             g_z = gq
         if xt and need_k:
@@ -284,6 +256,27 @@ class ChargeFn(torch.autograd.Function):
         g_log_i0 = g_i0 * i0 if need_i0 else None
         g_eta = g_e / c_ff if (need_eta and droop) else None
         return g_x, None, g_log_i0, g_k if need_k else None, g_eta, None, None, None, None
+
+
+def race_paths(batch: int = 1024, rows: int = 16, cols: int = 16) -> tuple[float, float]:
+    """Seconds per forward + backward of :class:`ChargeFn` (full physics, float32) with
+    the C slot kernel and with the torch path, timed alternately on one array."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, batch, rows, generator=g) * (torch.rand(1, batch, rows, generator=g) > 0.4)
+    log_i0 = torch.log(20.0 + 200.0 * torch.rand(1, rows, cols, generator=g))
+    kxt = 0.5 * torch.randn(1, rows, cols, generator=g)
+    eta = torch.full((1, 1, cols), 0.05)
+    gq = torch.randn(1, batch, cols, generator=g)
+
+    def step(on: bool):
+        def run():
+            ctx = native.RaceCtx((True, False, True, True, True) + (False,) * 4)
+            with slots_native.forcing(on):
+                ChargeFn.forward(ctx, x, x > 0, log_i0, kxt, eta, 1.0, 50.0, True, True)
+                ChargeFn.backward(ctx, gq)
+        return run
+
+    return native.timed_race(step(True), step(False))
 
 
 # ---------------------------------------------------------------- per-cell eta (RK4 per slot)

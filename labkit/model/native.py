@@ -18,6 +18,15 @@ library that lacks a declared symbol is rebuilt (in a private directory) instead
 failing. No compiler, a failed build, a platform other than Linux, or
 ``LABKIT_NATIVE=0``: :func:`load` returns None and the caller runs its torch path
 (same equations).
+
+Measured choice: a compiled kernel is not assumed to be faster than the torch path of
+the same equations (on an AVX2 CPU a kernel tuned for AVX-512 was 2x slower, the Speed
+issue). :func:`choose` runs a short timed race of both paths on a representative shape
+at first use (about 0.1 s) and caches the verdict next to the library as
+``NAME-KEY.choice.json``, bound to the library's SHA-256, the CPU key and the probe's
+name, with a digest over the record; a record that does not match, or that is not owned
+by the user, is not trusted and the race runs again. ``LABKIT_NATIVE=1`` forces the
+kernels, ``LABKIT_NATIVE=0`` the torch path; unset, the measurement decides.
 """
 
 from __future__ import annotations
@@ -25,22 +34,26 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
+import math
 import os
 import shutil
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
-__all__ = ["load", "cache_dir", "entry_path", "trusted_dir", "build_record", "is_verified", "Signatures"]
+__all__ = ["load", "cache_dir", "entry_path", "trusted_dir", "build_record", "is_verified", "Signatures",
+           "choose", "choice_path", "timed_race", "forced", "RaceCtx"]
 
 #: ``{symbol: (argtypes, restype)}`` of a kernel library.
 Signatures = Mapping[str, tuple[Sequence, object]]
 
 _LOADED: dict[tuple[str, bool], ctypes.CDLL | None] = {}
+_PATHS: dict[tuple[str, bool], Path] = {}  # the library file each loaded kernel came from
 _PRIVATE: list[Path] = []
 
 
@@ -161,13 +174,14 @@ def _declare(lib: ctypes.CDLL, signatures: Signatures) -> bool:
 
 
 def _build(src: Path, fast_math: bool, signatures: Signatures) -> ctypes.CDLL | None:
-    if os.environ.get("LABKIT_NATIVE", "1") == "0" or not sys.platform.startswith("linux"):
+    if os.environ.get("LABKIT_NATIVE") == "0" or not sys.platform.startswith("linux"):
         return None
     out = entry_path(src, fast_math, _usable_cache())
     if not is_verified(out, build_record(src, fast_math)):
         _compile(src, fast_math, out)
     lib = ctypes.CDLL(str(out))
     if _declare(lib, signatures):
+        _PATHS[(str(src), fast_math)] = out
         return lib
     # a verified entry without a declared symbol: rebuild where no earlier load shadows it
     fresh = Path(tempfile.mkdtemp(dir=_private_dir())) / out.name
@@ -180,6 +194,7 @@ def _build(src: Path, fast_math: bool, signatures: Signatures) -> ctypes.CDLL | 
             tmp = out.with_name(f".{out.name}.{os.getpid()}{suffix}")
             shutil.copyfile(fresh.with_suffix(suffix), tmp)
             os.replace(tmp, out.with_suffix(suffix))
+    _PATHS[(str(src), fast_math)] = fresh
     return lib
 
 
@@ -193,3 +208,98 @@ def load(src: Path, fast_math: bool = False, signatures: Signatures | None = Non
         except (OSError, subprocess.SubprocessError):
             _LOADED[key] = None
     return _LOADED[key]
+
+
+# ----------------------------------------------------------------------------- measured choice
+
+_CHOSEN: dict[tuple, bool] = {}
+
+
+def forced() -> bool | None:
+    """``LABKIT_NATIVE``: "1" True (kernels forced), "0" False (torch forced), else None."""
+    return {"1": True, "0": False}.get(os.environ.get("LABKIT_NATIVE", ""))
+
+
+def timed_race(a: Callable[[], object], b: Callable[[], object], rounds: int = 5, reps: int = 2) -> tuple[float, float]:
+    """Best seconds per call of ``a`` and ``b``, timed alternately (after one warm call
+    each), so that a busy machine slows both alike."""
+    a(), b()
+    best = [math.inf, math.inf]
+    for _ in range(rounds):
+        for i, f in enumerate((a, b)):
+            t = time.perf_counter()
+            for _ in range(reps):
+                f()
+            best[i] = min(best[i], (time.perf_counter() - t) / reps)
+    return best[0], best[1]
+
+
+class RaceCtx:
+    """Stands in for autograd's ``ctx`` so that a race calls an autograd Function's
+    ``forward`` and ``backward`` directly (no graph: first use may come inside one)."""
+
+    def __init__(self, needs_input_grad: tuple[bool, ...]):
+        self.needs_input_grad = needs_input_grad
+
+    def save_for_backward(self, *tensors) -> None:
+        self.saved_tensors = tensors
+
+
+def choice_path(src: Path, fast_math: bool = False) -> Path | None:
+    """The choice record of the loaded library of ``src`` (None if none is loaded)."""
+    lib = _PATHS.get((str(src), fast_math))
+    return None if lib is None else lib.with_name(lib.stem + ".choice.json")
+
+
+def _digest(rec: dict) -> str:
+    body = {k: v for k, v in rec.items() if k != "record_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _read_choice(path: Path, want: dict) -> bool | None:
+    """The cached verdict if the record is trusted (owned, not writable by others,
+    matching ``want`` and its digest), else None."""
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return None
+        if st.st_size > 4096:
+            return None
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(rec, dict) and all(rec.get(k) == v for k, v in want.items())
+            and rec.get("record_sha256") == _digest(rec) and isinstance(rec.get("native"), bool)):
+        return None
+    return rec["native"]
+
+
+def choose(src: Path, fast_math: bool, probe: str, race: Callable[[], tuple[float, float]]) -> bool:
+    """True if the compiled kernel of ``src`` is to be used: forced by ``LABKIT_NATIVE``,
+    else the cached verdict of ``race`` (``(native_s, torch_s)``, run once per library
+    and CPU; the kernel wins ties). False if the kernel is not loaded."""
+    key = (str(src), fast_math, probe)
+    if key in _CHOSEN:
+        return _CHOSEN[key]
+    if load(src, fast_math) is None:
+        return False
+    force = forced()
+    if force is not None:
+        return force
+    path = choice_path(src, fast_math)
+    lib = _PATHS[(str(src), fast_math)]
+    want = {"probe": probe, "library_sha256": _sha256_file(lib), "cpu_sha256": hashlib.sha256(_cpu_id()).hexdigest()}
+    verdict = _read_choice(path, want)
+    if verdict is None:
+        t_native, t_torch = race()
+        verdict = t_native <= t_torch
+        rec = {**want, "native_s": t_native, "torch_s": t_torch, "native": verdict}
+        rec["record_sha256"] = _digest(rec)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        try:
+            tmp.write_text(json.dumps(rec))
+            os.replace(tmp, path)  # atomic: concurrent processes agree on one record
+        except OSError:
+            pass
+    _CHOSEN[key] = verdict
+    return verdict

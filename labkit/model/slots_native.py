@@ -3,11 +3,13 @@
 The C source ships with the package and is built, verified and loaded at first use by
 :mod:`labkit.model.native` (system C compiler, per-user cache). It serves CPU float32/float64 tensors;
 everything else, a missing compiler, or ``LABKIT_NATIVE=0`` falls back to the pure-torch
-path in :mod:`labkit.model.kernels` (same equations, same results to rounding).
+path in :mod:`labkit.model.kernels` (same equations, same results to rounding). Where
+both can run, a timed race at first use picks the faster (:func:`chosen`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 from pathlib import Path
 
@@ -40,7 +42,35 @@ def usable(d: torch.Tensor, i0: torch.Tensor, *others: torch.Tensor) -> bool:
     R, C = i0.shape[-2:]
     if R % lanes or C % lanes or C > 1024 or d.shape[-1] != R:
         return False
-    return library() is not None
+    return library() is not None and chosen()
+
+
+PROBE = "slots-v1"  # names the race: a new probe discards the cached verdicts
+_FORCE: list[bool] = []  # the path under test while racing
+
+
+def chosen() -> bool:
+    """True if the kernel is to run: forced (``LABKIT_NATIVE``), or faster than the torch
+    path in the race at first use (:func:`labkit.model.native.choose`)."""
+    if _FORCE:
+        return _FORCE[-1]
+    return library() is not None and native.choose(SOURCE, False, PROBE, _race)
+
+
+def _race() -> tuple[float, float]:
+    from labkit.model import kernels  # the torch path lives there (it imports this module)
+
+    return kernels.race_paths()
+
+
+@contextlib.contextmanager
+def forcing(on: bool):
+    """Run the kernel (True) or the torch path (False) inside the block."""
+    _FORCE.append(on)
+    try:
+        yield
+    finally:
+        _FORCE.pop()
 
 
 def _ptr(t: torch.Tensor) -> int:

@@ -14,7 +14,8 @@ sampled from a spread (:class:`ChipSpread`). The equations are those of
     q  = Kt + ln(1 + e' (Z0 - e' X)) / e',   e' = eta / C   (bit-line droop)
 
 then ``t = t0 - g q`` + readout noise (training only), floored to the TDC LSB, clipped to
-the TDC range. ``X`` (current that flows after another row's edge has already stepped
+the TDC range. The droop log term and the readout are the functions of
+:mod:`labkit.model.equations` that the array model uses too (here in TDC counts). ``X`` (current that flows after another row's edge has already stepped
 the bit line, so it sees that step through the droop) is the first-order term of the
 closed-form slot integral of ArrayModel in ``e' K`` (``e' K`` < 0.05 on these chips);
 its pairwise ``relu(d_i - d_l)`` kernel is approximated by the separable fit
@@ -47,9 +48,10 @@ import math
 
 import torch
 
-from labkit.model import tiles_native
+from labkit.model import native, tiles_native
+from labkit.model.equations import droop_charge, read_times
 
-__all__ = ["TileBmm", "tile_readout", "gaussian", "NATIVE", "EDGE_A", "EDGE_B"]
+__all__ = ["TileBmm", "tile_readout", "gaussian", "NATIVE", "EDGE_A", "EDGE_B", "race_paths"]
 
 EDGE_A, EDGE_B = 0.9, -0.9  # relu(u - v) p_v ~ u (A p_v + B v): exact for equal pulses
 
@@ -100,30 +102,23 @@ def tile_readout(z, kt, ku, e, t0c, gc, opts):
     ``e``: eta/C (1/fC); ``t0c``: offsets (TDC counts); ``gc``: readout gain (counts per
     fC). ``y``: the row-tile sum of ``q_read(plus) - q_read(minus)`` (fC), dim 1 removed.
     """
-    droop, quantize, (noise_counts, noise_rel), cmax, col = opts
-    noisy = noise_counts > 0 or noise_rel > 0
-    noise = gaussian(z.numel(), z.dtype, z.device).view_as(z) if noisy else None
+    droop, quantize, noise, cmax, col = opts
+    normals = gaussian(z.numel(), z.dtype, z.device).view_as(z) if max(noise) > 0 else None
     m = None
-    c = z
+    q = z
     if droop:
         if ku is not None:  # 1 - e' (A Kt + B Ku)
             sx, kbar = ku
             one = torch.ones((), dtype=z.dtype, device=z.device)
             m = torch.addcmul(one, kt, -EDGE_A * e).addcmul_(sx, (-EDGE_B * e) * kbar)
-            c.mul_(m)
-        w = torch.addcmul(torch.ones((), dtype=z.dtype, device=z.device), c, e, out=_work("w", z.shape, z))
+            z.mul_(m)
+        q, y = droop_charge(z, e, out=_work("w", z.shape, z))  # ln(1 + e' Z) / e'
+        w = y.add_(1.0)
         m = torch.reciprocal(w) if m is None else m.div_(w)  # dq/dZ0
-        c = torch.log(w, out=c)
-        c = torch.addcmul(t0c, c, -gc / e, out=c)  # counts = t0 - g (ln(1 + e'Z) / e' + Kt)
-    else:
-        c = torch.addcmul(t0c, c, -gc, out=c)
     if kt is not None:
-        c.addcmul_(kt, -gc)
-    if noise is not None:  # rms sqrt(floor^2 + (relative g q)^2), g q = t0 - c
-        c.add_(noise * torch.sqrt(noise_counts**2 + (noise_rel * (t0c - c)) ** 2))
-    if quantize:
-        c.floor_()
-    c.clamp_(0.0, cmax)
+        q.add_(kt)
+    c = torch.addcmul(t0c, q, gc, value=-1.0, out=q)  # TDC counts t0 - g q
+    c, _ = read_times(c, 1.0, cmax, quantize, "ste", normals, noise, t0c)
     c = torch.addcmul(t0c / gc, c, -1.0 / gc, out=c)  # charge read back (fC)
     s = c.sum(1)
     half = s.shape[col - 1] // 2
@@ -187,6 +182,30 @@ class TileBmm(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             gi = torch.bmm(gz, xt.transpose(1, 2)).transpose(1, 2)  # (rt, R, 2n)
         return gx, gi, None, None, None, None, None
+
+
+def race_paths(rt: int = 4, rows: int = 16, n2: int = 16, samples: int = 4096) -> tuple[float, float]:
+    """Seconds per forward + backward of :class:`TileBmm` with the C kernels and with the
+    torch path, timed alternately on a representative layer (``rt`` row tiles of
+    ``rows`` x ``n2`` columns, ``samples`` samples, full physics and training noise)."""
+    g = torch.Generator().manual_seed(0)
+    xt = torch.rand(rt, rows, samples, generator=g) * (torch.rand(rt, rows, samples, generator=g) > 0.4)
+    i0t = 5.0 + 40.0 * torch.rand(rt, rows, n2, generator=g)
+    kx = 0.5 * torch.randn(rt, rows, n2, generator=g)
+    par = lambda lo, span: lo + span * torch.rand(rt, 1, n2, generator=g)  # noqa: E731
+    args = (xt, i0t, kx, par(1e-3, 1e-3), par(900.0, 20.0), par(1.0, 0.1),
+            (True, True, (0.5, 0.02), 1023.0, 2, True, True))
+    gy = torch.randn(samples, n2 // 2, generator=g)
+
+    def step(on: bool):
+        def run():
+            ctx = native.RaceCtx((True, True) + (False,) * 5)
+            with tiles_native.forcing(on):
+                TileBmm.forward(ctx, *args)
+                TileBmm.backward(ctx, gy)
+        return run
+
+    return native.timed_race(step(True), step(False))
 
 
 def branch_charges(w: torch.Tensor, i_min_na: float, i_scale_na: float, t_us: float) -> torch.Tensor:

@@ -10,11 +10,38 @@ checks them against the torch path). Long batches are split across torch's CPU t
 (ctypes releases the GIL).
 
 Built, verified and loaded at first use by :mod:`labkit.model.native`; without a compiler, or with
-``LABKIT_NATIVE=0``, the torch path runs.
+``LABKIT_NATIVE=0``, the torch path runs. Where both can run, a timed race at first use
+(:func:`chosen`, ``tile_physics.race_paths``: 4 row tiles x 16 x 16, 4096 samples, full
+physics) decides, cached with the build; ``LABKIT_NATIVE=1`` forces the kernels.
+
+What made the kernels slow on an AVX2 CPU (the Speed issue; measured on an AMD EPYC
+with AVX-512, 1 MiB L2 per core, building for ``-march=x86-64-v3`` to run the AVX2
+code; LeNet-5 training step, batch 128, 1 thread, one run):
+
+* Vector width (the cause). The kernel used 64-byte GCC vector types (16 floats)
+  whatever the target; on a 256-bit machine the compiler splits each into two
+  registers, so the 16 accumulators of a register block need 32 ymm registers of 16 and
+  spill: 329 ms per step (33.6x plain torch; the torch path 9.3x). The width and the
+  register blocking now follow the target (``VL``, ``UNROLL``, ``GK`` in the C source):
+  48 ms (4.9x), with AVX-512 unchanged (3.4x; identical code and results there).
+  Without ``-march`` (SSE2 only) the kernel stays slower than the torch path
+  (``floorf`` does not vectorize there): the race picks the torch path.
+* Noise-bank gathers at hashed offsets: not a cost. Each block reads a contiguous
+  window of 128 values; kernel time with the bank, without noise, and with a 16 kB bank
+  agree within 5-10 %; a 4 MB bank (beyond L2) costs 12-25 %. The 256 kB bank is kept
+  (fewer distinct windows would correlate the noise).
+* Working sets: one block (16 rows x 128 samples, its products and readout) is under
+  32 kB, L1-resident on any of these CPUs; the whole activations stream from L3.
+* The polynomial log: 5 % faster than glibc's vectorized ``logf``; kept.
+* Denormals: ``torch.set_flush_denormal(True)`` changes nothing (none arise).
+* Division and square root of the readout (``-mrecip=all``, no noise-floor sqrt): no
+  gain. On AVX-512 the forward splits about evenly between the products and the
+  readout, at roughly 1.5 cycles per column and sample each.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,7 +50,7 @@ import torch
 
 from labkit.model import native
 
-__all__ = ["available", "applies", "forward", "backward", "patches", "patches_backward"]
+__all__ = ["available", "applies", "chosen", "forcing", "forward", "backward", "patches", "patches_backward"]
 
 SOURCE = Path(__file__).with_name("analog_tiles.c")
 _p, _i64, _f32, _i32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_int
@@ -42,16 +69,44 @@ def _lib():
     return native.load(SOURCE, fast_math=True, signatures=SIGNATURES)
 
 
+PROBE = "tiles-v1"  # names the race below: a new probe discards the cached verdicts
+_FORCE: list[bool] = []  # the path under test while racing
+
+
 def available() -> bool:
     """True when the compiled kernels can be used on this machine."""
     return _lib() is not None
 
 
+def chosen() -> bool:
+    """True if the kernels are to run: forced (``LABKIT_NATIVE``), or faster than the
+    torch path in the race at first use (:func:`labkit.model.native.choose`)."""
+    if _FORCE:
+        return _FORCE[-1]
+    return _lib() is not None and native.choose(SOURCE, True, PROBE, _race)
+
+
+def _race() -> tuple[float, float]:
+    from labkit.model import tile_physics  # the torch path lives there (it imports this module)
+
+    return tile_physics.race_paths()
+
+
+@contextlib.contextmanager
+def forcing(on: bool):
+    """Run the kernels (True) or the torch path (False) inside the block."""
+    _FORCE.append(on)
+    try:
+        yield
+    finally:
+        _FORCE.pop()
+
+
 def applies(*tensors: torch.Tensor) -> bool:
     """True when the kernels serve these tensors (float32 on the CPU; tile inputs (RT, R,
-    S) with R <= 64)."""
+    S) with R <= 64) and are chosen on this machine (:func:`chosen`)."""
     return (_lib() is not None and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
-            and (tensors[0].dim() != 3 or tensors[0].shape[1] <= _R_MAX))
+            and (tensors[0].dim() != 3 or tensors[0].shape[1] <= _R_MAX) and chosen())
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
