@@ -132,6 +132,7 @@ class ChipTile:
         self.baseline_s = np.full(backend.geometry.cols, np.nan)
         self.summary: dict = {}
         self.vmm_count = 0
+        self.state_path = None  # chip-state file set_weights writes (labkit.program.chipstate), or None
 
     @property
     def chip_id(self) -> str:
@@ -164,7 +165,7 @@ class ChipTile:
         window = WeightWindow.from_datasheet(b.datasheet, op.integration_time_s, g.rows, self.config.mapping.headroom)
         result, _, _ = program_weights(b, np.where(used, w, 0.0), window=window, clip=True,
                                        rows_used=int(used.any(axis=1).sum()), outputs_used=int(used.any(axis=0).sum()),
-                                       config=self.program or ProgramConfig())
+                                       config=self.program or ProgramConfig(), state_path=self.state_path)
         self.summary = result.summary()
         self.summary.pop("failed", None)
         self.baseline_s = measure_baseline(b, self.baseline_repeats).t0_s
