@@ -10,6 +10,7 @@ import os
 import random
 import signal
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,7 +124,11 @@ def _deploy_child(folder: str, truth: str, kill_at: int, when: str) -> None:
             Counting.die(pool.chips[0].backend)  # the reference: its calls and counts
 
 
-def test_a_sigkilled_deployment_leaves_records_that_count_every_applied_cycle_and_claim_no_more(tmp_path):
+def test_a_sigkilled_deployment_leaves_records_that_count_every_applied_cycle_and_claim_no_more(tmp_path,
+                                                                                              monkeypatch):
+    # the fork server imports from the current folder (sys.path ''): the repository's, whatever
+    # folder an earlier test left the process in
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["labkit", "labkit.deploy", "tests.test_endurance"])
 
