@@ -223,3 +223,12 @@ def test_one_chip_per_tile_records_and_refuses_a_reprogramming_over_the_budget(t
         assert [b.calls for b in counted] == calls
         with pytest.raises(EnduranceError, match="cycles used on record"):
             deploy(model, counted, state_dir=tmp_path, endurance=max(used.values()))
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, float("nan"), float("inf"), True, "abc"])
+def test_a_bad_budget_is_refused_in_one_line_naming_it(bad):
+    from labkit.deploy.endurance import check_budget
+
+    with pytest.raises(ValueError, match=r"^endurance=.*; expected a whole number of erase-and-program cycles >= 1$"):
+        check_budget(bad)
+    assert check_budget(None) is None and check_budget(10_000) == 10_000 and check_budget(3.0) == 3

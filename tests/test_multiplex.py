@@ -253,9 +253,11 @@ def test_deploy_refuses_a_run_over_the_endurance_budget_before_any_pulse(tmp_pat
     argv = ["deploy", str(mlp_checkpoint), "--backend", "sim://?seed=70&preset=quiet", "--chips", "2",
             "--subset", "40", "--out", str(tmp_path / "runs.sqlite"), "--json"]
     assert main(argv) == 0
-    ids = json.loads(capsys.readouterr().out)["chips"]
+    first = json.loads(capsys.readouterr().out)
+    ids = first["chips"]
     files = [state_path(tmp_path, c) for c in ids]  # default: the run store's folder
     used = [ChipState.load(f).cycles_used for f in files]
+    assert first["cycles_on_record"] == dict(zip(ids, used))
     assert min(used) >= 4  # 8 tiles on 2 chips: 4 programmings each
     before = [f.read_bytes() for f in files]
     budget = max(used) + 4 - 1

@@ -32,7 +32,7 @@ def check_budget(budget) -> int | None:
     """``budget`` as a whole number of cycles >= 1 (None: no limit); ValueError otherwise."""
     if budget is None:
         return None
-    if isinstance(budget, bool) or int(budget) != budget or budget < 1:
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 1 <= budget < 2**62 or budget != int(budget):
         raise ValueError(f"endurance={budget!r}; expected a whole number of erase-and-program cycles >= 1")
     return int(budget)
 

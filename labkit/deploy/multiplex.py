@@ -136,13 +136,14 @@ class ChipPool:
     def check_endurance(self, needs: dict[int, int], budget) -> dict[str, int]:
         """Cycles on record per chip id of this process's chips; EnduranceError if chip
         ``k`` would pass ``budget`` with ``needs[k]`` more cycles. Under a group every
-        process raises when any one refuses (so none waits on the others)."""
+        process raises when any one refuses (so none waits on the others); an unreadable
+        or foreign chip-state file is refused the same way."""
         refused: BaseException | None = None
         used: dict[str, int] = {}
         try:
             used = wear.check([(self.local[k].backend, self.local[k].state_path, int(needs.get(k, 0)))
-                                    for k in sorted(self.local)], budget)
-        except wear.EnduranceError as exc:
+                               for k in sorted(self.local)], budget)
+        except ValueError as exc:  # EnduranceError, or a UsageError about a chip-state file
             refused = exc
         if self.group is not None:
             import torch.distributed as dist
@@ -150,8 +151,8 @@ class ChipPool:
             flag = torch.tensor([0 if refused is None else 1])
             dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
             if refused is None and int(flag) == 1:
-                refused = wear.EnduranceError("a chip of another process is over its endurance budget; "
-                                                   "nothing was programmed")
+                refused = wear.EnduranceError("another process refused its chips (endurance budget or "
+                                              "chip-state file); nothing was programmed")
         if refused is not None:
             raise refused
         return used

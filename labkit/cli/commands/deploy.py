@@ -100,11 +100,14 @@ def run(args, out) -> dict:
         return None
     out.table([("model", ck.model_name), ("mode", ck.mode), ("tiles / chips", f"{n} / {len(uris)}"),
                ("accuracy on chips", f"{result['accuracy']:.4f}"), ("test samples", len(split.test)),
-               ("programmings", result["programmings"]), ("VMMs", result["vmms"])], header=("", ""))
+               ("programmings", result["programmings"]), ("VMMs", result["vmms"]),
+               ("cycles on record, busiest chip", max(result["cycles_on_record"].values(), default=0))],
+              header=("", ""))
     return result
 
 
 def _one_chip_per_tile(args, out, model, split, program, uris, deploy, open_chips) -> dict:
+    from labkit.deploy.endurance import check as check_endurance
     from labkit.nn import analog_layers
 
     recorded = [c for _, m in analog_layers(model) for c in m.tile_chips]
@@ -127,8 +130,10 @@ def _one_chip_per_tile(args, out, model, split, program, uris, deploy, open_chip
                     last[0] = done
                 accs.append(dep.evaluate(split.test, args.batch_size, progress=report))
         summary = dep.summary()
+        cycles = check_endurance([(t.backend, t.chip.state_path, 0) for t in dep.tiles], None)
     return {"accuracy": sum(accs) / len(accs), "passes": accs, "chips": summary.pop("chips"),
-            "programming": summary, "programmings": len(uris), "vmms": dep.vmm_count, "run_id": None}
+            "programming": summary, "programmings": len(uris), "vmms": dep.vmm_count, "run_id": None,
+            "cycles_on_record": cycles}
 
 
 def _multiplexed(args, out, model, split, program, uris, store, multiplex, open_chips, n) -> dict:
@@ -184,6 +189,7 @@ def _multiplexed(args, out, model, split, program, uris, store, multiplex, open_
             result = {"accuracy": sum(accs) / len(accs), "passes": accs, "chips": [log.chip_id for log in pool.logs],
                       "programmings": sum(log.programmings for log in pool.logs),
                       "reused_tiles": journal.reused, "per_chip": logs,
-                      "vmms": sum(log.vmms for log in pool.logs), "run_id": run.id}
+                      "vmms": sum(log.vmms for log in pool.logs), "run_id": run.id,
+                      "cycles_on_record": pool.check_endurance({}, None)}  # this process's chips
             run.put_result({k: v for k, v in result.items() if k != "per_chip"})
     return result
