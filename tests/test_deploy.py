@@ -133,7 +133,8 @@ def test_deploy_cli_reports_accuracy_on_chips_and_refuses_too_few(tmp_path, caps
     assert cli(["train", "--model", "mlp", "--mode", "ideal", "--epochs", "3", "--subset", "200",
                 "--save", str(ck), "--json"]) == 0
     capsys.readouterr()
-    assert cli(["deploy", "--backend", "sim://?seed=40", str(ck), "--subset", "100", "--reads", "2", "--json"]) == 0
+    assert cli(["deploy", "--backend", "sim://?seed=40", str(ck), "--subset", "100", "--reads", "2", "--json",
+                "--state-dir", str(tmp_path)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["model"], out["mode"], out["samples"], out["tiles"], out["reads"]) == ("mlp", "ideal", 100, 8, 2)
     assert 0.0 <= out["accuracy"] <= 1.0

@@ -239,3 +239,35 @@ def test_a_reduced_vgg_runs_on_one_chip(tmp_path):
     assert one.shape == (4, 10) and torch.isfinite(one).all()
     scale = float(per_tile.abs().mean())
     assert float((one - per_tile).abs().mean()) < 0.05 * scale
+
+
+def test_deploy_refuses_a_run_over_the_endurance_budget_before_any_pulse(tmp_path, mlp_checkpoint, capsys):
+    """Each chip's programmings go to its chip-state file in --state-dir; a run that would take
+    a chip past --endurance (cycles on record plus this run's) stops with one line."""
+    import json
+
+    from labkit.cli import main
+    from labkit.deploy.endurance import state_path
+    from labkit.program import ChipState
+
+    argv = ["deploy", str(mlp_checkpoint), "--backend", "sim://?seed=70&preset=quiet", "--chips", "2",
+            "--subset", "40", "--out", str(tmp_path / "runs.sqlite"), "--json"]
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    ids = first["chips"]
+    files = [state_path(tmp_path, c) for c in ids]  # default: the run store's folder
+    used = [ChipState.load(f).cycles_used for f in files]
+    assert first["cycles_on_record"] == dict(zip(ids, used))
+    assert min(used) >= 4  # 8 tiles on 2 chips: 4 programmings each
+    before = [f.read_bytes() for f in files]
+    budget = max(used) + 4 - 1
+    assert main(argv + ["--endurance", str(budget)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    line = [e for e in err if "endurance budget" in e]
+    assert len(line) == 1 and "Traceback" not in "".join(err), err
+    chip = ids[used.index(max(used))]
+    assert f"chip {chip}: {max(used):,} erase-and-program cycles used" in line[0]
+    assert f"needs 4 more; the endurance budget is {budget:,} cycles" in line[0]
+    assert [f.read_bytes() for f in files] == before  # nothing programmed
+    assert main(argv + ["--endurance", str(budget + 1), "--state-dir", str(tmp_path / "none")]) == 2
+    assert "--state-dir" in capsys.readouterr().err

@@ -12,6 +12,11 @@ backward). A column's charge is read as ``(t(0) - t(x)) / g`` with the tile's re
 gain ``g`` (nominal ``1/I_ref``, or the chip's calibrated gain when the network was
 trained on its calibration), and a signed output is the difference of its column pair.
 
+With ``state_dir`` every programming goes to the chip's chip-state file there
+(``chipstate-CHIPID.json``: its erase and program cycles over the chip's life on
+record); with ``endurance`` a deployment or reprogramming that would take a chip past
+that many cycles is refused before any pulse (:mod:`labkit.deploy.endurance`).
+
 Chips (:func:`open_chips`): ``sim://?seed=N&...`` gives one emulated chip per tile,
 seeds N, N+1, ... (other options kept); a comma-separated list of URIs (e.g. several
 ``station:`` files) gives exactly those chips, and too few is a ValueError before
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -30,6 +36,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from labkit.backend import chip_uris, open_chips
+from labkit.deploy.endurance import check as check_endurance
+from labkit.deploy.endurance import check_budget, state_path
 from labkit.errors import FitDivergedError
 from labkit.nn import ChipTile, ChipTiles, InLoopTiles, TileParams, analog_layers, with_tiles
 from labkit.program import ProgramConfig
@@ -103,9 +111,10 @@ class Deployment:
     time; 1 is the chip's single-shot accuracy).
     """
 
-    def __init__(self, model: nn.Module, tiles: list[TileDeployment], reads: int = 1):
+    def __init__(self, model: nn.Module, tiles: list[TileDeployment], reads: int = 1, endurance: int | None = None):
         self.model, self.tiles = model, tiles
         self.reads = reads
+        self.endurance = check_budget(endurance)  # cycles a chip may reach (None: no limit)
         grids = {}
         for name, layer in analog_layers(model):
             grid = [[None] * layer.col_tiles for _ in range(layer.row_tiles)]
@@ -154,8 +163,10 @@ class Deployment:
 
     def reprogram(self, program: ProgramConfig | None = None, progress: ProgressFn | None = None) -> dict:
         """Program the model's current weights onto the same chips again (after training
-        updates; the baselines are measured again). Returns :meth:`summary`."""
+        updates; the baselines are measured again). Returns :meth:`summary`. EnduranceError
+        first if a chip would pass :attr:`endurance` (one cycle each)."""
         layers = dict(analog_layers(self.model))
+        check_endurance([(t.backend, t.chip.state_path, 1) for t in self.tiles], self.endurance)
         for i, t in enumerate(self.tiles):
             t.chip.program = program or ProgramConfig()
             t.chip.set_weights(layers[t.layer].tile_weights(pad=np.nan)[t.row_tile, t.col_tile])
@@ -178,11 +189,15 @@ class Deployment:
 
 
 def deploy(model: nn.Module, backends: Sequence, program: ProgramConfig | None = None,
-           progress: ProgressFn | None = None, baseline_repeats: int = 32, reads: int = 1) -> Deployment:
+           progress: ProgressFn | None = None, baseline_repeats: int = 32, reads: int = 1,
+           state_dir: str | Path | None = None, endurance: int | None = None) -> Deployment:
     """Program every tile of the analog network ``model`` onto ``backends`` (one per tile,
     in tile-plan order) and measure the baselines. ValueError, before programming, if
     there are too few backends, one does not fit the network's operating point, or
-    ``reads`` (VMMs averaged per input, see :class:`Deployment`) is not a whole number >= 1."""
+    ``reads`` (VMMs averaged per input, see :class:`Deployment`) is not a whole number >= 1;
+    EnduranceError if a chip's cycles on record in ``state_dir`` plus this programming
+    would exceed ``endurance`` (see the module docstring)."""
+    budget = check_budget(endurance)
     layers = analog_layers(model)
     if not layers:
         raise ValueError("the model has no analog layers; convert it first (labkit.nn.convert)")
@@ -203,10 +218,13 @@ def deploy(model: nn.Module, backends: Sequence, program: ProgramConfig | None =
                 if tp.chip_id == b.identity.chip_id:
                     chip.use_readout(tp)
                 chip.configure()  # validation first, on every chip
+                if state_dir is not None:
+                    chip.state_path = state_path(state_dir, chip.chip_id)
                 tiles.append(TileDeployment(name, len(tiles), r, c, chip))
+    check_endurance([(t.backend, t.chip.state_path, 1) for t in tiles], budget)
     for t in tiles:
         layer = dict(layers)[t.layer]
         t.chip.set_weights(layer.tile_weights(pad=np.nan)[t.row_tile, t.col_tile])
         if progress is not None:
             progress(t.index + 1, n, t.chip_id)
-    return Deployment(model, tiles, reads=reads)
+    return Deployment(model, tiles, reads=reads, endurance=budget)

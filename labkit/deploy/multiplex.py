@@ -15,6 +15,10 @@ sums are committed as soon as they are measured, keyed by layer, tile and a dige
 the tile's inputs. A resumed deployment reuses every finished tile whose inputs are the
 same and never programs it again; it never mixes partial sums of two programmings,
 because a tile is only recorded complete, with its own outputs.
+
+Endurance: with :meth:`ChipPool.record_in` each chip's programmings go to its
+chip-state file, and ``multiplexed(..., endurance=N)`` (or :meth:`ChipPool.check_endurance`
+for several passes) refuses up front a pass that would take a chip past N cycles.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from labkit.deploy import endurance as wear
 from labkit.nn import ChipTile, analog_layers, with_tiles
 
 ProgressFn = Callable[[int, int, str], None]
@@ -122,6 +127,36 @@ class ChipPool:
         rank, world = dist.get_rank(), dist.get_world_size()
         return cls({k: make_chip(k) for k in range(rank, size, world)}, size, group=dist.group.WORLD)
 
+    def record_in(self, folder) -> None:
+        """Every programming of this process's chips goes to the chip's chip-state file
+        in ``folder`` (``chipstate-CHIPID.json``; see :mod:`labkit.deploy.endurance`)."""
+        for tile in self.chips:
+            tile.state_path = wear.state_path(folder, tile.chip_id)
+
+    def check_endurance(self, needs: dict[int, int], budget) -> dict[str, int]:
+        """Cycles on record per chip id of this process's chips; EnduranceError if chip
+        ``k`` would pass ``budget`` with ``needs[k]`` more cycles. Under a group every
+        process raises when any one refuses (so none waits on the others); an unreadable
+        or foreign chip-state file is refused the same way."""
+        refused: BaseException | None = None
+        used: dict[str, int] = {}
+        try:
+            used = wear.check([(self.local[k].backend, self.local[k].state_path, int(needs.get(k, 0)))
+                               for k in sorted(self.local)], budget)
+        except ValueError as exc:  # EnduranceError, or a UsageError about a chip-state file
+            refused = exc
+        if self.group is not None:
+            import torch.distributed as dist
+
+            flag = torch.tensor([0 if refused is None else 1])
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
+            if refused is None and int(flag) == 1:
+                refused = wear.EnduranceError("another process refused its chips (endurance budget or "
+                                              "chip-state file); nothing was programmed")
+        if refused is not None:
+            raise refused
+        return used
+
     def reduce(self, y: torch.Tensor) -> torch.Tensor:
         """Sum ``y`` over the processes of the group (identity in one process)."""
         if self.group is not None:
@@ -206,9 +241,23 @@ def placement(model: nn.Module, chips: int) -> list[int]:
     return [j % chips for j in range(tile_count(model))]
 
 
+def chip_needs(model: nn.Module, chips: int, passes: int = 1) -> dict[int, int]:
+    """Programmings (erase-and-program cycles) per chip ``k`` of ``chips`` for ``passes``
+    passes over the network (:func:`placement`)."""
+    needs = {k: 0 for k in range(chips)}
+    for k in placement(model, chips):
+        needs[k] += passes
+    return needs
+
+
 def multiplexed(model: nn.Module, pool: ChipPool, journal: Journal | None = None,
-                progress: Callable[[str], None] | None = None) -> nn.Module:
-    """``model`` built on the chips of ``pool``, time-multiplexed (parameters shared)."""
+                progress: Callable[[str], None] | None = None, endurance: int | None = None) -> nn.Module:
+    """``model`` built on the chips of ``pool``, time-multiplexed (parameters shared).
+    ``endurance``: EnduranceError now, before any pulse, if a pass would take a chip past
+    that many cycles (its chip-state file's, see :meth:`ChipPool.record_in`, plus its
+    tiles of the pass)."""
+    if endurance is not None:
+        pool.check_endurance(chip_needs(model, pool.size), endurance)
     first, offsets = 0, {}
     for name, layer in analog_layers(model):
         offsets[name], first = first, first + layer.n_tiles

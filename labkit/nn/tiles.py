@@ -136,6 +136,7 @@ class ChipTile:
         self.tdc_bow_lsb = 0.0  # INL bow taken out of every measured time (labkit.model.second_order)
         self.summary: dict = {}
         self.vmm_count = 0
+        self.state_path = None  # chip-state file set_weights writes (labkit.program.chipstate), or None
 
     def use_readout(self, params: TileParams) -> None:
         """Read times as the calibration ``params`` of this chip says: its gain per column
@@ -174,7 +175,7 @@ class ChipTile:
         window = WeightWindow.from_datasheet(b.datasheet, op.integration_time_s, g.rows, self.config.mapping.headroom)
         result, _, _ = program_weights(b, np.where(used, w, 0.0), window=window, clip=True,
                                        rows_used=int(used.any(axis=1).sum()), outputs_used=int(used.any(axis=0).sum()),
-                                       config=self.program or ProgramConfig())
+                                       config=self.program or ProgramConfig(), state_path=self.state_path)
         self.summary = result.summary()
         self.summary.pop("failed", None)
         st = b.settings

@@ -24,9 +24,13 @@ file loaded with an intent still set died during that operation, and :meth:`Chip
 marks the cells it names unknown whatever else the file says. Counts are never short:
 ``pulses`` and ``row_erases`` count every operation announced, and
 ``pulses_unconfirmed`` / ``row_erases_unconfirmed`` how many of them were in flight when
-a run died (so ``pulses - pulses_unconfirmed <= applied <= pulses``). ``erase_cycles`` and
-``program_cycles`` count row erases and program pulses over the chip's life on record
-(carried from one job to the next on the same chip). ``run_status`` is ``complete`` only
+a run died (so ``pulses - pulses_unconfirmed <= applied <= pulses``). The chip's life
+on record (carried from one record to the next on the same chip, in-flight counts
+included): ``row_erases`` / ``row_erases_unconfirmed`` per row, ``life_pulses`` /
+``life_pulses_unconfirmed`` per cell, and their totals ``erase_cycles`` / ``program_cycles``;
+the same bounds hold for each, so the confirmed part never claims more than was applied.
+A cell's erase-and-program cycles are the erases of its row; :attr:`ChipState.cycles_used`
+is the busiest row's (what an endurance budget is checked against). ``run_status`` is ``complete`` only
 after a final verify read of every cell. Currents are SI amperes; times are seconds
 since the epoch. The file is read strictly (labkit.program.statefile).
 """
@@ -35,7 +39,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -56,9 +62,14 @@ class ChipMismatchError(UsageError):
     """A chip-state file that belongs to another chip."""
 
 
+def state_file_name(chip_id: str) -> str:
+    """The default chip-state file name of a chip: ``chipstate-CHIPID.json`` (unsafe characters as ``_``)."""
+    return f"chipstate-{re.sub(r'[^A-Za-z0-9_.-]+', '_', chip_id)}.json"
+
+
 def _grid(a: np.ndarray) -> list:
     """Float grid -> nested lists with None for NaN (strict JSON)."""
-    return [[None if not np.isfinite(v) else float(v) for v in row] for row in np.asarray(a, dtype=float)]
+    return [[v if math.isfinite(v) else None for v in row] for row in np.asarray(a, dtype=float).tolist()]
 
 
 @dataclass
@@ -91,10 +102,17 @@ class ChipState:
     row_erases_unconfirmed: list = field(default_factory=list)
     erase_cycles: int = 0  # row erases over the chip's life on record
     program_cycles: int = 0  # program pulses over the chip's life on record
+    life_pulses: np.ndarray | None = None  # int grid: program pulses per cell over the chip's life on record
+    life_pulses_unconfirmed: np.ndarray | None = None  # int grid: of those, in flight when a run died
 
     def __post_init__(self):
+        shape = (self.rows, self.cols)
         if self.pulses_unconfirmed is None:
-            self.pulses_unconfirmed = np.zeros((self.rows, self.cols), dtype=int)
+            self.pulses_unconfirmed = np.zeros(shape, dtype=int)
+        if self.life_pulses is None:
+            self.life_pulses = np.zeros(shape, dtype=int)
+        if self.life_pulses_unconfirmed is None:
+            self.life_pulses_unconfirmed = np.zeros(shape, dtype=int)
         if not self.row_erases:
             self.row_erases = [0] * self.rows
         if not self.row_erases_unconfirmed:
@@ -109,10 +127,21 @@ class ChipState:
                    status=status, backend=identity.backend, firmware=identity.firmware, **kw)
 
     def carry_counters(self, earlier: "ChipState") -> None:
-        """Take over the chip's life counters (cycles, erases per row) from an earlier record."""
+        """Take over the chip's life counters (cycles, erases per row, pulses per cell, and
+        the in-flight part of each) from an earlier record of the same grid."""
         self.erase_cycles, self.program_cycles = earlier.erase_cycles, earlier.program_cycles
         if earlier.rows == self.rows:
             self.row_erases = list(earlier.row_erases)
+            self.row_erases_unconfirmed = list(earlier.row_erases_unconfirmed)
+        if (earlier.rows, earlier.cols) == (self.rows, self.cols):
+            self.life_pulses = np.array(earlier.life_pulses, dtype=int)
+            self.life_pulses_unconfirmed = np.array(earlier.life_pulses_unconfirmed, dtype=int)
+
+    @property
+    def cycles_used(self) -> int:
+        """Erase-and-program cycles of the busiest row over the chip's life on record
+        (row erases, in-flight ones included: never short)."""
+        return int(max(self.row_erases, default=0))
 
     # ---------------------------------------------------------------- queries
     def cells(self, status: str) -> np.ndarray:
@@ -160,6 +189,8 @@ class ChipState:
             "pulses_unconfirmed": np.asarray(self.pulses_unconfirmed, dtype=int).tolist(),
             "row_erases_unconfirmed": [int(x) for x in self.row_erases_unconfirmed],
             "erase_cycles": int(self.erase_cycles), "program_cycles": int(self.program_cycles),
+            "life_pulses": np.asarray(self.life_pulses, dtype=int).tolist(),
+            "life_pulses_unconfirmed": np.asarray(self.life_pulses_unconfirmed, dtype=int).tolist(),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -201,6 +232,12 @@ class ChipState:
                               shape, "int")
         if np.any(unconfirmed > pulses):
             raise UsageError("field 'pulses_unconfirmed' exceeds 'pulses'; expected at most the pulses counted")
+        zeros = np.zeros(shape, int).tolist()
+        life = sf.grid(d.get("life_pulses", zeros), "life_pulses", shape, "int")
+        life_unconfirmed = sf.grid(d.get("life_pulses_unconfirmed", zeros), "life_pulses_unconfirmed", shape, "int")
+        if np.any(life_unconfirmed > life):
+            raise UsageError("field 'life_pulses_unconfirmed' exceeds 'life_pulses'; expected at most the pulses "
+                             "counted")
         weights = d.get("weights")
         if weights is not None:
             weights = sf.grid(weights, "weights", (rows, None), "float", width_max=cols)
@@ -233,6 +270,7 @@ class ChipState:
                                                "row_erases_unconfirmed", rows),
             erase_cycles=sf.integer(d, "erase_cycles", default=0),
             program_cycles=sf.integer(d, "program_cycles", default=0),
+            life_pulses=life, life_pulses_unconfirmed=life_unconfirmed,
         )
         st.apply_intent()
         return st

@@ -207,6 +207,8 @@ class ProgramJob:
         rc = (self.cells[js, 0], self.cells[js, 1])
         self.pulses[js] += 1
         st.pulses_unconfirmed[rc] += 1
+        st.life_pulses[rc] += 1
+        st.life_pulses_unconfirmed[rc] += 1
         st.program_cycles += len(js)
         self.stale[js] = "pulsing"
         self.full_erased[js] = False
@@ -216,6 +218,7 @@ class ProgramJob:
         self.b.program_pulses(self.cells[js], volts, self.cfg.width_s)
         self.ops += 1
         st.pulses_unconfirmed[rc] -= 1
+        st.life_pulses_unconfirmed[rc] -= 1
         st.intent = None
 
     def _block_erase(self, rows: np.ndarray, notify: bool = True) -> np.ndarray:

@@ -304,14 +304,19 @@ class AdaptivePlanner:
         a = np.full(n, np.nan)
         p = np.full(n, np.nan)
         last_s = np.zeros(n)
-        for j in range(len(cell)):  # observations are few (<= pulses); plain loop is fine
+        # each cell's observations in time order; cells are independent, so the k-th
+        # observation of every cell is one vector step (the same arithmetic per cell)
+        nth = np.empty(len(cell), dtype=int)
+        nth[order] = np.arange(len(cell)) - np.searchsorted(c_o, c_o)
+        for k in range(int(nth.max(initial=-1)) + 1):
+            j = np.flatnonzero(nth == k)
             i = cell[j]
-            if np.isnan(a[i]):
+            if k == 0:
                 known = np.isfinite(self.a_init[i])
-                a[i] = self.a_init[i] if known else self.a_pop
-                p[i] = self.p_init[i] if known else self.var_pop
+                a[i] = np.where(known, self.a_init[i], self.a_pop)
+                p[i] = np.where(known, self.p_init[i], self.var_pop)
             else:
-                p[i] += (self.drift * last_s[i]) ** 2
+                p[i] += np.float_power(self.drift * last_s[i], 2.0)  # pow, as the scalar ** 2 (not x * x)
             kg = p[i] / (p[i] + r[j])
             a[i] += kg * (resid[j] - a[i])
             p[i] *= 1 - kg
@@ -331,12 +336,15 @@ class AdaptivePlanner:
             self.known_pop = True
 
     def export(self) -> dict:
-        shape = tuple(self.cells.max(axis=0) + 1) if len(self.cells) else (0, 0)
-        grid = np.full(shape, np.nan)
-        grid[self.cells[:, 0], self.cells[:, 1]] = self.a
+        cached = getattr(self, "_a_export", None)
+        if cached is None or cached[0] is not self.a:  # self.a is replaced, never changed in place, once started
+            shape = tuple(self.cells.max(axis=0) + 1) if len(self.cells) else (0, 0)
+            grid = np.full(shape, np.nan)
+            grid[self.cells[:, 0], self.cells[:, 1]] = self.a
+            cached = self._a_export = (self.a, [[x if math.isfinite(x) else None for x in row] for row in grid.tolist()])
         return {"planner": self.name, "b": self.b, "c": self.c, "delta": self.delta, "a_pop": self.a_pop,
                 "var_pop": self.var_pop, "sigma_m": self.sigma_m, "granule": self.granule, "v_ref": self.v_ref,
-                "a": [[None if not np.isfinite(x) else float(x) for x in row] for row in grid]}
+                "a": [list(row) for row in cached[1]]}
 
 
 PLANNERS: dict[str, Callable[[], Planner]] = {"adaptive": AdaptivePlanner, "ispp": IsppPlanner}

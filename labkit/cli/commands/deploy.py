@@ -10,7 +10,10 @@ layer by layer, each chip takes a tile, runs every input that tile needs, and ta
 next; the partial sums go to the run store as they are measured, so an interrupted run
 resumes with ``--resume RUN`` without programming a finished tile again. Before
 anything is programmed the command states the bench time, the reprogrammings and the
-erase-and-program cycles per chip, and refuses a run over ``--endurance``.
+erase-and-program cycles per chip. Every programming goes to the chip's chip-state file
+in ``--state-dir`` (default: the run store's folder; ``chipstate-CHIPID.json``, as
+``labkit program`` writes), and a run that would take a chip past ``--endurance``
+cycles (those on record plus this run's) is refused before any pulse.
 """
 
 from __future__ import annotations
@@ -41,7 +44,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--resume", type=options.count(1, 2**62, "a run id"), default=None, metavar="RUN",
                         help="resume the interrupted time-multiplexed deployment RUN of the run store")
     parser.add_argument("--endurance", type=options.count(1, 10**7, "a number of cycles"), default=10_000,
-                        metavar="CYCLES", help="erase-and-program cycles a chip may take in this run (default 10000)")
+                        metavar="CYCLES", help="erase-and-program cycles a chip may reach, those on record in its "
+                                               "chip-state file included (default 10000)")
+    parser.add_argument("--state-dir", metavar="DIR", default=None,
+                        help="folder of the chips' chip-state files (default: the run store's folder)")
 
 
 def run(args, out) -> dict:
@@ -69,9 +75,10 @@ def run(args, out) -> dict:
     k = args.chips or chips_named(args.backend) or n
     uris = chip_uris(args.backend, min(k, n))  # too few chips named: error before anything opens
     plan = estimate(multiplex.tile_inputs(model, split.test), len(uris), args.reads * args.passes)
-    if plan.cycles_per_chip * args.passes > args.endurance:
-        raise ValueError(f"this deployment takes {plan.cycles_per_chip * args.passes} erase-and-program cycles on a "
-                         f"chip; --endurance {args.endurance} allows fewer (more chips, or raise --endurance)")
+    args.state_dir = Path(args.state_dir) if args.state_dir else (Path(args.out) if args.out else
+                                                                  default_store_path()).parent
+    if not args.state_dir.is_dir():
+        raise ValueError(f"--state-dir {args.state_dir} is not a folder; expected an existing folder")
     if args.resume is not None and len(uris) >= n:
         raise ValueError(f"--resume {args.resume}: {n} tiles on {len(uris)} chips is not time-multiplexed; "
                          "there is nothing to resume (run it again)")
@@ -93,11 +100,14 @@ def run(args, out) -> dict:
         return None
     out.table([("model", ck.model_name), ("mode", ck.mode), ("tiles / chips", f"{n} / {len(uris)}"),
                ("accuracy on chips", f"{result['accuracy']:.4f}"), ("test samples", len(split.test)),
-               ("programmings", result["programmings"]), ("VMMs", result["vmms"])], header=("", ""))
+               ("programmings", result["programmings"]), ("VMMs", result["vmms"]),
+               ("cycles on record, busiest chip", max(result["cycles_on_record"].values(), default=0))],
+              header=("", ""))
     return result
 
 
 def _one_chip_per_tile(args, out, model, split, program, uris, deploy, open_chips) -> dict:
+    from labkit.deploy.endurance import check as check_endurance
     from labkit.nn import analog_layers
 
     recorded = [c for _, m in analog_layers(model) for c in m.tile_chips]
@@ -108,7 +118,8 @@ def _one_chip_per_tile(args, out, model, split, program, uris, deploy, open_chip
             out.info("note: the network was trained on the calibrations of other chips "
                      f"({trained_on[0]}, ...) than these ({ids[0]}, ...)")
         with out.progress("programming tiles", len(uris)) as bar:
-            dep = deploy(model, chips, program, progress=lambda i, total, chip: bar.advance(1, chip), reads=args.reads)
+            dep = deploy(model, chips, program, progress=lambda i, total, chip: bar.advance(1, chip), reads=args.reads,
+                         state_dir=args.state_dir, endurance=args.endurance)
         accs = []
         for p in range(args.passes):
             with out.progress(f"inference pass {p + 1}", len(split.test)) as bar:
@@ -119,8 +130,10 @@ def _one_chip_per_tile(args, out, model, split, program, uris, deploy, open_chip
                     last[0] = done
                 accs.append(dep.evaluate(split.test, args.batch_size, progress=report))
         summary = dep.summary()
+        cycles = check_endurance([(t.backend, t.chip.state_path, 0) for t in dep.tiles], None)
     return {"accuracy": sum(accs) / len(accs), "passes": accs, "chips": summary.pop("chips"),
-            "programming": summary, "programmings": len(uris), "vmms": dep.vmm_count, "run_id": None}
+            "programming": summary, "programmings": len(uris), "vmms": dep.vmm_count, "run_id": None,
+            "cycles_on_record": cycles}
 
 
 def _multiplexed(args, out, model, split, program, uris, store, multiplex, open_chips, n) -> dict:
@@ -152,6 +165,10 @@ def _multiplexed(args, out, model, split, program, uris, store, multiplex, open_
 
         pool = multiplex.ChipPool.distributed(chip, K) if distributed else multiplex.ChipPool([chip(k) for k in range(K)])
         multiplex.use_chip_readout(pool.local, model, {k: b.identity.chip_id for k, b in backends.items()}, K)
+        pool.record_in(args.state_dir)
+        used = pool.check_endurance(multiplex.chip_needs(model, K, args.passes), args.endurance)
+        out.info(f"chip-state files in {args.state_dir}: at most {max(used.values(), default=0):,} cycles on record "
+                 f"per chip, endurance {args.endurance:,}")
         with store.run("deploy", backend_uri=args.backend, chip_id=",".join(b.identity.chip_id for b in backends.values()),
                        seeds={"data": args.seed}) as run:
             run.put_result({"checkpoint": str(args.checkpoint), "chips": K, "tiles": n,
@@ -169,6 +186,7 @@ def _multiplexed(args, out, model, split, program, uris, store, multiplex, open_
             result = {"accuracy": sum(accs) / len(accs), "passes": accs, "chips": [log.chip_id for log in pool.logs],
                       "programmings": sum(log.programmings for log in pool.logs),
                       "reused_tiles": journal.reused, "per_chip": logs,
-                      "vmms": sum(log.vmms for log in pool.logs), "run_id": run.id}
+                      "vmms": sum(log.vmms for log in pool.logs), "run_id": run.id,
+                      "cycles_on_record": pool.check_endurance({}, None)}  # this process's chips
             run.put_result({k: v for k, v in result.items() if k != "per_chip"})
     return result

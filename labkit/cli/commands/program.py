@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import re
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from labkit.errors import UsageError
 from labkit.program import (MAX_PULSES, PLANNERS, SCHEMES, ChipState, FailedCellsError, ProgramConfig, WeightWindow,
                             check_recipe, check_state_path, load_weights, make_planner, plan_weights, precision,
                             program_weights, refresh, weight_errors)
+from labkit.program.chipstate import state_file_name
 from labkit.store import RunStore
 
 HELP = "program signed weights onto the array (program-and-verify), or --refresh a programmed chip"
@@ -52,7 +52,7 @@ def add_arguments(parser) -> None:
 
 
 def default_state_path(chip_id: str) -> Path:
-    return Path(f"chipstate-{re.sub(r'[^A-Za-z0-9_.-]+', '_', chip_id)}.json")
+    return Path(state_file_name(chip_id))
 
 
 def run(args, out) -> dict:
