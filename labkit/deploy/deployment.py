@@ -21,6 +21,7 @@ anything is programmed.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -106,15 +107,24 @@ class Deployment:
     def __init__(self, model: nn.Module, tiles: list[TileDeployment], reads: int = 1):
         self.model, self.tiles = model, tiles
         self.reads = reads
+        self.clock_s = 0.0  # deployment time (s): virtual-clock advances (advance_time_s)
+        self.programmed_at_s = [0.0] * len(tiles)  # per tile, on that clock
+        self.programmed_at = [time.time()] * len(tiles)  # per tile, seconds since the epoch
+        self.temperature_log: list = []  # BatchRecord per tile and batch, once compensate() is called
+        self._wrapped: dict = {}
+        self._build({})
+
+    def _build(self, wrapped: dict) -> None:
+        self._wrapped = wrapped
         grids = {}
-        for name, layer in analog_layers(model):
+        for name, layer in analog_layers(self.model):
             grid = [[None] * layer.col_tiles for _ in range(layer.row_tiles)]
-            for t in tiles:
+            for t in self.tiles:
                 if t.layer == name:
-                    grid[t.row_tile][t.col_tile] = t.chip
+                    grid[t.row_tile][t.col_tile] = wrapped.get(t.index, t.chip)
             grids[name] = ChipTiles(grid)
-        self.network = with_tiles(model, lambda name, layer: grids[name])
-        self.in_loop = with_tiles(model, lambda name, layer: InLoopTiles(grids[name]))
+        self.network = with_tiles(self.model, lambda name, layer: grids[name])
+        self.in_loop = with_tiles(self.model, lambda name, layer: InLoopTiles(grids[name]))
 
     @property
     def reads(self) -> int:
@@ -151,6 +161,71 @@ class Deployment:
         if total == 0:
             raise ValueError("evaluate: the data set is empty")
         return correct / total
+
+    # ------------------------------------------------------------ temperature and time
+    def used_cells(self, tile: TileDeployment) -> np.ndarray:
+        """(rows, cols) bool: the cells of ``tile`` its weights use (both branches)."""
+        w = dict(analog_layers(self.model))[tile.layer].tile_weights(pad=np.nan)[tile.row_tile, tile.col_tile]
+        g = tile.backend.geometry
+        used = np.zeros((g.rows, g.cols), bool)
+        rows = np.isfinite(w).any(axis=1)
+        for k, (p, m) in enumerate(g.pairs):
+            if np.isfinite(w[:, k]).any():
+                used[rows, p] = used[rows, m] = True
+        return used
+
+    def compensate(self, method: str, calibrations=None, retention=None) -> None:
+        """Wrap every chip tile in a :class:`labkit.deploy.temperature.CompensatedTile`
+        (``method`` ``off`` or ``read-voltage``); ``calibrations`` and ``retention``:
+        dicts chip id -> TemperatureCalibration / RetentionModel. Batches are recorded
+        in :attr:`temperature_log`; the network is not reprogrammed."""
+        from labkit.deploy.temperature import CompensatedTile, check_method
+
+        check_method(method)
+        calibrations, retention = calibrations or {}, retention or {}
+        if method != "off":
+            missing = [t.chip_id for t in self.tiles if t.chip_id not in calibrations]
+            if missing:
+                raise ValueError(f"no temperature calibration for chip {missing[0]}; expected one per chip")
+        wrapped = {}
+        for t in self.tiles:
+            wrapped[t.index] = CompensatedTile(t.chip, method, calibrations.get(t.chip_id), retention.get(t.chip_id),
+                                               self.used_cells(t), clock=lambda: self.clock_s, log=self.temperature_log)
+            wrapped[t.index].programmed_at_s = self.programmed_at_s[t.index]
+        self._build({i: w for i, w in wrapped.items()})
+
+    def set_temperature_k(self, kelvin: float) -> None:
+        """Regulate every chip at ``kelvin`` (K) through its TemperatureControl (the
+        envelope's guard refuses a temperature outside it)."""
+        from labkit.backend import TemperatureControl
+
+        for t in self.tiles:
+            ctl = t.backend.capability(TemperatureControl)
+            if ctl is None:
+                raise ValueError(f"chip {t.chip_id} has no temperature controller")
+            ctl.set_temperature_k(kelvin)
+
+    def advance_time_s(self, seconds: float) -> None:
+        """Let ``seconds`` (s) pass on every chip's virtual clock and the deployment's."""
+        from labkit.backend import VirtualClock
+
+        clocks = [t.backend.capability(VirtualClock) for t in self.tiles]
+        if any(c is None for c in clocks):
+            raise ValueError("advance_time_s needs a virtual clock on every chip (emulated chips)")
+        for c in clocks:
+            c.advance_time_s(seconds)
+        self.clock_s += float(seconds)
+
+    def refresh_tile(self, index: int, program: ProgramConfig | None = None) -> dict:
+        """Program tile ``index``'s weights again (a refresh, at the present temperature);
+        its programming time becomes now. Returns the programming summary."""
+        t = self.tiles[index]
+        if program is not None:
+            t.chip.program = program
+        w = dict(analog_layers(self.model))[t.layer].tile_weights(pad=np.nan)[t.row_tile, t.col_tile]
+        self.programmed_at_s[index] = self.clock_s
+        self.programmed_at[index] = time.time()
+        return self._wrapped.get(index, t.chip).set_weights(w)
 
     def reprogram(self, program: ProgramConfig | None = None, progress: ProgressFn | None = None) -> dict:
         """Program the model's current weights onto the same chips again (after training
