@@ -34,6 +34,7 @@ from labkit.backend import chip_uris, open_chips
 from labkit.errors import FitDivergedError
 from labkit.nn import ChipTile, ChipTiles, InLoopTiles, TileParams, analog_layers, with_tiles
 from labkit.program import ProgramConfig
+from labkit.deploy.temperature import programmed_state
 
 __all__ = ["chip_uris", "open_chips", "calibrate_tile", "TileDeployment", "Deployment", "deploy"]
 
@@ -111,6 +112,7 @@ class Deployment:
         self.programmed_at_s = [0.0] * len(tiles)  # per tile, on that clock
         self.programmed_at = [time.time()] * len(tiles)  # per tile, seconds since the epoch
         self.temperature_log: list = []  # BatchRecord per tile and batch, once compensate() is called
+        self.programmed: list = [None] * len(tiles)  # per tile: labkit.deploy.temperature.programmed_state
         self._wrapped: dict = {}
         self._build({})
 
@@ -163,9 +165,13 @@ class Deployment:
         return correct / total
 
     # ------------------------------------------------------------ temperature and time
+    def tile_weights(self, tile: TileDeployment) -> np.ndarray:
+        """The normalized weights (rows, outputs; NaN: unused) programmed onto ``tile``."""
+        return dict(analog_layers(self.model))[tile.layer].tile_weights(pad=np.nan)[tile.row_tile, tile.col_tile]
+
     def used_cells(self, tile: TileDeployment) -> np.ndarray:
         """(rows, cols) bool: the cells of ``tile`` its weights use (both branches)."""
-        w = dict(analog_layers(self.model))[tile.layer].tile_weights(pad=np.nan)[tile.row_tile, tile.col_tile]
+        w = self.tile_weights(tile)
         g = tile.backend.geometry
         used = np.zeros((g.rows, g.cols), bool)
         rows = np.isfinite(w).any(axis=1)
@@ -174,10 +180,11 @@ class Deployment:
                 used[rows, p] = used[rows, m] = True
         return used
 
-    def compensate(self, method: str, calibrations=None, retention=None) -> None:
+    def compensate(self, method: str, calibrations=None, retention=None, design_age_s: float | None = None) -> None:
         """Wrap every chip tile in a :class:`labkit.deploy.temperature.CompensatedTile`
         (``method`` ``off`` or ``read-voltage``); ``calibrations`` and ``retention``:
-        dicts chip id -> TemperatureCalibration / RetentionModel. Batches are recorded
+        dicts chip id -> TemperatureCalibration / RetentionModel; ``design_age_s`` (s):
+        tiles programmed from now on (refreshes) are drift-aware for that age. Batches are recorded
         in :attr:`temperature_log`; the network is not reprogrammed."""
         from labkit.deploy.temperature import CompensatedTile, check_method
 
@@ -189,10 +196,15 @@ class Deployment:
                 raise ValueError(f"no temperature calibration for chip {missing[0]}; expected one per chip")
         wrapped = {}
         for t in self.tiles:
+            old = self._wrapped.get(t.index)
+            state = self.programmed[t.index] if old is None else old.state()
+            if state is None:
+                raise ValueError(f"tile {t.index} on chip {t.chip_id} has no record of its programmed state")
             wrapped[t.index] = CompensatedTile(t.chip, method, calibrations.get(t.chip_id), retention.get(t.chip_id),
-                                               self.used_cells(t), clock=lambda: self.clock_s, log=self.temperature_log)
-            wrapped[t.index].programmed_at_s = self.programmed_at_s[t.index]
-        self._build({i: w for i, w in wrapped.items()})
+                                               self.used_cells(t), clock=lambda: self.clock_s, log=self.temperature_log,
+                                               programmed=state, weights=self.tile_weights(t),
+                                               design_age_s=design_age_s)
+        self._build(wrapped)
 
     def set_temperature_k(self, kelvin: float) -> None:
         """Regulate every chip at ``kelvin`` (K) through its TemperatureControl (the
@@ -222,10 +234,17 @@ class Deployment:
         t = self.tiles[index]
         if program is not None:
             t.chip.program = program
-        w = dict(analog_layers(self.model))[t.layer].tile_weights(pad=np.nan)[t.row_tile, t.col_tile]
+        w = self.tile_weights(t)
         self.programmed_at_s[index] = self.clock_s
         self.programmed_at[index] = time.time()
-        return self._wrapped.get(index, t.chip).set_weights(w)
+        wrapped = self._wrapped.get(index)
+        if wrapped is None:
+            summary = t.chip.set_weights(w)
+            self.programmed[index] = programmed_state(t.chip, self.clock_s)
+            return summary
+        summary = wrapped.set_weights(w)
+        self.programmed[index] = wrapped.state()
+        return summary
 
     def reprogram(self, program: ProgramConfig | None = None, progress: ProgressFn | None = None) -> dict:
         """Program the model's current weights onto the same chips again (after training
@@ -278,9 +297,13 @@ def deploy(model: nn.Module, backends: Sequence, program: ProgramConfig | None =
                 chip = ChipTile(b, layer.config, program or ProgramConfig(), baseline_repeats, reads, gain_s_per_c=gain)
                 chip.configure()  # validation first, on every chip
                 tiles.append(TileDeployment(name, len(tiles), r, c, chip))
+    states = []
     for t in tiles:
         layer = dict(layers)[t.layer]
         t.chip.set_weights(layer.tile_weights(pad=np.nan)[t.row_tile, t.col_tile])
+        states.append(programmed_state(t.chip))
         if progress is not None:
             progress(t.index + 1, n, t.chip_id)
-    return Deployment(model, tiles, reads=reads)
+    dep = Deployment(model, tiles, reads=reads)
+    dep.programmed = states
+    return dep

@@ -145,11 +145,12 @@ class RefreshPlan:
 
 
 def residual_error(model: RetentionModel, currents_a: np.ndarray, used: np.ndarray, age_s: float,
-                   kelvin: float) -> tuple[float, np.ndarray]:
+                   kelvin: float, offset=0.0) -> tuple[float, np.ndarray]:
     """(rms, per-cell) relative current error of ``used`` cells after ``age_s`` at
-    ``kelvin``, once each column's readout gain takes its mean (current-weighted) drift."""
+    ``kelvin``, once each column's readout gain takes its mean (current-weighted) drift.
+    ``offset`` (ln, rows x cols): a drift-aware pre-distortion programmed into the cells."""
     i0 = np.where(used, currents_a, 0.0)
-    now = i0 * np.exp(model.log_drift(age_s, kelvin))
+    now = i0 * np.exp(model.log_drift(age_s, kelvin) + offset)
     scale = np.sum(i0, axis=0) / np.maximum(np.sum(now, axis=0), 1e-30)
     rel = np.where(used, now * scale[None, :] / np.maximum(i0, 1e-30) - 1.0, 0.0)
     n = max(int(used.sum()), 1)
@@ -157,10 +158,12 @@ def residual_error(model: RetentionModel, currents_a: np.ndarray, used: np.ndarr
 
 
 def refresh_plan(model: RetentionModel, currents_a, kelvin: float, tolerance: float, age_now_s: float = 0.0,
-                 pulses_per_cell: float = 10.0, used=None, chip_id: str = "") -> RefreshPlan:
-    """Predict when the programmed ``currents_a`` (A, rows x cols; NaN: unused) leave
-    ``tolerance`` (rms relative current error after a per-column gain) at ``kelvin`` (K),
-    and the cost of refreshing then (``pulses_per_cell`` from the last programming)."""
+                 pulses_per_cell: float = 10.0, used=None, chip_id: str = "", offset=0.0) -> RefreshPlan:
+    """Predict when the intended ``currents_a`` (A, rows x cols; NaN: unused) leave
+    ``tolerance`` (rms relative current error after a per-column gain) at ``kelvin`` (K):
+    the first age past the smallest error where it exceeds ``tolerance`` (``offset``: the
+    ln pre-distortion of a drift-aware programming), and the cost of refreshing then
+    (``pulses_per_cell`` from the last programming)."""
     i0 = np.asarray(currents_a, dtype=float)
     if i0.shape != model.per_decade.shape:
         raise UsageError(f"currents have shape {i0.shape}; the retention model is {model.per_decade.shape}")
@@ -171,14 +174,15 @@ def refresh_plan(model: RetentionModel, currents_a, kelvin: float, tolerance: fl
     used = np.isfinite(i0) if used is None else (used & np.isfinite(i0))
     i0 = np.where(used, i0, 0.0)
     ages = np.logspace(0, np.log10(100 * YEAR_S), 400)
-    errs = np.array([residual_error(model, i0, used, a, kelvin)[0] for a in ages])
-    over = np.flatnonzero(errs > tolerance)
+    errs = np.array([residual_error(model, i0, used, a, kelvin, offset)[0] for a in ages])
+    best = int(np.argmin(errs))
+    over = best + np.flatnonzero(errs[best:] > tolerance)
     leave = float(ages[over[0]]) if len(over) else float("inf")
     at = leave if np.isfinite(leave) else ages[-1]
-    _, rel = residual_error(model, i0, used, at, kelvin)
+    _, rel = residual_error(model, i0, used, at, kelvin, offset)
     bad = used & (np.abs(rel) > tolerance)
     rows = np.flatnonzero(bad.any(axis=1))
     refresh_cells = int(used[rows].sum())  # a drifted cell is below target: its row is erased and redone
     return RefreshPlan(chip_id or model.chip_id, float(kelvin), float(tolerance), leave,
-                       residual_error(model, i0, used, age_now_s, kelvin)[0], float(age_now_s),
+                       residual_error(model, i0, used, age_now_s, kelvin, offset)[0], float(age_now_s),
                        refresh_cells, int(len(rows)), int(round(refresh_cells * pulses_per_cell)))
