@@ -48,7 +48,7 @@ __all__ = ["FORMAT", "CellLaw", "TemperatureCalibration", "OutOfRangeWarning", "
 FORMAT = "labkit.TemperatureCalibration/1"
 MAX_TEMPERATURES = 16
 MAX_BYTES = 64 * 2**20
-GATE_OFFSETS_V = (-0.02, 0.02)
+GATE_OFFSETS_V = (-0.08, -0.04, 0.0, 0.04)  # V: spans the shifts that hold the currents over 10-60 degC
 _FIXED = ("format", "n_tiles", "rows", "cols", "pairs", "eta_per_cell", "precharge_v", "threshold_v",
           "bitline_capacitance_f", "reference_current_a", "integration_time_s", "read_voltage_v", "input_bits",
           "tdc_bits", "tdc_lsb_s")
