@@ -113,25 +113,27 @@ class TemperatureCalibration:
         lo, hi = self.range_k
         return lo - margin_k <= float(kelvin) <= hi + margin_k
 
-    def check_range(self, kelvin: float) -> str | None:
-        """A one-line warning (also issued as :class:`OutOfRangeWarning`) when ``kelvin``
-        is outside the calibrated range, else None."""
+    def check_range(self, kelvin: float, warn: bool = True) -> str | None:
+        """A one-line warning (also issued as :class:`OutOfRangeWarning` with ``warn``)
+        when ``kelvin`` is outside the calibrated range, else None."""
         if self.in_range(kelvin):
             return None
         lo, hi = self.range_k
         text = (f"chip {self.chip_id} at {kelvin:.2f} K ({kelvin - 273.15:.1f} degC) is outside its calibrated "
                 f"range {lo:.2f}-{hi:.2f} K; the temperature model extrapolates")
-        warnings.warn(text, OutOfRangeWarning, stacklevel=2)
+        if warn:
+            warnings.warn(text, OutOfRangeWarning, stacklevel=2)
         return text
 
-    def at(self, kelvin: float) -> Calibration:
+    def at(self, kelvin: float, warn: bool = True) -> Calibration:
         """The calibration predicted at ``kelvin`` (K): model currents by the
         subthreshold law, every other model term linear in T, the read currents by the
         cell law."""
         kelvin = float(kelvin)
         if not np.isfinite(kelvin) or kelvin <= 0:
             raise UsageError(f"temperature {kelvin!r} K; expected a finite temperature > 0 K")
-        self.check_range(kelvin)
+        if warn:
+            self.check_range(kelvin)
         cals, T = self.calibrations, self.temperatures_k
         if len(cals) == 1:
             return cals[0]

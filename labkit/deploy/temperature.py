@@ -160,7 +160,10 @@ class CompensatedTile:
         cells = np.isfinite(plan.targets_a)
         col = np.array([drift[cells[:, j], j].mean() if cells[:, j].any() else 0.0 for j in range(drift.shape[1])])
         offset = np.where(cells, -(drift - col[None, :]), 0.0)
-        result = program_array(b, plan.targets_a * np.exp(offset), config=chip.program or ProgramConfig(),
+        lo, hi = b.datasheet.cell_current_range_a
+        targets = np.clip(plan.targets_a * np.exp(offset), lo, hi)  # NaN (cells left alone) stays NaN
+        offset = np.where(cells, np.log(targets / plan.targets_a), 0.0)
+        result = program_array(b, targets, config=chip.program or ProgramConfig(),
                                weights=plan.weights, window=plan.window.to_dict())
         chip.summary = result.summary()
         chip.summary.pop("failed", None)
@@ -182,8 +185,8 @@ class CompensatedTile:
         ratio = np.where(i0.sum(axis=0) > 0, now.sum(axis=0) / np.maximum(i0.sum(axis=0), 1e-30), 1.0)
         readout = 1.0
         if len(self.calibration.calibrations) > 1:
-            g_t = np.asarray(self.calibration.at(kelvin).model["gain_s_per_c"], dtype=float)
-            g_p = np.asarray(self.calibration.at(self.programmed_k).model["gain_s_per_c"], dtype=float)
+            g_t = np.asarray(self.calibration.at(kelvin, warn=False).model["gain_s_per_c"], dtype=float)
+            g_p = np.asarray(self.calibration.at(self.programmed_k, warn=False).model["gain_s_per_c"], dtype=float)
             readout = g_t / g_p
         return v, self.base_gain * ratio * readout
 
@@ -192,7 +195,7 @@ class CompensatedTile:
         b = self.backend
         kelvin = float(b.temperature_k() or self.programmed_k)
         age = max(float(self.clock()) - self.programmed_at_s, 0.0)
-        warning = self.calibration.check_range(kelvin) if self.calibration is not None else None
+        warning = self.calibration.check_range(kelvin, warn=False) if self.calibration is not None else None
         v = float(b.settings.read_voltage_v)
         if self.method == "reprogram" and abs(kelvin - self.programmed_k) > self.reprogram_k:
             summary = self.set_weights(self.weights)  # at the reference read voltage, then read-voltage from here
