@@ -199,3 +199,37 @@ def test_deploy_compensates_read_voltage_records_every_batch_and_warns_out_of_ra
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert cli(common + ["--temperature-compensation", "read-voltage"]) == 2
     assert "needs --temperature-calibration FILE" in capsys.readouterr().err
+
+
+def test_compensated_tile_holds_column_currents_after_a_year_hot_and_refuses_bad_methods():
+    from labkit.deploy.temperature import CompensatedTile, programmed_state
+    from labkit.nn import AnalogConfig, ChipTile
+
+    with labkit.open_backend("sim://?seed=25") as b:
+        tc = calibrate_temperatures(b, TEMPS, CFG)
+        model = characterize_retention(b)  # erases: before programming
+        chip = b.inner.chip
+        ctl = b.capability(TemperatureControl)
+        ctl.set_temperature_k(300.0)
+        tile = ChipTile(b, AnalogConfig())
+        tile.set_weights(np.random.default_rng(3).uniform(-1, 1, (16, 8)))
+        state = programmed_state(tile)
+        i0 = chip.currents().copy()
+        now = [0.0]
+        comp = CompensatedTile(tile, "read-voltage", tc, model, clock=lambda: now[0], programmed=state)
+        ctl.set_temperature_k(313.15)
+        b.capability(labkit.backend.VirtualClock).advance_time_s(365.25 * 86400)
+        now[0] = 365.25 * 86400
+        raw = chip.currents().sum(axis=0) / i0.sum(axis=0)
+        rec = comp.update()
+        held = chip.currents().sum(axis=0) / i0.sum(axis=0)  # at the shifted read voltage
+        predicted = tile.gain_s_per_c / state["gain_s_per_c"]
+        assert rec.age_s == now[0] and rec.temperature_k == pytest.approx(313.15) and rec.read_voltage_v != 1.8
+        assert np.max(np.abs(raw - 1)) > 0.3  # uncompensated: the columns carry far other currents
+        assert np.max(np.abs(held / predicted - 1)) < 0.03  # what the readout scale expects is what flows
+        with pytest.raises(UsageError, match="temperature compensation 'bogus'; expected one of off, read-voltage"):
+            CompensatedTile(tile, "bogus", tc, programmed=state)
+        with pytest.raises(UsageError, match="needs a temperature calibration with a cell law"):
+            CompensatedTile(tile, "read-voltage", None, programmed=state)
+        with pytest.raises(UsageError, match="design_age_s=-1 s needs a retention model and a finite age > 0 s"):
+            CompensatedTile(tile, "read-voltage", tc, model, design_age_s=-1, programmed=state)
