@@ -23,6 +23,7 @@ writes every figure. ``python experiments/temperature.py --seeds 100 200 300``
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -38,6 +39,8 @@ from labkit.deploy.deployment import deploy
 from labkit.nn import AnalogConfig, TileParams, TrainingNoise, tile_plan
 from labkit.program.retention import YEAR_S, characterize_retention, refresh_plan
 from labkit.train.networks import DEFAULTS, build, dataset_for
+from labkit.backend import TemperatureControl
+from labkit.train.temperature import temperature_augmentation
 from labkit.train.training import evaluate, hardware_aware, train
 
 T0_K = 300.15  # programming temperature (27 degC)
@@ -71,7 +74,6 @@ def run_seed(name: str, chip_seed: int, args) -> dict:
         for b in chips:
             tcals[b.identity.chip_id] = calibrate_temperatures(b, CAL_K, cfg)
             models[b.identity.chip_id] = characterize_retention(b)
-            from labkit.backend import TemperatureControl
             b.capability(TemperatureControl).set_temperature_k(T0_K)
         res["calibration_seconds"] = time.monotonic() - t0
         log(f"{name} chips {chip_seed}+: calibrated {n} chips at {CAL_K} K in {res['calibration_seconds']:.0f} s")
@@ -105,6 +107,23 @@ def run_seed(name: str, chip_seed: int, args) -> dict:
         res["read_voltages_v"] = {f"{r.temperature_k - 273.15:.0f}C": r.read_voltage_v for r in dep.temperature_log[-1::-n]}
         if not args.skip_retention:
             res["retention"] = run_retention(dep, chips, tcals, models, split, args)
+        if args.aware_epochs:  # temperature-aware fine-tuning, then read-voltage compensation alone
+            aware = copy.deepcopy(hw)
+            with temperature_augmentation(aware, (283.15, 333.15), T0_K, seed=args.seed):
+                train(aware, split.train, split.test, args.aware_epochs, lr=h["lr"], batch_size=d["batch_size"],
+                      seed=args.seed)
+            res["aware_software"] = evaluate(aware, split.test)
+            for c in chips:
+                c.capability(TemperatureControl).set_temperature_k(T0_K)
+            dep2 = deploy(aware, chips)
+            dep2.compensate("read-voltage", tcals)
+            accs = {}
+            for tc in TEMPS_C:
+                dep2.set_temperature_k(tc + 273.15)
+                accs[tc] = float(np.mean([dep2.evaluate(split.test) for _ in range(args.passes)]))
+            res["temperature_aware"] = accs
+            log(f"{name} temperature-aware + read-voltage (software {res['aware_software']:.4f}): "
+                + " ".join(f"{k}C {v:.4f}" for k, v in accs.items()))
     return res
 
 
@@ -166,6 +185,9 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--design-age", type=float, default=float(np.sqrt(3600.0 * YEAR_S)),
                    help="drift-aware programming: cells meet their targets at this age (s; default ~4 days, "
                         "the log-middle of 1 h and 1 year)")
+    p.add_argument("--aware-epochs", type=int, default=0,
+                   help="also fine-tune the network temperature-aware this many epochs and measure it with "
+                        "read-voltage compensation alone (0: not)")
     p.add_argument("--skip-retention", action="store_true", help="only the temperature table")
     p.add_argument("--seed", type=int, default=0, help="training and data seed")
     p.add_argument("--json", default=None)
@@ -187,6 +209,11 @@ def main(argv=None) -> list[dict]:
             a = [np.mean([r[f"temperature_{m}"][tc] for r in rs]) for m in ("off", "read-voltage", "reprogram")]
             print(f"{tc:5d} " + " ".join(f"{v:8.4f}" for v in a) + " "
                   + " ".join(f"{100 * (v - sw):8.2f} " for v in a))
+        if all("temperature_aware" in r for r in rs):
+            sa = np.mean([r["aware_software"] for r in rs])
+            print(f"temperature-aware training + read-voltage (software {sa:.4f}): " + " ".join(
+                f"{tc}C {np.mean([r['temperature_aware'][tc] for r in rs]):.4f} "
+                f"({100 * (np.mean([r['temperature_aware'][tc] for r in rs]) - sw):+.2f} pp)" for tc in TEMPS_C))
         print(f"reprogram: {np.mean([r['reprograms_reprogram'] for r in rs]):.1f} tile programmings per run over the "
               f"sweep, {np.mean([r['reprogram_pulses_reprogram'] for r in rs]):.0f} pulses")
         if args.skip_retention:

@@ -233,3 +233,30 @@ def test_compensated_tile_holds_column_currents_after_a_year_hot_and_refuses_bad
             CompensatedTile(tile, "read-voltage", None, programmed=state)
         with pytest.raises(UsageError, match="design_age_s=-1 s needs a retention model and a finite age > 0 s"):
             CompensatedTile(tile, "read-voltage", tc, model, design_age_s=-1, programmed=state)
+
+
+def test_temperature_augmentation_compresses_ratios_keeps_column_sums_and_only_while_training():
+    from labkit.nn import analog_layers
+    from labkit.train.networks import mlp_lowres
+    from labkit.train.temperature import compress, temperature_augmentation
+    from labkit.train.training import hardware_aware
+
+    q = torch.tensor([[[1.0, 4.0], [11.0, 2.0], [3.0, 8.0]]])
+    c = compress(q, 0.9)
+    assert torch.allclose(c.sum(dim=-2), q.sum(dim=-2))
+    assert (c[0, 1, 0] / c[0, 0, 0]) == pytest.approx(11.0**0.9, rel=1e-5)
+    assert torch.allclose(compress(q, 1.0), q)
+    ds = torch.utils.data.TensorDataset(torch.rand(64, 16), torch.randint(0, 10, (64,)))
+    net = hardware_aware(mlp_lowres(), ds, None)
+    layer = analog_layers(net)[0][1]
+    before = layer._currents_t().detach().clone()
+    with temperature_augmentation(net, (330.0, 333.0), 300.0):
+        net.train()
+        hot = layer._currents_t().detach()
+        net.eval()
+        assert torch.equal(layer._currents_t().detach(), before)
+    assert not torch.allclose(hot, before) and torch.allclose(hot.sum(dim=-2), before.sum(dim=-2), rtol=1e-5)
+    assert torch.equal(layer._currents_t().detach(), before)  # unwrapped after the block
+    with pytest.raises(UsageError, match="expected 0 < low < high"):
+        with temperature_augmentation(net, (330.0, 300.0)):
+            pass
