@@ -26,6 +26,7 @@ anything is programmed.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -41,6 +42,7 @@ from labkit.deploy.endurance import check_budget, state_path
 from labkit.errors import FitDivergedError
 from labkit.nn import ChipTile, ChipTiles, InLoopTiles, TileParams, analog_layers, with_tiles
 from labkit.program import ProgramConfig
+from labkit.deploy.temperature import programmed_state
 
 __all__ = ["chip_uris", "open_chips", "calibrate_tile", "TileDeployment", "Deployment", "deploy"]
 
@@ -115,15 +117,25 @@ class Deployment:
         self.model, self.tiles = model, tiles
         self.reads = reads
         self.endurance = check_budget(endurance)  # cycles a chip may reach (None: no limit)
+        self.clock_s = 0.0  # deployment time (s): virtual-clock advances (advance_time_s)
+        self.programmed_at_s = [0.0] * len(tiles)  # per tile, on that clock
+        self.programmed_at = [time.time()] * len(tiles)  # per tile, seconds since the epoch
+        self.temperature_log: list = []  # BatchRecord per tile and batch, once compensate() is called
+        self.programmed: list = [None] * len(tiles)  # per tile: labkit.deploy.temperature.programmed_state
+        self._wrapped: dict = {}
+        self._build({})
+
+    def _build(self, wrapped: dict) -> None:
+        self._wrapped = wrapped
         grids = {}
-        for name, layer in analog_layers(model):
+        for name, layer in analog_layers(self.model):
             grid = [[None] * layer.col_tiles for _ in range(layer.row_tiles)]
-            for t in tiles:
+            for t in self.tiles:
                 if t.layer == name:
-                    grid[t.row_tile][t.col_tile] = t.chip
+                    grid[t.row_tile][t.col_tile] = wrapped.get(t.index, t.chip)
             grids[name] = ChipTiles(grid)
-        self.network = with_tiles(model, lambda name, layer: grids[name])
-        self.in_loop = with_tiles(model, lambda name, layer: InLoopTiles(grids[name]))
+        self.network = with_tiles(self.model, lambda name, layer: grids[name])
+        self.in_loop = with_tiles(self.model, lambda name, layer: InLoopTiles(grids[name]))
 
     @property
     def reads(self) -> int:
@@ -160,6 +172,88 @@ class Deployment:
         if total == 0:
             raise ValueError("evaluate: the data set is empty")
         return correct / total
+
+    # ------------------------------------------------------------ temperature and time
+    def tile_weights(self, tile: TileDeployment) -> np.ndarray:
+        """The normalized weights (rows, outputs; NaN: unused) programmed onto ``tile``."""
+        return dict(analog_layers(self.model))[tile.layer].tile_weights(pad=np.nan)[tile.row_tile, tile.col_tile]
+
+    def used_cells(self, tile: TileDeployment) -> np.ndarray:
+        """(rows, cols) bool: the cells of ``tile`` its weights use (both branches)."""
+        w = self.tile_weights(tile)
+        g = tile.backend.geometry
+        used = np.zeros((g.rows, g.cols), bool)
+        rows = np.isfinite(w).any(axis=1)
+        for k, (p, m) in enumerate(g.pairs):
+            if np.isfinite(w[:, k]).any():
+                used[rows, p] = used[rows, m] = True
+        return used
+
+    def compensate(self, method: str, calibrations=None, retention=None, design_age_s: float | None = None) -> None:
+        """Wrap every chip tile in a :class:`labkit.deploy.temperature.CompensatedTile`
+        (``method`` ``off`` or ``read-voltage``); ``calibrations`` and ``retention``:
+        dicts chip id -> TemperatureCalibration / RetentionModel; ``design_age_s`` (s):
+        tiles programmed from now on (refreshes) are drift-aware for that age. Batches are recorded
+        in :attr:`temperature_log`; the network is not reprogrammed."""
+        from labkit.deploy.temperature import CompensatedTile, check_method
+
+        check_method(method)
+        calibrations, retention = calibrations or {}, retention or {}
+        if method != "off":
+            missing = [t.chip_id for t in self.tiles if t.chip_id not in calibrations]
+            if missing:
+                raise ValueError(f"no temperature calibration for chip {missing[0]}; expected one per chip")
+        wrapped = {}
+        for t in self.tiles:
+            old = self._wrapped.get(t.index)
+            state = self.programmed[t.index] if old is None else old.state()
+            if state is None:
+                raise ValueError(f"tile {t.index} on chip {t.chip_id} has no record of its programmed state")
+            wrapped[t.index] = CompensatedTile(t.chip, method, calibrations.get(t.chip_id), retention.get(t.chip_id),
+                                               self.used_cells(t), clock=lambda: self.clock_s, log=self.temperature_log,
+                                               programmed=state, weights=self.tile_weights(t),
+                                               design_age_s=design_age_s)
+        self._build(wrapped)
+
+    def set_temperature_k(self, kelvin: float) -> None:
+        """Regulate every chip at ``kelvin`` (K) through its TemperatureControl (the
+        envelope's guard refuses a temperature outside it)."""
+        from labkit.backend import TemperatureControl
+
+        for t in self.tiles:
+            ctl = t.backend.capability(TemperatureControl)
+            if ctl is None:
+                raise ValueError(f"chip {t.chip_id} has no temperature controller")
+            ctl.set_temperature_k(kelvin)
+
+    def advance_time_s(self, seconds: float) -> None:
+        """Let ``seconds`` (s) pass on every chip's virtual clock and the deployment's."""
+        from labkit.backend import VirtualClock
+
+        clocks = [t.backend.capability(VirtualClock) for t in self.tiles]
+        if any(c is None for c in clocks):
+            raise ValueError("advance_time_s needs a virtual clock on every chip (emulated chips)")
+        for c in clocks:
+            c.advance_time_s(seconds)
+        self.clock_s += float(seconds)
+
+    def refresh_tile(self, index: int, program: ProgramConfig | None = None) -> dict:
+        """Program tile ``index``'s weights again (a refresh, at the present temperature);
+        its programming time becomes now. Returns the programming summary."""
+        t = self.tiles[index]
+        if program is not None:
+            t.chip.program = program
+        w = self.tile_weights(t)
+        self.programmed_at_s[index] = self.clock_s
+        self.programmed_at[index] = time.time()
+        wrapped = self._wrapped.get(index)
+        if wrapped is None:
+            summary = t.chip.set_weights(w)
+            self.programmed[index] = programmed_state(t.chip, self.clock_s)
+            return summary
+        summary = wrapped.set_weights(w)
+        self.programmed[index] = wrapped.state()
+        return summary
 
     def reprogram(self, program: ProgramConfig | None = None, progress: ProgressFn | None = None) -> dict:
         """Program the model's current weights onto the same chips again (after training
@@ -222,9 +316,13 @@ def deploy(model: nn.Module, backends: Sequence, program: ProgramConfig | None =
                     chip.state_path = state_path(state_dir, chip.chip_id)
                 tiles.append(TileDeployment(name, len(tiles), r, c, chip))
     check_endurance([(t.backend, t.chip.state_path, 1) for t in tiles], budget)
+    states = []
     for t in tiles:
         layer = dict(layers)[t.layer]
         t.chip.set_weights(layer.tile_weights(pad=np.nan)[t.row_tile, t.col_tile])
+        states.append(programmed_state(t.chip))
         if progress is not None:
             progress(t.index + 1, n, t.chip_id)
-    return Deployment(model, tiles, reads=reads, endurance=budget)
+    dep = Deployment(model, tiles, reads=reads, endurance=budget)
+    dep.programmed = states
+    return dep

@@ -43,11 +43,55 @@ def add_arguments(parser) -> None:
                         help="VMMs per input, crossing times averaged (readout noise / sqrt(N); default 1)")
     parser.add_argument("--resume", type=options.count(1, 2**62, "a run id"), default=None, metavar="RUN",
                         help="resume the interrupted time-multiplexed deployment RUN of the run store")
+    parser.add_argument("--temperature-compensation", choices=("off", "read-voltage", "reprogram"), default="off",
+                        help="follow the chip temperature at inference: off; read-voltage (gate shift plus readout "
+                             "scale, not reprogrammed); reprogram (read-voltage, and a tile is programmed again "
+                             "5 K away from its programming temperature). Default off")
+    parser.add_argument("--temperature-calibration", metavar="FILE", action="append", default=[],
+                        help="temperature calibration of a chip (labkit.calibrate.temperature; repeat per chip); "
+                             "chips without one are calibrated at --calibrate-at")
+    parser.add_argument("--calibrate-at", type=_celsius_list, default=None, metavar="C,C,C",
+                        help="calibrate every chip at these temperatures (degC, three or more) before programming")
+    parser.add_argument("--temperature", type=float, default=None, metavar="DEGC",
+                        help="regulate the chips at DEGC for inference (refused outside the safety envelope)")
     parser.add_argument("--endurance", type=options.count(1, 10**7, "a number of cycles"), default=10_000,
                         metavar="CYCLES", help="erase-and-program cycles a chip may reach, those on record in its "
                                                "chip-state file included (default 10000)")
     parser.add_argument("--state-dir", metavar="DIR", default=None,
                         help="folder of the chips' chip-state files (default: the run store's folder)")
+
+
+def _celsius_list(text: str) -> list[float]:
+    import argparse
+
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}; expected comma-separated temperatures in degC") from None
+    if len(vals) < 3:
+        raise argparse.ArgumentTypeError(f"{text!r}; expected three or more temperatures in degC")
+    return vals
+
+
+def _check_temperature(args) -> None:
+    """The inference temperature and compensation options, before anything opens."""
+    import math
+
+    from labkit.backend import SafetyEnvelope
+
+    lo, hi = SafetyEnvelope().temperature_range_k
+    if args.temperature is not None:
+        k = args.temperature + 273.15
+        if not math.isfinite(k) or not lo <= k <= hi:
+            raise ValueError(f"--temperature {args.temperature:g} degC is outside the safety envelope "
+                             f"{lo - 273.15:g} to {hi - 273.15:g} degC")
+    for c in args.calibrate_at or []:
+        if not math.isfinite(c) or not lo <= c + 273.15 <= hi:
+            raise ValueError(f"--calibrate-at {c:g} degC is outside the safety envelope "
+                             f"{lo - 273.15:g} to {hi - 273.15:g} degC")
+    if args.temperature_compensation != "off" and not (args.temperature_calibration or args.calibrate_at):
+        raise ValueError(f"--temperature-compensation {args.temperature_compensation} needs "
+                         "--temperature-calibration FILE (per chip) or --calibrate-at C,C,C")
 
 
 def run(args, out) -> dict:
@@ -63,6 +107,7 @@ def run(args, out) -> dict:
     from labkit.train.networks import dataset_for
     from labkit.train.training import hardware_aware, is_main_process
 
+    _check_temperature(args)
     program = ProgramConfig() if args.tolerance is None else ProgramConfig(tolerance=args.tolerance)
     t0 = time.monotonic()
     ck = load_checkpoint(args.checkpoint)
@@ -86,6 +131,11 @@ def run(args, out) -> dict:
              f"{plan.reprogrammings * args.passes} reprogrammings, {plan.cycles_per_chip * args.passes} cycles per "
              f"chip, ~{plan.pulses * args.passes:,} pulses, {plan.vmms:,} VMMs; estimated bench time "
              f"{plan.bench_s * args.passes:.0f} s")
+    temperature_options = (args.temperature_compensation != "off" or args.temperature is not None
+                           or args.temperature_calibration or args.calibrate_at)
+    if len(uris) < n and temperature_options:
+        raise ValueError("temperature compensation and --temperature need one chip per tile; "
+                         f"{n} tiles on {len(uris)} chips is time-multiplexed")
     if len(uris) >= n:
         result = _one_chip_per_tile(args, out, model, split, program, uris, deploy, open_chips)
     else:
@@ -101,7 +151,9 @@ def run(args, out) -> dict:
     out.table([("model", ck.model_name), ("mode", ck.mode), ("tiles / chips", f"{n} / {len(uris)}"),
                ("accuracy on chips", f"{result['accuracy']:.4f}"), ("test samples", len(split.test)),
                ("programmings", result["programmings"]), ("VMMs", result["vmms"]),
-               ("cycles on record, busiest chip", max(result["cycles_on_record"].values(), default=0))],
+               ("cycles on record, busiest chip", max(result["cycles_on_record"].values(), default=0))]
+              + ([("temperature compensation", result["temperature_compensation"]),
+                  ("chip temperature", _span(result["batches"]))] if result.get("batches") else []),
               header=("", ""))
     return result
 
@@ -117,9 +169,19 @@ def _one_chip_per_tile(args, out, model, split, program, uris, deploy, open_chip
         if trained_on and trained_on != ids[: len(trained_on)]:
             out.info("note: the network was trained on the calibrations of other chips "
                      f"({trained_on[0]}, ...) than these ({ids[0]}, ...)")
+        tcals = _temperature_calibrations(args, out, chips)
+        if args.temperature is not None:  # the chip's own envelope, before anything is programmed
+            for b in chips:
+                lo, hi = b.envelope.temperature_range_k
+                if not lo <= args.temperature + 273.15 <= hi:
+                    raise ValueError(f"--temperature {args.temperature:g} degC is outside chip {b.identity.chip_id}'s "
+                                     f"safety envelope {lo - 273.15:g} to {hi - 273.15:g} degC")
         with out.progress("programming tiles", len(uris)) as bar:
             dep = deploy(model, chips, program, progress=lambda i, total, chip: bar.advance(1, chip), reads=args.reads,
                          state_dir=args.state_dir, endurance=args.endurance)
+        dep.compensate(args.temperature_compensation, tcals)
+        if args.temperature is not None:
+            dep.set_temperature_k(args.temperature + 273.15)
         accs = []
         for p in range(args.passes):
             with out.progress(f"inference pass {p + 1}", len(split.test)) as bar:
@@ -131,9 +193,48 @@ def _one_chip_per_tile(args, out, model, split, program, uris, deploy, open_chip
                 accs.append(dep.evaluate(split.test, args.batch_size, progress=report))
         summary = dep.summary()
         cycles = check_endurance([(t.backend, t.chip.state_path, 0) for t in dep.tiles], None)
+    batches = _batches(dep)
+    warnings = list(dict.fromkeys(r.warning for r in dep.temperature_log if r.warning))
+    for w in warnings:
+        out.info(f"warning: {w}")
     return {"accuracy": sum(accs) / len(accs), "passes": accs, "chips": summary.pop("chips"),
             "programming": summary, "programmings": len(uris), "vmms": dep.vmm_count, "run_id": None,
-            "cycles_on_record": cycles}
+            "cycles_on_record": cycles, "temperature_compensation": args.temperature_compensation,
+            "batches": batches, "warnings": warnings,
+            "programmed_at": dep.programmed_at,
+            "programmed_k": [None if s is None else s["temperature_k"] for s in dep.programmed],
+            "reprograms": sum(getattr(w, "reprograms", 0) for w in dep._wrapped.values())}
+
+
+def _span(batches: list[dict]) -> str:
+    ks = [k for b in batches for k in b["temperature_k"]]
+    return f"{min(ks) - 273.15:.1f} to {max(ks) - 273.15:.1f} degC over {len(batches)} batches"
+
+
+def _batches(dep) -> list[dict]:
+    """Per inference batch: every chip's temperature (K) and read voltage (V)."""
+    n = len(dep.tiles)
+    log = dep.temperature_log
+    return [{"batch": k, "temperature_k": [r.temperature_k for r in log[k * n:(k + 1) * n]],
+             "read_voltage_v": [r.read_voltage_v for r in log[k * n:(k + 1) * n]]} for k in range(len(log) // n)]
+
+
+def _temperature_calibrations(args, out, chips) -> dict:
+    """Chip id -> TemperatureCalibration: from the files given, the rest measured at --calibrate-at."""
+    from labkit.calibrate.temperature import calibrate_temperatures, read_temperature_calibration
+
+    tcals = {}
+    for path in args.temperature_calibration:
+        tc = read_temperature_calibration(path)
+        tcals[tc.chip_id] = tc
+    if args.calibrate_at:
+        temps = [c + 273.15 for c in args.calibrate_at]
+        with out.progress("temperature calibration", len(chips)) as bar:
+            for b in chips:
+                if b.identity.chip_id not in tcals:
+                    tcals[b.identity.chip_id] = calibrate_temperatures(b, temps)
+                bar.advance(1, b.identity.chip_id)
+    return tcals
 
 
 def _multiplexed(args, out, model, split, program, uris, store, multiplex, open_chips, n) -> dict:

@@ -43,6 +43,13 @@ def add_arguments(parser) -> None:
                         help="chip-state file (default ./chipstate-CHIPID.json)")
     parser.add_argument("--refresh", action="store_true",
                         help="re-verify against the chip-state file and fix only cells out of tolerance")
+    parser.add_argument("--plan", action="store_true",
+                        help="with --refresh: apply nothing; report when the chip leaves tolerance and what a "
+                             "refresh costs (needs --retention)")
+    parser.add_argument("--retention", metavar="FILE", default=None,
+                        help="retention model of the chip (labkit.program.retention), for --refresh --plan")
+    parser.add_argument("--temperature", type=float, default=None, metavar="DEGC",
+                        help="--plan: the chip's temperature from now on (default: the one on record)")
     parser.add_argument("--clip", action="store_true", help="clip weights outside [-1, 1] instead of refusing")
     parser.add_argument("--headroom", type=float, default=0.9,
                         help="fraction of the bit line's full-scale charge a column may use (default 0.9)")
@@ -56,6 +63,8 @@ def default_state_path(chip_id: str) -> Path:
 
 
 def run(args, out) -> dict:
+    if args.plan or args.retention is not None:
+        return _plan(args, out)
     overrides = {} if args.tolerance is None else {"tolerance": args.tolerance}
     if args.max_pulses is not None:
         overrides["max_pulses"] = args.max_pulses
@@ -129,6 +138,64 @@ def run(args, out) -> dict:
         raise FailedCellsError(f"{info['failed_cells']} of {info['cells']} cells failed (not within "
                                f"+-{info['tolerance']:g}); see {state_path}")
     return info
+
+
+def _plan(args, out) -> dict:
+    """``--refresh --plan``: when the programmed chip leaves tolerance, from its chip-state
+    file and retention model, and what refreshing it costs. Nothing is opened or applied."""
+    import math
+    import time
+
+    from labkit.program.retention import read_retention_model, refresh_plan
+
+    if not (args.refresh and args.plan):
+        raise UsageError("--plan and --retention go together with --refresh: labkit program --refresh --plan "
+                         "--state FILE --retention FILE")
+    if args.retention is None:
+        raise UsageError("--refresh --plan needs --retention FILE (a retention model of the chip)")
+    if args.state is None:
+        raise UsageError("--refresh --plan needs --state FILE (the chip-state file of the programmed chip)")
+    tol = 0.015 if args.tolerance is None else args.tolerance
+    if not (isinstance(tol, float) and math.isfinite(tol) and 0 < tol < 1):
+        raise UsageError(f"--tolerance {tol!r}; expected a fraction in (0, 1), e.g. 0.015")
+    state = ChipState.load(args.state)
+    model = read_retention_model(args.retention)
+    if model.chip_id and model.chip_id != state.chip_id:
+        raise UsageError(f"retention model {args.retention} is of chip {model.chip_id!r}, the chip-state file "
+                         f"{args.state} of {state.chip_id!r}")
+    if model.per_decade.shape != (state.rows, state.cols):
+        raise UsageError(f"retention model {args.retention} is {model.per_decade.shape}; the chip is "
+                         f"{(state.rows, state.cols)}")
+    recorded = state.settings.get("temperature_k")
+    kelvin = args.temperature + 273.15 if args.temperature is not None else recorded
+    if kelvin is None or not math.isfinite(kelvin) or kelvin <= 0:
+        raise UsageError("no temperature on record in the chip-state file; pass --temperature DEGC")
+    programmed = [h["time"] for h in state.history if str(h.get("event", "")).endswith("complete")]
+    if not programmed:
+        raise UsageError(f"chip-state file {args.state} records no complete programming; program the chip first")
+    age = max(time.time() - float(programmed[-1]), 0.0)
+    targeted = np.isfinite(state.targets_a)
+    per_cell = float(np.median(state.pulses[targeted])) if targeted.any() else 0.0
+    plan = refresh_plan(model, state.targets_a, kelvin, tol, age_now_s=age, pulses_per_cell=per_cell,
+                        chip_id=state.chip_id)
+    info = {"plan": True, "state": str(args.state), "programmed_at": float(programmed[-1]), **plan.to_dict()}
+    leave = plan.leaves_tolerance_after_s
+    info["refresh_in_s"] = None if not math.isfinite(leave) else max(leave - age, 0.0)
+    when = "not within 100 years" if not math.isfinite(leave) else (
+        "now (already out of tolerance)" if leave <= age else f"in {_duration(leave - age)}")
+    out.table([["chip", state.chip_id], ["temperature", f"{kelvin - 273.15:.1f} degC"],
+               ["programmed", f"{_duration(age)} ago"], ["rms error now (after gain)", f"{100 * plan.error_now:.2f} %"],
+               ["leaves +-" + f"{100 * tol:g} %", when],
+               ["refresh cost", f"{plan.cells} cells, {plan.rows_erased} row erases, ~{plan.pulses} pulses"]],
+              header=["refresh plan", state.chip_id])
+    return info
+
+
+def _duration(s: float) -> str:
+    for unit, size in (("years", 365.25 * 86400), ("days", 86400), ("h", 3600), ("min", 60)):
+        if s >= size:
+            return f"{s / size:.1f} {unit}"
+    return f"{s:.0f} s"
 
 
 def _print(out, info: dict) -> None:

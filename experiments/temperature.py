@@ -1,0 +1,233 @@
+"""Temperature and retention: accuracy of a deployed hardware-aware network from 10 to
+60 degC and over a year of virtual time, compensation off and on, refresh off and on.
+
+Per chip seed (``--seeds``): one emulated chip per tile is
+
+1. calibrated at three temperatures (labkit.calibrate.temperature: the model and the
+   cell law ``ln I = alpha + beta / T + gamma dv / T``);
+2. characterized for retention (erased, current maps on the virtual clock at two
+   temperatures: labkit.program.retention);
+3. the network is trained ideally, then hardware-aware on the calibrations at the
+   programming temperature (27 degC), and programmed onto the chips there;
+4. measured at 10, 20, ..., 60 degC with ``--temperature-compensation off`` and
+   ``read-voltage`` (gate shift plus per-column readout scale; not reprogrammed);
+5. at 40 degC on the virtual clock after 1 h, 1 day, 1 month, 1 year: compensation off,
+   compensation on (temperature and predicted drift), and compensation on with the
+   refresh plan followed (a tile is reprogrammed when its predicted residual error
+   reaches ``--refresh-tolerance``; refreshes and their pulses are counted).
+
+Prints the two tables (means over seeds, software accuracy for reference); ``--json``
+writes every figure. ``python experiments/temperature.py --seeds 100 200 300``
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from labkit.backend import open_chips
+from labkit.calibrate import CalibrationConfig
+from labkit.calibrate.temperature import OutOfRangeWarning, calibrate_temperatures
+from labkit.deploy.deployment import deploy
+from labkit.nn import AnalogConfig, TileParams, TrainingNoise, tile_plan
+from labkit.program.retention import YEAR_S, characterize_retention, refresh_plan
+from labkit.train.networks import DEFAULTS, build, dataset_for
+from labkit.backend import TemperatureControl
+from labkit.train.temperature import temperature_augmentation
+from labkit.train.training import evaluate, hardware_aware, train
+
+T0_K = 300.15  # programming temperature (27 degC)
+CAL_K = (283.15, 300.15, 318.15, 333.15)
+TEMPS_C = (10, 20, 30, 40, 50, 60)
+TIMES = (("1 h", 3600.0), ("1 day", 86400.0), ("1 month", YEAR_S / 12), ("1 year", YEAR_S))
+HW = {"mlp": dict(epochs=100, lr=1e-3, percentile=95.0), "lenet5": dict(epochs=15, lr=3e-4, percentile=99.9)}
+
+
+def log(*parts) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
+def run_seed(name: str, chip_seed: int, args) -> dict:
+    import warnings
+
+    warnings.simplefilter("ignore", OutOfRangeWarning)
+    torch.manual_seed(args.seed)
+    split = dataset_for(name, args.data, seed=args.seed, subset=args.subset)
+    d = DEFAULTS[name]
+    net = build(name)
+    train(net, split.train, split.test, args.ideal_epochs or d["epochs"], lr=d["lr"], batch_size=d["batch_size"],
+          seed=args.seed)
+    res: dict = {"model": name, "chip_seed": chip_seed, "ideal_software": evaluate(net, split.test)}
+    n = sum(k for _, k in tile_plan(net))
+    uri = f"sim://?seed={chip_seed}"
+    with open_chips(uri, n) as chips:
+        t0 = time.monotonic()
+        cfg = CalibrationConfig.quick(fit_iterations=args.cal_iterations)
+        tcals, models = {}, {}
+        for b in chips:
+            tcals[b.identity.chip_id] = calibrate_temperatures(b, CAL_K, cfg)
+            models[b.identity.chip_id] = characterize_retention(b)
+            b.capability(TemperatureControl).set_temperature_k(T0_K)
+        res["calibration_seconds"] = time.monotonic() - t0
+        log(f"{name} chips {chip_seed}+: calibrated {n} chips at {CAL_K} K in {res['calibration_seconds']:.0f} s")
+        at0 = CAL_K.index(T0_K)  # train on the calibration measured at the programming temperature
+        tiles = [TileParams.from_calibration(tcals[b.identity.chip_id].calibrations[at0]) for b in chips]
+        h = HW[name]
+        cal0 = tcals[chips[0].identity.chip_id].at(T0_K).report
+        noise = dict(noise_std_s=cal0["noise_floor_s"], noise_relative=cal0["noise_relative"])
+        hw = hardware_aware(net, split.train, tiles, AnalogConfig(noise=TrainingNoise(**noise)), h["percentile"],
+                            seed=args.seed)
+        train(hw, split.train, split.test, args.hw_epochs or h["epochs"], lr=h["lr"], batch_size=d["batch_size"],
+              seed=args.seed)
+        res["hw_software"] = evaluate(hw, split.test)
+        dep = deploy(hw, chips)
+        res["deployed_27C"] = dep.evaluate(split.test)
+        log(f"{name}: software {res['hw_software']:.4f}, deployed at 27 degC {res['deployed_27C']:.4f}")
+        for method in ("off", "read-voltage", "reprogram"):
+            dep.set_temperature_k(T0_K)
+            if method == "reprogram":
+                for i in range(len(dep.tiles)):
+                    dep.refresh_tile(i)
+            dep.compensate(method, tcals)
+            accs = {}
+            for tc in TEMPS_C:
+                dep.set_temperature_k(tc + 273.15)
+                accs[tc] = float(np.mean([dep.evaluate(split.test) for _ in range(args.passes)]))
+            res[f"temperature_{method}"] = accs
+            res[f"reprograms_{method}"] = sum(w.reprograms for w in dep._wrapped.values())
+            res[f"reprogram_pulses_{method}"] = sum(w.reprogram_pulses for w in dep._wrapped.values())
+            log(f"{name} {method}: " + " ".join(f"{k}C {v:.4f}" for k, v in accs.items()))
+        res["read_voltages_v"] = {f"{r.temperature_k - 273.15:.0f}C": r.read_voltage_v for r in dep.temperature_log[-1::-n]}
+        if not args.skip_retention:
+            res["retention"] = run_retention(dep, chips, tcals, models, split, args)
+        if args.aware_epochs:  # temperature-aware fine-tuning, then read-voltage compensation alone
+            aware = copy.deepcopy(hw)
+            with temperature_augmentation(aware, (283.15, 333.15), T0_K, seed=args.seed):
+                train(aware, split.train, split.test, args.aware_epochs, lr=h["lr"], batch_size=d["batch_size"],
+                      seed=args.seed)
+            res["aware_software"] = evaluate(aware, split.test)
+            for c in chips:
+                c.capability(TemperatureControl).set_temperature_k(T0_K)
+            dep2 = deploy(aware, chips)
+            dep2.compensate("read-voltage", tcals)
+            accs = {}
+            for tc in TEMPS_C:
+                dep2.set_temperature_k(tc + 273.15)
+                accs[tc] = float(np.mean([dep2.evaluate(split.test) for _ in range(args.passes)]))
+            res["temperature_aware"] = accs
+            log(f"{name} temperature-aware + read-voltage (software {res['aware_software']:.4f}): "
+                + " ".join(f"{k}C {v:.4f}" for k, v in accs.items()))
+    return res
+
+
+def run_retention(dep, chips, tcals, models, split, args) -> dict:
+    """Each variant programs the tiles again at 40 degC (age 0) and walks the virtual
+    clock: ``off`` (no compensation), ``compensated`` (temperature and predicted mean
+    drift by gate shift and readout scale), ``drift-aware`` (also each cell's predicted
+    drift at the design age programmed in) and ``refresh`` (drift-aware, the refresh
+    plan followed: a tile is programmed again when it leaves --refresh-tolerance)."""
+    hot = 313.15
+    out = {}
+    for variant in ("off", "compensated", "drift-aware", "refresh"):
+        dep.set_temperature_k(hot)
+        design = None if variant in ("off", "compensated") else args.design_age
+        dep.compensate("off" if variant == "off" else "read-voltage", tcals, None if variant == "off" else models,
+                       design_age_s=design)
+        for i in range(len(dep.tiles)):
+            dep.refresh_tile(i)
+        start = dep.clock_s
+        accs, refreshes, pulses = {}, 0, 0
+        for label, when in TIMES:
+            target = start + when
+            while variant == "refresh":
+                due = []
+                for i, t in enumerate(dep.tiles):
+                    w = dep._wrapped[i]
+                    intended = np.where(w.used, w.programmed_a * np.exp(-w.offset), np.nan)
+                    plan = refresh_plan(models[t.chip_id], intended, hot, args.refresh_tolerance, used=w.used,
+                                        offset=w.offset)
+                    due.append(dep.programmed_at_s[i] + plan.leaves_tolerance_after_s)
+                if min(due) > target:
+                    break
+                dep.advance_time_s(max(min(due) - dep.clock_s, 0.0))
+                for i, tdue in enumerate(due):
+                    if tdue <= dep.clock_s + 1e-6:
+                        s = dep.refresh_tile(i)
+                        refreshes += 1
+                        pulses += int(s.get("pulses_total", 0))
+            dep.advance_time_s(max(target - dep.clock_s, 0.0))
+            accs[label] = float(np.mean([dep.evaluate(split.test) for _ in range(args.passes)]))
+        out[variant] = {"accuracy": accs, "refreshes": refreshes, "refresh_pulses": pulses}
+        log(f"retention {variant}: " + " ".join(f"{k} {v:.4f}" for k, v in accs.items())
+            + (f"; {refreshes} refreshes, {pulses} pulses" if variant == "refresh" else ""))
+    return out
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["mlp"], choices=sorted(HW))
+    p.add_argument("--seeds", type=int, nargs="+", default=[100, 200, 300], help="first chip seed of each run")
+    p.add_argument("--data", default=None)
+    p.add_argument("--subset", type=int, default=None)
+    p.add_argument("--passes", type=int, default=2)
+    p.add_argument("--cal-iterations", type=int, default=60)
+    p.add_argument("--ideal-epochs", type=int, default=None)
+    p.add_argument("--hw-epochs", type=int, default=None)
+    p.add_argument("--refresh-tolerance", type=float, default=0.015,
+                   help="refresh a tile when its predicted rms current error after gain reaches this (default 0.015)")
+    p.add_argument("--design-age", type=float, default=float(np.sqrt(3600.0 * YEAR_S)),
+                   help="drift-aware programming: cells meet their targets at this age (s; default ~4 days, "
+                        "the log-middle of 1 h and 1 year)")
+    p.add_argument("--aware-epochs", type=int, default=0,
+                   help="also fine-tune the network temperature-aware this many epochs and measure it with "
+                        "read-voltage compensation alone (0: not)")
+    p.add_argument("--skip-retention", action="store_true", help="only the temperature table")
+    p.add_argument("--seed", type=int, default=0, help="training and data seed")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    results = []
+    for name in args.models:
+        for s in args.seeds:
+            results.append(run_seed(name, s, args))
+            if args.json:
+                Path(args.json).write_text(json.dumps(results, indent=1))
+    for name in args.models:
+        rs = [r for r in results if r["model"] == name]
+        sw = np.mean([r["hw_software"] for r in rs])
+        print(f"\n{name}: accuracy vs temperature (mean of {len(rs)} chip seeds; hw-aware software {sw:.4f})")
+        dep27 = np.mean([r["deployed_27C"] for r in rs])
+        print(f"deployed at the programming temperature (27 degC): {dep27:.4f}; pp columns: against software")
+        print(f"{'degC':>5} {'off':>8} {'read-v':>8} {'reprog':>8} {'off pp':>8} {'read-v pp':>9} {'reprog pp':>9}")
+        for tc in TEMPS_C:
+            a = [np.mean([r[f"temperature_{m}"][tc] for r in rs]) for m in ("off", "read-voltage", "reprogram")]
+            print(f"{tc:5d} " + " ".join(f"{v:8.4f}" for v in a) + " "
+                  + " ".join(f"{100 * (v - sw):8.2f} " for v in a))
+        if all("temperature_aware" in r for r in rs):
+            sa = np.mean([r["aware_software"] for r in rs])
+            print(f"temperature-aware training + read-voltage (software {sa:.4f}): " + " ".join(
+                f"{tc}C {np.mean([r['temperature_aware'][tc] for r in rs]):.4f} "
+                f"({100 * (np.mean([r['temperature_aware'][tc] for r in rs]) - sw):+.2f} pp)" for tc in TEMPS_C))
+        print(f"reprogram: {np.mean([r['reprograms_reprogram'] for r in rs]):.1f} tile programmings per run over the "
+              f"sweep, {np.mean([r['reprogram_pulses_reprogram'] for r in rs]):.0f} pulses")
+        if args.skip_retention:
+            continue
+        print(f"\n{name}: accuracy vs virtual time at 40 degC (mean of {len(rs)} chip seeds)")
+        print(f"{'time':>8} {'comp off':>9} {'comp on':>9} {'drift-aw':>9} {'refresh':>9}")
+        for label, _ in TIMES:
+            vals = [np.mean([r["retention"][v]["accuracy"][label] for r in rs])
+                    for v in ("off", "compensated", "drift-aware", "refresh")]
+            print(f"{label:>8} " + " ".join(f"{v:9.4f}" for v in vals))
+        print(f"refreshes per run: {np.mean([r['retention']['refresh']['refreshes'] for r in rs]):.1f}, "
+              f"pulses {np.mean([r['retention']['refresh']['refresh_pulses'] for r in rs]):.0f}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
