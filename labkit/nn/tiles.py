@@ -117,9 +117,9 @@ class ChipTile:
 
     ``set_weights`` configures the backend to ``config``'s operating point, maps the
     weights onto dual-branch currents (the backend's weight window), programs them by
-    program-and-verify (``program``, a :class:`labkit.program.ProgramConfig`;
-    unused cells are left alone) and measures the baseline (mean zero-input crossing
-    time per column over ``baseline_repeats`` VMMs). ``forward`` sends the samples with
+    program-and-verify (``program``, a :class:`labkit.program.ProgramConfig`; the cells
+    of unused rows are left alone, unused outputs of used rows go to I_min) and measures
+    the baseline (mean zero-input crossing time per column over ``baseline_repeats`` VMMs). ``forward`` sends the samples with
     any pulse to ``backend.vmm_x`` in batches of ``batch``, averages ``reads`` VMMs per
     sample, and reads a column's charge as ``(t(0) - t(x)) / g`` with the readout gain
     ``gain_s_per_c`` (per column; nominal ``1/I_ref`` when None). ``vmm_count`` counts
@@ -173,8 +173,11 @@ class ChipTile:
         w = np.asarray(w, dtype=float)
         used = np.isfinite(w)  # a tile's unused rows and outputs are its last ones (padding)
         window = WeightWindow.from_datasheet(b.datasheet, op.integration_time_s, g.rows, self.config.mapping.headroom)
+        # unused outputs of a used row are programmed to I_min (weight 0): the row is erased,
+        # and an erased cell on a pulsed row would conduct ~1 uA, coupling into the next bit
+        # line and loading the common source line of every column (docs/physics.md)
         result, _, _ = program_weights(b, np.where(used, w, 0.0), window=window, clip=True,
-                                       rows_used=int(used.any(axis=1).sum()), outputs_used=int(used.any(axis=0).sum()),
+                                       rows_used=int(used.any(axis=1).sum()),
                                        config=self.program or ProgramConfig(), state_path=self.state_path)
         self.summary = result.summary()
         self.summary.pop("failed", None)

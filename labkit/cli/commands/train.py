@@ -63,17 +63,23 @@ def _positive(name: str, value, integer: bool = True):
     return value
 
 
-def _tiles(args, network, config):
-    """Tile parameters for hw / in-loop: calibration files, else the datasheet spread."""
-    from labkit.nn import TileParams, tile_plan
+def _read_calibrations(args) -> list:
+    """The TileParams of every ``--calibration`` file, read (and checked) before any training."""
+    from labkit.nn import TileParams
 
-    n = sum(k for _, k in tile_plan(network, config))
-    if not args.calibration:
-        return _spread(n, config, args.seed)
-    for f in args.calibration:
+    for f in args.calibration or []:
         if not Path(f).is_file():
             raise FileNotFoundError(f"calibration file {f} does not exist")
-    params = [TileParams.from_calibration(f) for f in args.calibration]
+    return [TileParams.from_calibration(f) for f in args.calibration or []]
+
+
+def _tiles(args, network, config, params):
+    """Tile parameters for hw / in-loop: from the calibrations read, else the datasheet spread."""
+    from labkit.nn import tile_plan
+
+    n = sum(k for _, k in tile_plan(network, config))
+    if not params:
+        return _spread(n, config, args.seed)
     if len(params) == 1:
         return params[0]
     if len(params) > n:
@@ -107,6 +113,7 @@ def run(args, out) -> dict:
         raise ValueError(f"--noise-relative={args.noise_relative!r}: expected a fraction in [0, 1)")
     if args.calibration and args.mode == "ideal":
         raise ValueError("--calibration applies to --mode hw or in-loop, not ideal")
+    calibrations = _read_calibrations(args)
     distributed = init_distributed()
     t_start = time.monotonic()
     torch.manual_seed(args.seed)
@@ -153,7 +160,7 @@ def run(args, out) -> dict:
             raise ValueError("--calibration with an analog checkpoint: start --from an ideal checkpoint")
         if not analog_layers(net):
             spread = not args.calibration
-            net = hardware_aware(net, split.train, _tiles(args, net, config), config, seed=args.seed)
+            net = hardware_aware(net, split.train, _tiles(args, net, config, calibrations), config, seed=args.seed)
         epochs = args.epochs or max(1, defaults["epochs"] // 2)
         hook = None
         if spread:  # no chip known: a new draw of the spread every epoch
@@ -173,7 +180,7 @@ def run(args, out) -> dict:
         if distributed:
             raise ValueError("--mode in-loop runs in one process (the chips are one set); drop torchrun")
         if not analog_layers(net):
-            tiles = _tiles(args, net, config) if args.calibration else None
+            tiles = _tiles(args, net, config, calibrations) if calibrations else None
             net = hardware_aware(net, split.train, tiles, config, seed=args.seed)
         n = sum(m.n_tiles for _, m in analog_layers(net))
         epochs = args.epochs or 1
