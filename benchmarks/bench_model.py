@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from labkit.model import ArrayModel, keep_freed_memory, slots_native  # noqa: E402
+from labkit.model import ArrayModel, keep_freed_memory, native, slots_native  # noqa: E402
 
 from run_all import print_table  # noqa: E402 (benchmarks/ is on sys.path when a bench runs)
 
@@ -57,16 +57,7 @@ def _step(module_fn, x, g):
 
 def _race(a, b, rounds=7, iters=10) -> tuple[float, float]:
     """Best seconds per iteration of closures ``a`` and ``b``, timed alternately."""
-    for f in (a, b):
-        f(), f()
-    best = [float("inf"), float("inf")]
-    for _ in range(rounds):
-        for i, f in enumerate((a, b)):
-            t0 = time.perf_counter()
-            for _ in range(iters):
-                f()
-            best[i] = min(best[i], (time.perf_counter() - t0) / iters)
-    return best[0], best[1]
+    return native.timed_race(a, b, rounds, iters)
 
 
 def main() -> list[dict]:

@@ -32,8 +32,8 @@ crosstalk the slot structure drops out: ``Z = I0^T d`` (droop alone is a per-col
 compression of the ideal dot product); ``edge_timing=False`` uses that cheap form with
 all crosstalk steps added after the integration. On CPU the slot part runs in a small
 C kernel (``slots.c``, built at first use with the system compiler and cached under
-``$LABKIT_CACHE`` or ``~/.cache/labkit``; ``LABKIT_NATIVE=0`` or no compiler: the same
-closed form in torch). With per-cell eta (option) RK4
+``$LABKIT_CACHE`` or ``~/.cache/labkit``, where a timed race at first use found it faster
+than torch; ``LABKIT_NATIVE=0`` or no compiler: the same closed form in torch). With per-cell eta (option) RK4
 substeps per slot integrate the same ODE (a loop over the 16 slots).
 
 Outputs: ``forward`` (crossing times, s), ``crossing_us``, ``charge`` / ``charge_fc``,

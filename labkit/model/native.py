@@ -31,8 +31,10 @@ kernels, ``LABKIT_NATIVE=0`` the torch path; unset, the measurement decides.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -47,7 +49,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 __all__ = ["load", "cache_dir", "entry_path", "trusted_dir", "build_record", "is_verified", "Signatures",
-           "choose", "choice_path", "timed_race", "forced", "RaceCtx"]
+           "choose", "choice_path", "timed_race", "forced", "RaceCtx", "Choice"]
 
 #: ``{symbol: (argtypes, restype)}`` of a kernel library.
 Signatures = Mapping[str, tuple[Sequence, object]]
@@ -303,3 +305,33 @@ def choose(src: Path, fast_math: bool, probe: str, race: Callable[[], tuple[floa
             pass
     _CHOSEN[key] = verdict
     return verdict
+
+
+class Choice:
+    """The measured choice of one kernel: ``choice()`` is True if the kernel is to run
+    (inside :meth:`forcing`: the path under test; else :func:`choose`). ``load`` returns
+    the library (None: torch path); ``race`` names ``"module:function"`` returning
+    ``(native_s, torch_s)``, imported at first use (the torch path's module imports the
+    kernel's binding, not the other way round)."""
+
+    def __init__(self, src: Path, fast_math: bool, probe: str, load: Callable[[], object], race: str):
+        self.src, self.fast_math, self.probe, self.load, self.race = src, fast_math, probe, load, race
+        self._force: list[bool] = []
+
+    def _run_race(self) -> tuple[float, float]:
+        module, _, name = self.race.partition(":")
+        return getattr(importlib.import_module(module), name)()
+
+    def __call__(self) -> bool:
+        if self._force:
+            return self._force[-1]
+        return self.load() is not None and choose(self.src, self.fast_math, self.probe, self._run_race)
+
+    @contextlib.contextmanager
+    def forcing(self, on: bool):
+        """Run the kernel (True) or the torch path (False) inside the block."""
+        self._force.append(on)
+        try:
+            yield
+        finally:
+            self._force.pop()

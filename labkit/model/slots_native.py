@@ -9,7 +9,6 @@ both can run, a timed race at first use picks the faster (:func:`chosen`).
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 from pathlib import Path
 
@@ -46,31 +45,10 @@ def usable(d: torch.Tensor, i0: torch.Tensor, *others: torch.Tensor) -> bool:
 
 
 PROBE = "slots-v1"  # names the race: a new probe discards the cached verdicts
-_FORCE: list[bool] = []  # the path under test while racing
-
-
-def chosen() -> bool:
-    """True if the kernel is to run: forced (``LABKIT_NATIVE``), or faster than the torch
-    path in the race at first use (:func:`labkit.model.native.choose`)."""
-    if _FORCE:
-        return _FORCE[-1]
-    return library() is not None and native.choose(SOURCE, False, PROBE, _race)
-
-
-def _race() -> tuple[float, float]:
-    from labkit.model import kernels  # the torch path lives there (it imports this module)
-
-    return kernels.race_paths()
-
-
-@contextlib.contextmanager
-def forcing(on: bool):
-    """Run the kernel (True) or the torch path (False) inside the block."""
-    _FORCE.append(on)
-    try:
-        yield
-    finally:
-        _FORCE.pop()
+#: True if the kernel is to run: forced (``LABKIT_NATIVE``), or faster than the torch path
+#: in the race at first use (``kernels.race_paths``); ``chosen.forcing(on)`` while racing.
+chosen = native.Choice(SOURCE, False, PROBE, lambda: library(), "labkit.model.kernels:race_paths")
+forcing = chosen.forcing
 
 
 def _ptr(t: torch.Tensor) -> int:

@@ -15,7 +15,8 @@ sampled from a spread (:class:`ChipSpread`). The equations are those of
 
 then ``t = t0 - g q`` + readout noise (training only), floored to the TDC LSB, clipped to
 the TDC range. The droop log term and the readout are the functions of
-:mod:`labkit.model.equations` that the array model uses too (here in TDC counts). ``X`` (current that flows after another row's edge has already stepped
+:mod:`labkit.model.equations` that the array model uses too (here in TDC counts).
+``X`` (current that flows after another row's edge has already stepped
 the bit line, so it sees that step through the droop) is the first-order term of the
 closed-form slot integral of ArrayModel in ``e' K`` (``e' K`` < 0.05 on these chips);
 its pairwise ``relu(d_i - d_l)`` kernel is approximated by the separable fit
@@ -37,9 +38,10 @@ block of 128 samples in C. Units inside: nA, us, fC (= nA us).
 Speed: on the CPU (float32) the whole tile computation runs in C
 (:mod:`labkit.model.tiles_native`, ``analog_tiles.c``, built at first use): products,
 readout and row-tile sums on blocks of samples held in the cache, the backward pass
-likewise, convolution patches copied by runs; the torch code here is the fallback (other
-devices and dtypes, no compiler, ``LABKIT_NATIVE=0``) and the reference the tests hold
-the kernels to.
+likewise, convolution patches copied by runs, where a timed race at first use
+(:func:`race_paths`) found it faster than the torch code here; that is the fallback
+(other devices and dtypes, no compiler, ``LABKIT_NATIVE=0``) and the reference the
+tests hold the kernels to.
 """
 
 from __future__ import annotations

@@ -41,7 +41,6 @@ code; LeNet-5 training step, batch 128, 1 thread, one run):
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -69,37 +68,16 @@ def _lib():
     return native.load(SOURCE, fast_math=True, signatures=SIGNATURES)
 
 
-PROBE = "tiles-v1"  # names the race below: a new probe discards the cached verdicts
-_FORCE: list[bool] = []  # the path under test while racing
+PROBE = "tiles-v1"  # names the race: a new probe discards the cached verdicts
+#: True if the kernels are to run: forced (``LABKIT_NATIVE``), or faster than the torch
+#: path in the race at first use (``tile_physics.race_paths``); ``forcing(on)`` while racing.
+chosen = native.Choice(SOURCE, True, PROBE, lambda: _lib(), "labkit.model.tile_physics:race_paths")
+forcing = chosen.forcing
 
 
 def available() -> bool:
     """True when the compiled kernels can be used on this machine."""
     return _lib() is not None
-
-
-def chosen() -> bool:
-    """True if the kernels are to run: forced (``LABKIT_NATIVE``), or faster than the
-    torch path in the race at first use (:func:`labkit.model.native.choose`)."""
-    if _FORCE:
-        return _FORCE[-1]
-    return _lib() is not None and native.choose(SOURCE, True, PROBE, _race)
-
-
-def _race() -> tuple[float, float]:
-    from labkit.model import tile_physics  # the torch path lives there (it imports this module)
-
-    return tile_physics.race_paths()
-
-
-@contextlib.contextmanager
-def forcing(on: bool):
-    """Run the kernels (True) or the torch path (False) inside the block."""
-    _FORCE.append(on)
-    try:
-        yield
-    finally:
-        _FORCE.pop()
 
 
 def applies(*tensors: torch.Tensor) -> bool:
