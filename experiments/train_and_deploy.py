@@ -61,6 +61,7 @@ def calibrate_chips(chips, iterations: int, cache: Path | None = None,
     arrays) and reused by later runs on the same chips (calibrated again when
     ``noise_model`` is wanted and an older entry lacks it)."""
     tiles, sers, noise, floor, rel = [], [], [], [], []
+    by_method: dict = {}  # SER (dB) of each extraction and the floor, per chip calibrated here
     t0 = time.monotonic()
     cfg = CalibrationConfig.quick(fit_iterations=iterations, programmed_states=programmed_states)
     fields = ("eta_per_v", "crosstalk_c", "offset_s", "gain_s_per_c", "mix", "width_loss_s", "source_per_a",
@@ -78,6 +79,9 @@ def calibrate_chips(chips, iterations: int, cache: Path | None = None,
         tile, report = calibrate_tile(b, cfg)
         tiles.append(tile)
         sers.append(report["ser_db"]["model"])
+        for k in ("naive", "linear", "model"):
+            by_method.setdefault(k, []).append(report["ser_db"][k])
+        by_method.setdefault("floor", []).append(report["noise_floor_ser_db"])
         noise.append(report["noise_std_s"])
         floor.append(report["noise_floor_s"])
         rel.append(report["noise_relative"])
@@ -91,6 +95,7 @@ def calibrate_chips(chips, iterations: int, cache: Path | None = None,
     med = lambda v: None if np.isnan(v).any() else float(np.median(v))  # noqa: E731 (None: not in the cache)
     return tiles, {"model_ser_db_median": med(sers), "noise_std_s_median": med(noise),
                    "noise_floor_s_median": med(floor), "noise_relative_median": med(rel),
+                   "ser_db_median": {k: float(np.median(v)) for k, v in by_method.items()},
                    "seconds": time.monotonic() - t0}
 
 
@@ -165,8 +170,10 @@ def run_network(name: str, args) -> dict:
             log(f"{name}: hw-aware network deployed, {args.reads} reads per VMM averaged: {np.mean(accs):.4f}")
             dep.reads = 1
         if args.in_loop:
+            vmms = dep.vmm_count
             r = train_in_loop(dep, split.train, split.test, args.in_loop, lr=lr / 3, batch_size=d["batch_size"],
                               seed=args.seed)
+            res["in_loop_vmms"] = dep.vmm_count - vmms
             accs = [r["accuracy"]] + [dep.evaluate(split.test) for _ in range(args.passes - 1)]
             res.update(in_loop_deployed=float(np.mean(accs)), in_loop_deployed_passes=accs)
             log(f"{name}: after {args.in_loop} in-loop epochs {res['in_loop_deployed']:.4f}")
