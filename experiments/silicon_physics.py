@@ -41,6 +41,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--seeds", type=int, nargs="+", default=[500], help="first chip seed of each chip set")
     p.add_argument("--effects", nargs="+", default=["all"], choices=EFFECTS)
     p.add_argument("--in-loop", type=int, default=3, help="epochs of chip-in-the-loop fine-tuning")
+    p.add_argument("--in-loop-reads", type=int, default=4)
+    p.add_argument("--in-loop-update", default="digital", choices=["all", "digital"])
     p.add_argument("--programmed-states", type=int, default=2)
     p.add_argument("--data", default=None)
     p.add_argument("--json", default=None)
@@ -51,7 +53,8 @@ def main(argv=None) -> list[dict]:
             for model in args.models:
                 tad.log(f"== {model} on {uri(seed, effect)}")
                 r = tad.main(["--backend", uri(seed, effect), "--models", model, "--in-loop", str(args.in_loop),
-                              "--programmed-states", str(args.programmed_states)]
+                              "--programmed-states", str(args.programmed_states),
+                              "--in-loop-reads", str(args.in_loop_reads), "--in-loop-update", args.in_loop_update]
                              + (["--data", args.data] if args.data else []))[0]
                 rows.append(dict(r, effect=effect, chip_seed=seed))
                 if args.json:

@@ -170,10 +170,10 @@ def run_network(name: str, args) -> dict:
             log(f"{name}: hw-aware network deployed, {args.reads} reads per VMM averaged: {np.mean(accs):.4f}")
             dep.reads = 1
         if args.in_loop:
-            vmms = dep.vmm_count
             r = train_in_loop(dep, split.train, split.test, args.in_loop, lr=lr / 3, batch_size=d["batch_size"],
-                              seed=args.seed)
-            res["in_loop_vmms"] = dep.vmm_count - vmms
+                              seed=args.seed, reads=args.in_loop_reads, update=args.in_loop_update,
+                              lr_schedule="cosine")
+            res.update(in_loop_vmms=r["vmms"], in_loop_reads=args.in_loop_reads, in_loop_update=args.in_loop_update)
             accs = [r["accuracy"]] + [dep.evaluate(split.test) for _ in range(args.passes - 1)]
             res.update(in_loop_deployed=float(np.mean(accs)), in_loop_deployed_passes=accs)
             log(f"{name}: after {args.in_loop} in-loop epochs {res['in_loop_deployed']:.4f}")
@@ -205,6 +205,9 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--reads", type=int, default=1,
                    help="also measure the hw network with N VMMs per input averaged (readout noise / sqrt(N))")
     p.add_argument("--in-loop", type=int, default=0, help="epochs of chip-in-the-loop fine-tuning (0: none)")
+    p.add_argument("--in-loop-reads", type=int, default=4, help="VMMs averaged per input while in the loop")
+    p.add_argument("--in-loop-update", default="digital", choices=["all", "digital"],
+                   help="in-loop trains every parameter and reprograms each epoch, or only the digital ones")
     p.add_argument("--noise-scale", type=float, default=None,
                    help="hw training readout noise, in units of the chips' measured noise (margin for model error)")
     p.add_argument("--noise-model", default=None, choices=["constant", "relative"],

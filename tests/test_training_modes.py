@@ -100,6 +100,29 @@ def test_train_in_loop_reprograms_and_reports_accuracy_on_chips():
     assert pulses1 > pulses0  # the updated weights were programmed again
 
 
+def test_digital_in_loop_never_reprograms_and_counts_its_averaged_vmms():
+    torch.manual_seed(0)
+    from labkit.train.networks import dataset_for, mlp_lowres
+
+    split = dataset_for("mlp", subset=120)
+    model = hardware_aware(mlp_lowres(), split.train)
+    with open_chips("sim://?seed=80", 8) as chips:
+        dep = deploy(model, chips)
+        pulses0 = sum(b.inner.chip.pulses_applied for b in chips)
+        w0, b0 = model[1].weight.detach().clone(), model[1].bias.detach().clone()
+        vmm0 = dep.vmm_count
+        res = train_in_loop(dep, split.train, None, 1, lr=1e-2, batch_size=32, reads=3, update="digital")
+        pulses1 = sum(b.inner.chip.pulses_applied for b in chips)
+        spent = dep.vmm_count - vmm0
+    assert pulses1 == pulses0  # no pulse: the programmed weights stay
+    assert torch.equal(w0, model[1].weight) and model[1].weight.requires_grad
+    assert not torch.equal(b0, model[1].bias)
+    assert res["vmms"] == spent > 0 and spent % 3 == 0  # every input read three times
+    assert dep.reads == 1  # restored
+    with pytest.raises(ValueError, match="update='some'"):
+        train_in_loop(dep, split.train, None, 1, update="some")
+
+
 def test_train_cli_modes_and_analog_checkpoint_round_trip(tmp_path, capsys):
     torch.manual_seed(0)
     ideal = tmp_path / "ideal.pt"

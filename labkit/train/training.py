@@ -209,21 +209,51 @@ def hardware_aware(model: nn.Module, train_ds: Dataset, tiles=None, config=None,
 
 def train_in_loop(deployment, train_ds: Dataset, test_ds: Dataset | None, epochs: int, lr: float = 1e-4,
                   batch_size: int = 64, seed: int = 0, progress: ProgressFn | None = None,
-                  reprogram: bool = True, program=None) -> dict:
+                  reprogram: bool = True, program=None, reads: int = 1, update: str = "all",
+                  lr_schedule: str | None = None) -> dict:
     """Chip-in-the-loop fine-tuning of a deployed analog network (a
     :class:`labkit.deploy.deployment.Deployment`): forward passes measured on the chips, gradients
     through the model's Jacobian (the tile physics at the measured operating point).
-    After every epoch the updated weights are programmed onto the chips again
-    (``reprogram``); the test accuracy in the history is measured on the chips.
 
-    Returns the dict of :func:`train` with ``accuracy`` measured on the chips.
+    ``update``: ``"all"`` trains every parameter and, after every epoch, programs the
+    updated weights onto the chips again (``reprogram``); ``"digital"`` keeps the
+    programmed weights and trains only what is applied digitally (biases): no
+    reprogramming, so no new programming error, and every measured forward is exact for
+    the state being trained. ``reads``: VMMs averaged per input while training (readout
+    noise / sqrt(reads), reads times the chip time); ``lr_schedule`` as in :func:`train`
+    (``"cosine"`` settles the last noisy steps). The test accuracy in the history is
+    measured on the chips (at the deployment's own reads).
+
+    Returns the dict of :func:`train` with ``accuracy`` measured on the chips and
+    ``vmms``, the chip VMMs the fine-tuning ran (test evaluation excluded).
     """
+    from labkit.nn import analog_layers
+
+    if update not in ("all", "digital"):
+        raise ValueError(f"update={update!r}; expected 'all' or 'digital'")
+    if not isinstance(reads, int) or reads < 1:
+        raise ValueError(f"reads={reads!r}; expected a whole number of VMMs per input >= 1")
+
     def epoch_hook(epoch: int) -> None:
-        if reprogram:
+        if reprogram and update == "all":
             deployment.reprogram(program)
 
-    result = train(deployment.in_loop, train_ds, None, epochs, lr=lr, batch_size=batch_size, seed=seed,
-                   progress=None, epoch_hook=epoch_hook, final_train_accuracy=False)
+    frozen = []
+    if update == "digital":
+        for _, layer in analog_layers(deployment.model):
+            if layer.weight.requires_grad:
+                layer.weight.requires_grad_(False)
+                frozen.append(layer.weight)
+    saved_reads, vmms = deployment.reads, deployment.vmm_count
+    deployment.reads = reads
+    try:
+        result = train(deployment.in_loop, train_ds, None, epochs, lr=lr, batch_size=batch_size, seed=seed,
+                       progress=None, epoch_hook=epoch_hook, final_train_accuracy=False, lr_schedule=lr_schedule)
+    finally:
+        deployment.reads = saved_reads
+        for w in frozen:
+            w.requires_grad_(True)
+    result["vmms"] = deployment.vmm_count - vmms
     deployment.model.eval()
     accuracy = deployment.evaluate(test_ds) if test_ds is not None else None
     for h in result["history"]:
