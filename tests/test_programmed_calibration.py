@@ -109,3 +109,18 @@ def test_layers_saved_before_the_second_order_terms_load_as_first_order():
     fresh = AnalogLinear(16, 8, config=AnalogConfig(), tiles=[dataclasses.replace(TileParams.nominal(), mix=np.full(15, 0.02))])
     fresh.load_state_dict(state)
     assert float(fresh.tile_so.abs().max()) == 0.0
+
+
+def test_calibrate_command_on_programmed_states(tmp_path, capsys):
+    import json
+
+    from labkit.cli import main as cli
+
+    rc = cli(["calibrate", "--backend", "sim://?seed=44&preset=silicon", "--quick", "--programmed-states", "2",
+              "--out", str(tmp_path / "runs.sqlite"), "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["programmed"]["held_out_state"] and "residuals" in out["programmed"]
+    assert out["ser_db"]["model"] > out["ser_db"]["naive"] + 3.0  # on the held-out programmed state
+    assert out["shipped"]["gap_to_floor_db"]["model"] < 1.0  # the shipped-state figure, kept beside it
+    assert cli(["calibrate", "--backend", "sim://", "--programmed-states", "-1"]) == 2

@@ -46,6 +46,7 @@ class CalibrationConfig:
                      "onehot_repeats", "fit_iterations"):
             check_int(name, getattr(self, name), 1)
         check_int("baseline_repeats", self.baseline_repeats, 2)
+        check_int("programmed_states", self.programmed_states, 0, 16)
         check_int("repeats", self.repeats, 2)
         for name in ("zero_fraction", "activation_zero_fraction"):
             check_fraction(name, getattr(self, name), closed=False)

@@ -31,6 +31,9 @@ def add_arguments(parser) -> None:
                         help="held-out random (and activation-like) patterns")
     parser.add_argument("--iterations", type=options.count(1, 100_000), default=None,
                         help="most L-BFGS iterations of the model fit")
+    parser.add_argument("--programmed-states", type=options.count(0, 16), default=0, metavar="N",
+                        help="also program the chip to N weight-like states and fit the chip on them, so the "
+                             "model predicts programmed tiles (REPROGRAMS the chip; default 0)")
 
 
 def config_from_args(args) -> cal.CalibrationConfig:
@@ -42,6 +45,8 @@ def config_from_args(args) -> cal.CalibrationConfig:
         changes["holdout_patterns"] = changes["activation_patterns"] = args.holdout
     if args.iterations is not None:
         changes["fit_iterations"] = args.iterations
+    if getattr(args, "programmed_states", 0):
+        changes["programmed_states"] = args.programmed_states
     config = cal.CalibrationConfig.quick(**changes) if args.quick else cal.CalibrationConfig(**changes)
     return config.validate()
 
@@ -54,6 +59,9 @@ def run(args, out) -> dict:
         path = Path(args.file) if args.file else db.with_name(f"calibration-{_safe(chip)}.npz")
         with RunStore(db) as store:
             out.info(f"calibrating {chip} on {args.backend}")
+            if config.programmed_states:
+                out.info(f"note: this programs {chip} to {config.programmed_states} weight-like states "
+                         "(its present weights are overwritten)")
             with sigterm_as_keyboard_interrupt(), store.run(
                     "calibrate", backend_uri=args.backend, chip_id=chip, settings=backend.settings,
                     provenance=backend.provenance(),
@@ -84,6 +92,8 @@ def run(args, out) -> dict:
         "fit_duration_s": rep["fit_duration_s"],
         "fit": rep["fit"],
         "sizes": rep["sizes"],
+        "shipped": rep.get("shipped"),
+        "programmed": rep.get("programmed"),
     }
 
 
@@ -106,6 +116,14 @@ def _print_report(out, result, path: Path, db: Path) -> None:
     rows.append(["noise floor", _db(rep["noise_floor_ser_db"]), f"{rep['noise_floor']['holdout']['ser']:.0f}",
                  _db(rep["noise_floor_activations_ser_db"]), "-"])
     out.table(rows, header=["extraction", "SER held-out", "ratio", "SER activations", "below floor"])
+    if "programmed" in rep:
+        out.table([[m, _db(rep["ser_db"][m]), _db(rep["gap_to_floor_db"][m])] for m in cal.METHODS]
+                  + [["noise floor", _db(rep["noise_floor_ser_db"]), "-"]],
+                  header=["extraction", "SER programmed state (activations)", "below floor"])
+        res = rep["programmed"]["residuals"]
+        out.print(f"residuals / noise: {res['overall']:.2f} overall; "
+                  + (f"above {res['limit']:.2f} in {', '.join(res['flagged'])}: the model lacks something here"
+                     if res["structure"] else "no column or pattern class above the noise"))
     out.print(f"chip {result.chip_id}: measured in {rep['measure_duration_s']:.1f} s, fitted in "
               f"{rep['fit_duration_s']:.1f} s ({rep['fit']['iterations']} L-BFGS iterations)")
     out.print(f"calibration file {path} (run {', '.join(map(str, result.run_ids))} in {db})")
