@@ -2,7 +2,8 @@
 
 Rows: one chip (time-multiplexed: 497 programmings) and one chip per tile (497 chips),
 each with 1 and 2 worker processes (``torch.distributed``, gloo on loopback: the chips
-spread over the processes). The time inside the emulated chips (every call that reaches
+spread over the processes; one chip is driven by one process, so the one-chip row has
+no 2-process twin). The time inside the emulated chips (every call that reaches
 a raw backend: reads, pulses, erases, VMMs) is measured apart from the host's own work
 (mapping, scheduling, digital glue, the partial sums), since for a real bench the host
 share must stay small next to the programming time. The network is LeNet-5 converted to
