@@ -74,6 +74,14 @@ def main_code(argv) -> int:
         return exit_code(exc)
 
 
+@pytest.fixture(autouse=True)
+def _restore_cwd():
+    """These tests run the command in their tmp folder: give the next test its folder back."""
+    cwd = os.getcwd()
+    yield
+    os.chdir(cwd)
+
+
 def refused(capsys, tmp_path, *argv, backend="count://?seed=3", code=2) -> str:
     """Run the command; assert a one-line refusal with no chip call; return the line."""
     os.chdir(tmp_path)
