@@ -35,6 +35,7 @@ from labkit.calibrate.file import LinearFit
 from labkit.errors import FitDivergedError
 from labkit.measure import OneHotData, quantize_inputs
 from labkit.model import ArrayModel
+from labkit.model.units import FC, US
 from labkit.validate import check_int
 
 __all__ = ["ETA_START_PER_V", "fit_naive", "fit_linear", "FitInfo", "fit_model", "predict_mean_s"]
@@ -101,13 +102,13 @@ def _scales(model: ArrayModel, x: torch.Tensor, y_s: np.ndarray, lsb_s: float) -
     units): the fit runs on parameters divided by these, so every direction is about
     equally steep (a diagonal preconditioner for L-BFGS)."""
     with torch.no_grad():
-        g = torch.as_tensor(model.gain_s_per_c() * 1e-9, dtype=x.dtype)  # us/fC
-        lsb_us = lsb_s * 1e6
+        g = torch.as_tensor(model.gain_s_per_c() * (FC / US), dtype=x.dtype)  # us/fC
+        lsb_us = lsb_s / US
         i0_fc_per_us = model.log_i0.detach().exp()  # nA = fC/us
         x_rms = x.pow(2).mean(0).sqrt().clamp_min(1e-3)  # (rows,)
         on = (x > 0).to(x.dtype).mean(0).clamp_min(1e-3)  # (rows,)
         cell_us = g * i0_fc_per_us * model.T_us * x_rms[:, None]  # output per unit log current
-        q_ms = torch.as_tensor(np.mean(y_s**2, axis=0), dtype=x.dtype) * 1e12 / g**2  # fC^2
+        q_ms = torch.as_tensor(np.mean(y_s**2, axis=0), dtype=x.dtype) / US**2 / g**2  # fC^2
         eta_us = g * q_ms / (2.0 * model.C_ff)  # output per unit eta (1/V)
         scales = {
             "log_i0": lsb_us / cell_us.clamp_min(1e-3 * float(cell_us.max())),

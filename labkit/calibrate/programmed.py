@@ -29,6 +29,7 @@ from labkit.calibrate.fits import _lbfgs, _torch_threads
 from labkit.measure import (Baseline, OneHotData, RepeatData, VmmData, activation_like_patterns, measure_baseline,
                             measure_repeats, measure_vmm, no_progress, quantize_inputs, random_patterns, vmm_onehot)
 from labkit.model import ArrayModel
+from labkit.model.units import FC, US
 from labkit.program import ProgramConfig, WeightWindow, map_weights, program_array
 
 __all__ = ["ProgrammedState", "state_targets", "measure_programmed_states", "fit_chip", "CHIP_TERMS"]
@@ -92,9 +93,9 @@ def measure_programmed_states(backend: SafeArray, config, run=None, progress=no_
 def _chip_scales(model: ArrayModel, x: torch.Tensor, y_s: np.ndarray, lsb_s: float, base: dict) -> dict:
     """Per fitted parameter the change that moves the outputs by about one LSB (internal
     units), shaped to tie it across the states (leading dim 1)."""
-    lsb = lsb_s * 1e6
-    g = float(np.mean(model.gain_s_per_c())) * 1e-9  # us/fC
-    q_rms = float(np.sqrt(np.mean(y_s**2))) * 1e6 / g  # fC
+    lsb = lsb_s / US
+    g = float(np.mean(model.gain_s_per_c())) * (FC / US)  # us/fC
+    q_rms = float(np.sqrt(np.mean(y_s**2))) / US / g  # fC
     i0 = model.log_i0.detach().exp().mean(0)  # (R, C) nA
     xm = x.mean(dim=tuple(range(x.dim() - 1)))  # (R,) mean input
     on = (x > 0).to(x.dtype).mean(dim=tuple(range(x.dim() - 1))).clamp_min(1e-3)
@@ -132,7 +133,7 @@ def fit_chip(start: ArrayModel, states: list[ProgrammedState], iterations: int =
         xt = torch.tensor(quantize_inputs(x, st.input_bits), dtype=dtype)
         base = {k: v.unsqueeze(0) for k, v in (start_scales or {}).items()}
         if not base:
-            base = {"eta": torch.full_like(model.eta[:1], 0.05), "t0": torch.full_like(model.t0[:1], st.tdc_lsb_s * 1e6),
+            base = {"eta": torch.full_like(model.eta[:1], 0.05), "t0": torch.full_like(model.t0[:1], st.tdc_lsb_s / US),
                     "k_xt": torch.full_like(model.k_xt[:1], 0.5)}
         y = np.stack([s.baseline.t0_s for s in states], axis=0)[None] - t
         scales = _chip_scales(model, xt, y, st.tdc_lsb_s, base)
