@@ -33,35 +33,18 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["neighbours", "mix_columns", "source_factor", "effective_inputs", "edge_fraction", "tdc_bow",
+__all__ = ["mix_columns", "source_factor", "effective_inputs", "edge_fraction", "tdc_bow",
            "tdc_linearize"]
 
 
-def neighbours(mix: np.ndarray, cols: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
-    """Gather form of the coupling for the columns ``cols`` of one array (default: all):
-    ``(keep, left_index, left_weight, right_index, right_weight)``, each (len(cols),).
-
-    ``mix`` (C-1,) is the coupling of physical columns j and j+1. The indices point into
-    ``cols`` (a neighbour that is not among them gets weight 0; its own loss stays)."""
-    mix = np.asarray(mix, dtype=float)
-    C = len(mix) + 1
-    cols = np.arange(C) if cols is None else np.asarray(cols)
-    where = {int(c): k for k, c in enumerate(cols)}
-    m_left = np.concatenate([[0.0], mix])  # coupling to column j - 1
-    m_right = np.concatenate([mix, [0.0]])  # coupling to column j + 1
-    keep = 1.0 - m_left[cols] - m_right[cols]
-    li = np.array([where.get(int(c) - 1, k) for k, c in enumerate(cols)])
-    ri = np.array([where.get(int(c) + 1, k) for k, c in enumerate(cols)])
-    lw = np.where(li != np.arange(len(cols)), m_left[cols], 0.0)
-    rw = np.where(ri != np.arange(len(cols)), m_right[cols], 0.0)
-    return keep, li, lw, ri, rw
-
-
 def mix_columns(a: torch.Tensor, keep, li, lw, ri, rw) -> torch.Tensor:
-    """Bit-line coupling on the last dim of ``a`` (currents or charges per column).
+    """Bit-line coupling on the last dim of ``a`` (currents or charges per column), in
+    gather form: ``a * keep + a[li] * lw + a[ri] * rw``.
 
-    ``keep``, ``lw``, ``rw`` broadcast against ``a``; ``li``, ``ri`` are long tensors of
-    its last-dim size (or broadcastable index tensors for per-tile maps)."""
+    ``keep`` is ``1 - m_left - m_right`` of each column, ``lw`` / ``rw`` the coupling to the
+    columns at indices ``li`` / ``ri`` (weight 0 where a neighbour is absent); the weights
+    broadcast against ``a``; ``li``, ``ri`` are long tensors of its last-dim size (or
+    broadcastable index tensors for per-tile maps)."""
     li = li.expand(a.shape) if li.dim() > 1 else li
     ri = ri.expand(a.shape) if ri.dim() > 1 else ri
     left = a.gather(-1, li) if li.dim() > 1 else a.index_select(-1, li)
