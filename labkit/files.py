@@ -29,7 +29,7 @@ import numpy as np
 
 from labkit.errors import UsageError
 
-__all__ = ["FileFormatError", "read_bytes", "load_yaml", "load_json", "npz_headers", "read_npz",
+__all__ = ["FileFormatError", "read_bytes", "load_yaml", "load_json", "npz_headers", "read_npz", "write_npz",
            "MAX_TEXT_BYTES", "MAX_DEPTH", "NUMERIC_KINDS"]
 
 MAX_TEXT_BYTES = 4 * 2**20  # YAML and JSON files: 4 MiB
@@ -250,3 +250,18 @@ def read_npz(path: str | os.PathLike, what: str, *, max_bytes: int,
 def _kind_words(kinds: str) -> str:
     words = {"b": "bool", "i": "integer", "u": "unsigned integer", "f": "real", "U": "text"}
     return " or ".join(words.get(k, k) for k in kinds)
+
+
+def write_npz(path: str | os.PathLike, arrays: dict) -> Path:
+    """Write plain arrays as an .npz atomically (a temporary file in the same folder,
+    then ``os.replace``: a reader sees the old file or the new one, never half of one)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

@@ -25,7 +25,6 @@ unquantized output (:func:`labkit.calibrate.fits.predict_mean_s` applies that sh
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from labkit.files import FileFormatError, npz_headers, read_npz
+from labkit.files import FileFormatError, npz_headers, read_npz, write_npz
 from labkit.model import ArrayModel
 
 __all__ = ["FORMAT", "Calibration", "CalibrationMismatch", "LinearFit", "load_calibration",
@@ -117,15 +116,7 @@ def save_calibration(cal: Calibration, path) -> Path:
     for key, value in arrays.items():
         if value.dtype.kind == "O":
             raise ValueError(f"calibration entry {key!r} is not a plain array (dtype object)")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_npz(path, arrays)
 
 
 MAX_CALIBRATION_BYTES = 64 * 2**20  # declared array bytes of one calibration file

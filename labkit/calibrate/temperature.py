@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from labkit.backend import SafeArray, TemperatureControl
 from labkit.calibrate.file import FORMAT as SINGLE_FORMAT
 from labkit.calibrate.file import Calibration, read_calibration, save_calibration
 from labkit.errors import UsageError
-from labkit.files import FileFormatError, npz_headers, read_npz
+from labkit.files import FileFormatError, npz_headers, read_npz, write_npz
 from labkit.measure.currents import cell_current_map
 
 __all__ = ["FORMAT", "CellLaw", "TemperatureCalibration", "OutOfRangeWarning", "measure_cell_law",
@@ -278,15 +277,7 @@ def save_temperature_calibration(tc: TemperatureCalibration, path) -> Path:
             one = save_calibration(cal, Path(tmp) / f"{k}.npz")
             with np.load(one, allow_pickle=False) as z:
                 arrays.update({f"cal{k}/{name}": z[name] for name in z.files})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_npz(path, arrays)
 
 
 def read_temperature_calibration(path, chip_id: str | None = None) -> TemperatureCalibration:
