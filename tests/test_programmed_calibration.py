@@ -96,11 +96,13 @@ def test_layer_tile_physics_follows_the_array_model_with_second_order_terms():
     with torch.no_grad():
         y = layer.tile_outputs(x).double()
         exact = layer.model_tile(0).array_model(dtype=torch.float64).signed(x.double(), cfg.window().i_scale_a)
+        alone = layer.model_tile(0).forward(x).double()  # the same tile on its own: the same terms
         layer.set_tiles([TileParams.nominal()])
         first = layer.tile_outputs(x).double()
     rms = lambda a: float(a.pow(2).mean().sqrt())  # noqa: E731
     assert rms(y - exact) < 0.04 * rms(exact), rms(y - exact) / rms(exact)
     assert rms(first - exact) > 3 * rms(y - exact)  # the terms matter at these sizes
+    assert torch.allclose(alone, y, atol=1e-5)
 
 
 def test_layers_saved_before_the_second_order_terms_load_as_first_order():

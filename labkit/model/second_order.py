@@ -33,8 +33,37 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["mix_columns", "source_factor", "effective_inputs", "edge_fraction", "tdc_bow",
+__all__ = ["coupling_gather", "mix_columns", "source_factor", "effective_inputs", "edge_fraction", "tile_terms", "tdc_bow",
            "tdc_linearize"]
+
+
+def coupling_gather(mix: np.ndarray, cols: np.ndarray, group: np.ndarray | None = None) -> tuple:
+    """The bit-line coupling of the columns ``cols`` (K,) (physical indices) of a
+    computation, in the gather form of :func:`mix_columns`: ``(keep, li, lw, ri, rw)``,
+    weights (..., K) float32, indices (K,) long.
+
+    ``mix``: (C-1,) for one array, or (..., K, C-1), the coupling per adjacent pair of
+    the array each column is on (leading dims, e.g. one per row tile). ``group`` (K,):
+    which array each column is on (columns of different arrays never couple; default
+    one). A neighbour that is not among ``cols`` gets weight 0; its share of the
+    coupling still leaves the column."""
+    cols = np.asarray(cols)
+    K = len(cols)
+    mix = np.asarray(mix, dtype=float)
+    if mix.ndim == 1:
+        mix = np.broadcast_to(mix, (K, mix.shape[0]))
+    group = np.zeros(K, int) if group is None else np.asarray(group)
+    where = {(int(g), int(c)): k for k, (g, c) in enumerate(zip(group, cols))}
+    li = np.array([where.get((int(g), int(c) - 1), k) for k, (g, c) in enumerate(zip(group, cols))])
+    ri = np.array([where.get((int(g), int(c) + 1), k) for k, (g, c) in enumerate(zip(group, cols))])
+    pad = np.zeros(mix.shape[:-1] + (1,))
+    idx = np.broadcast_to(cols[:, None], mix.shape[:-1] + (1,))
+    m_left = np.take_along_axis(np.concatenate([pad, mix], -1), idx, -1)[..., 0]  # to column - 1
+    m_right = np.take_along_axis(np.concatenate([mix, pad], -1), idx, -1)[..., 0]  # to column + 1
+    own = np.arange(K)
+    f = lambda a: torch.tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
+    return (f(1.0 - m_left - m_right), torch.tensor(li), f(np.where(li != own, m_left, 0.0)), torch.tensor(ri),
+            f(np.where(ri != own, m_right, 0.0)))
 
 
 def mix_columns(a: torch.Tensor, keep, li, lw, ri, rw) -> torch.Tensor:
@@ -85,6 +114,20 @@ def edge_fraction(x: torch.Tensor, width_loss: torch.Tensor) -> torch.Tensor:
     """Part of its crosstalk charge the falling edge of a pulse ``x`` (units of T)
     couples: ``min(x / delta, 1)`` (1 where ``delta <= 0``); 0 for ``x = 0``."""
     return torch.where(width_loss > 0, (x / width_loss.clamp_min(1e-9)).clamp(0.0, 1.0), (x > 0).to(x.dtype))
+
+
+def tile_terms(xt: torch.Tensor, i0t: torch.Tensor, kx: torch.Tensor, coupling: tuple, width_loss: torch.Tensor,
+               beta: torch.Tensor, row_na: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The terms on the batched tiles of :class:`labkit.model.tile_physics.TileBmm`:
+    inputs ``xt`` (rt, R, N) in [0, 1], currents times T ``i0t`` and crosstalk ``kx``
+    (rt, R, K). Widths (``width_loss`` (rt, R, 1) in T, ``beta`` (rt, 1, 1) 1/nA, the
+    rows' currents ``row_na`` (rt, R, 1) nA) pass straight through (the gradient of the
+    ideal pulse); a pulse shorter than the rise keeps its edge's crosstalk when it couples
+    half or more (the tile physics has no partial edges); the coupling is exact."""
+    with torch.no_grad():
+        xe = effective_inputs(xt, width_loss, beta, row_na, dim=1)
+        xe = torch.where((xe <= 0) & (edge_fraction(xt, width_loss) >= 0.5), torch.full_like(xe, 1e-6), xe)
+    return xt + (xe - xt).detach(), mix_columns(i0t, *coupling), mix_columns(kx, *coupling)
 
 
 def tdc_bow(t: torch.Tensor, bow_lsb, lsb: float, levels: int) -> torch.Tensor:

@@ -239,44 +239,27 @@ class AnalogLayer(nn.Module):
         out = None
         if bool(self.tile_so.abs().max() > 0):
             t = self._tidx.numpy()  # (rt, 2n) tile of each used column
-            cols = self._cols.numpy()
-            ctile = (t[0] - t[0].min())  # column tile of each used column (same in every row tile)
-            keys = {(int(ct), int(c)): k for k, (ct, c) in enumerate(zip(ctile, cols))}
-            li = np.array([keys.get((int(ct), int(c) - 1), k) for k, (ct, c) in enumerate(zip(ctile, cols))])
-            ri = np.array([keys.get((int(ct), int(c) + 1), k) for k, (ct, c) in enumerate(zip(ctile, cols))])
             so_t = self.tile_so.double().numpy()[t]  # (rt, 2n, terms)
-            mix = so_t[..., :C - 1]
-            pad = np.zeros(mix.shape[:-1] + (1,))
-            m_left = np.take_along_axis(np.concatenate([pad, mix], -1), cols[None, :, None], -1)[..., 0]
-            m_right = np.take_along_axis(np.concatenate([mix, pad], -1), cols[None, :, None], -1)[..., 0]
-            own = np.arange(len(cols))
-            f32 = lambda a: torch.tensor(a, dtype=torch.float32).unsqueeze(1)  # noqa: E731
-            coupling = (f32(1.0 - m_left - m_right), torch.tensor(li), f32(np.where(li != own, m_left, 0.0)),
-                        torch.tensor(ri), f32(np.where(ri != own, m_right, 0.0)))
+            keep, li, lw, ri, rw = so.coupling_gather(so_t[..., :C - 1], self._cols.numpy(), t[0] - t[0].min())
+            coupling = (keep.unsqueeze(1), li, lw.unsqueeze(1), ri, rw.unsqueeze(1))  # weights (rt, 1, 2n)
             per_tile = so_t.mean(1)  # width loss and source line: the mean of the row tile's chips
             loss = torch.tensor(per_tile[:, C - 1:C - 1 + R] / self._T_us, dtype=torch.float32).unsqueeze(-1)
             beta = torch.tensor(per_tile[:, -2], dtype=torch.float32).view(-1, 1, 1)
-            unused = (C * self.col_tiles - len(cols)) / self.col_tiles  # columns per chip the layer leaves at I_min
+            unused = (C * self.col_tiles - t.shape[1]) / self.col_tiles  # columns per chip the layer leaves at I_min
             out = (coupling, loss, beta, unused)
         self._so_cache = (key, out)
         return out
 
     def _second_order(self, xt: torch.Tensor, i0t: torch.Tensor, kx: torch.Tensor):
         """Inputs, currents and crosstalk through the second-order terms
-        (:mod:`labkit.model.second_order`): effective widths straight-through (the
-        gradient of the ideal pulse), coupling exact. The source line sees each row's
+        (:func:`labkit.model.second_order.tile_terms`). The source line sees each row's
         current averaged over the layer's column tiles (chips) plus its unused columns."""
         terms = self._second_wide()
         if terms is None:
             return xt, i0t, kx
         coupling, loss, beta, unused = terms
-        with torch.no_grad():
-            row_na = (i0t.sum(-1, keepdim=True) / self.col_tiles + unused * self._i_min_na * self._T_us) / self._T_us
-            xe = so.effective_inputs(xt, loss, beta, row_na, dim=1)
-            # a pulse shorter than the rise keeps its edge's crosstalk when it couples half or more
-            xe = torch.where((xe <= 0) & (so.edge_fraction(xt, loss) >= 0.5), torch.full_like(xe, 1e-6), xe)
-        xt = xt + (xe - xt).detach()
-        return xt, so.mix_columns(i0t, *coupling), so.mix_columns(kx, *coupling)
+        row_na = (i0t.detach().sum(-1, keepdim=True) / self.col_tiles + unused * self._i_min_na * self._T_us) / self._T_us
+        return so.tile_terms(xt, i0t, kx, coupling, loss, beta, row_na)
 
     def _jittered(self, wide):
         """The wide parameters, perturbed in training when ``config.noise.jitter`` > 0."""

@@ -107,7 +107,14 @@ class ModelTile:
         gc = col(np.asarray(p.gain_s_per_c) * (FC / US) / lsb_us)
         opts = (cfg.droop, cfg.quantize, (0.0, 0.0), float(2**op.tdc_bits - 1), 2, cfg.crosstalk, cfg.edge_order)
         xt = x.to(torch.float32).t().contiguous().unsqueeze(0)
+        mix, loss, beta, _ = p.second_order(op.rows, op.cols)  # (the TDC bow: corrected where times are read)
+        T_us = op.integration_time_s / US
         with torch.no_grad():
+            if mix.any() or loss.any() or beta:
+                loss_t = torch.tensor(loss / op.integration_time_s, **f32).view(1, -1, 1)
+                row_na = i0t.sum(-1, keepdim=True) / T_us  # every column of the tile is in cols
+                xt, i0t, kx = so.tile_terms(xt, i0t, kx, so.coupling_gather(mix, cols), loss_t,
+                                            torch.tensor(beta * NA, **f32).view(1, 1, 1), row_na)
             y = tile_physics.TileBmm.apply(xt, i0t, kx, e, t0c, gc, opts)
         return y / (window.i_scale_a / NA * op.integration_time_s / US)
 
