@@ -116,6 +116,9 @@ class CompensatedTile:
         self.offset = p.get("offset", np.zeros_like(p["currents_a"]))
         self.base_baseline = p["baseline_s"].copy()
         self.chip.baseline_s = p["baseline_s"].copy()
+        self.chip.gain_s_per_c = self.base_gain.copy()  # an earlier compensation's changes undone
+        if self.backend.settings.read_voltage_v != self.read_v:
+            self.backend.configure(read_voltage_v=self.read_v)
         self._state = None
 
     def state(self) -> dict:
