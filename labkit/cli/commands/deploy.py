@@ -11,6 +11,15 @@ next; the partial sums go to the run store as they are measured, so an interrupt
 resumes with ``--resume RUN`` without programming a finished tile again. Before
 anything is programmed the command states the bench time, the reprogrammings and the
 erase-and-program cycles per chip, and refuses a run over ``--endurance``.
+
+``--temperature C`` regulates the chips at C for inference (refused outside the safety
+envelope before anything is programmed); ``--temperature-compensation read-voltage``
+follows each chip's temperature at every batch with a gate shift and readout scale from
+its temperature calibration (``--temperature-calibration FILE`` per chip, or measured
+with ``--calibrate-at C,C,C``), ``reprogram`` also programs a tile again 5 K away from
+where it was programmed (labkit.deploy.temperature). Every batch's temperatures and
+read voltages are in the result (``batches``); a temperature outside the calibrated
+range is a warning on stderr and in ``warnings``.
 """
 
 from __future__ import annotations
