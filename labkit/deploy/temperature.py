@@ -8,9 +8,11 @@ batch it reads the chip's temperature and, with ``read-voltage`` compensation:
    read right after programming) and, with a retention model, its drift since;
 2. shifts the read (word-line) voltage by the one gate offset that holds those
    currents to first order (least squares in current), clipped to the envelope;
-3. scales each column's readout gain by its predicted current ratio (what the shift
-   leaves: the slope ``n k T / q`` compresses current ratios), times the calibrated
-   readout gain's own change with T.
+3. corrects each column's readout for what the shift leaves (the slope ``n k T / q``
+   compresses current ratios): the intended currents as a straight line of the
+   predicted ones per column (least squares over its used cells), its slope a readout
+   gain (times the calibrated readout gain's own change with T), its intercept an offset
+   current times the summed pulse inputs, added digitally.
 
 The network is not reprogrammed. Every batch is recorded (:attr:`log`): temperature
 (K), read voltage (V), age (s) and a warning when the temperature is outside the
@@ -93,6 +95,7 @@ class CompensatedTile:
             raise UsageError(f"design_age_s={design_age_s!r} s needs a retention model and a finite age > 0 s")
         g = chip.backend.geometry
         self.offset = np.zeros((g.rows, g.cols))  # ln pre-distortion programmed into the cells (0: none)
+        self.offset_a = np.zeros(g.cols)  # A per column: the affine part of the readout correction
         self._state: tuple | None = None
         self.reference(programmed)
 
@@ -185,7 +188,18 @@ class CompensatedTile:
         ln_now = law.log_current(kelvin, v - self.read_v, self.programmed_a, self.programmed_k) + drift
         i0 = np.where(self.used, self.programmed_a * np.exp(-self.offset), 0.0)
         now = np.where(self.used, np.exp(ln_now), 0.0)
-        ratio = np.where(i0.sum(axis=0) > 0, now.sum(axis=0) / np.maximum(i0.sum(axis=0), 1e-30), 1.0)
+        # per column, the intended currents as an affine function of the ones flowing now
+        # (least squares over the used cells): I0 = now / ratio + offset_a
+        ratio, self.offset_a = np.ones(i0.shape[1]), np.zeros(i0.shape[1])
+        for j in range(i0.shape[1]):
+            u = self.used[:, j]
+            if u.sum() >= 2 and np.ptp(now[u, j]) > 0:
+                slope, icpt = np.polyfit(now[u, j], i0[u, j], 1)
+                if slope > 0:
+                    ratio[j], self.offset_a[j] = 1.0 / slope, icpt
+                    continue
+            if u.any():
+                ratio[j] = now[u, j].sum() / max(i0[u, j].sum(), 1e-30)
         readout = 1.0
         if len(self.calibration.calibrations) > 1:
             g_t = np.asarray(self.calibration.at(kelvin, warn=False).model["gain_s_per_c"], dtype=float)
@@ -222,4 +236,12 @@ class CompensatedTile:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.update()
-        return self.chip.forward(x)
+        y = self.chip.forward(x)
+        if self.method == "off" or not np.any(self.offset_a):
+            return y
+        # the affine part of the readout correction: offset current times the summed pulse inputs
+        op = self.chip.config.operating
+        pairs = np.asarray(op.pairs)
+        d = (self.offset_a[pairs[:, 0]] - self.offset_a[pairs[:, 1]]) / self.chip.config.window().i_scale_a
+        s = np.clip(x.detach().double().cpu().numpy(), 0.0, 1.0).sum(axis=1)
+        return y + torch.as_tensor(s[:, None] * d[None, :], dtype=y.dtype)
