@@ -153,7 +153,8 @@ def run_retention(dep, chips, tcals, models, split, args) -> dict:
                     intended = np.where(w.used, w.programmed_a * np.exp(-w.offset), np.nan)
                     plan = refresh_plan(models[t.chip_id], intended, hot, args.refresh_tolerance, used=w.used,
                                         offset=w.offset)
-                    due.append(dep.programmed_at_s[i] + plan.leaves_tolerance_after_s)
+                    # a tile that cannot hold the tolerance is refreshed at most once an hour
+                    due.append(dep.programmed_at_s[i] + max(plan.leaves_tolerance_after_s, 3600.0))
                 if min(due) > target:
                     break
                 dep.advance_time_s(max(min(due) - dep.clock_s, 0.0))
