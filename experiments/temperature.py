@@ -90,7 +90,7 @@ def run_seed(name: str, chip_seed: int, args) -> dict:
         dep = deploy(hw, chips)
         res["deployed_27C"] = dep.evaluate(split.test)
         log(f"{name}: software {res['hw_software']:.4f}, deployed at 27 degC {res['deployed_27C']:.4f}")
-        for method in ("off", "read-voltage", "reprogram"):
+        for method in () if args.skip_temperature else ("off", "read-voltage", "reprogram"):
             dep.set_temperature_k(T0_K)
             if method == "reprogram":
                 for i in range(len(dep.tiles)):
@@ -189,6 +189,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--aware-epochs", type=int, default=0,
                    help="also fine-tune the network temperature-aware this many epochs and measure it with "
                         "read-voltage compensation alone (0: not)")
+    p.add_argument("--skip-temperature", action="store_true", help="only the retention table")
     p.add_argument("--skip-retention", action="store_true", help="only the temperature table")
     p.add_argument("--seed", type=int, default=0, help="training and data seed")
     p.add_argument("--json", default=None)
@@ -202,21 +203,22 @@ def main(argv=None) -> list[dict]:
     for name in args.models:
         rs = [r for r in results if r["model"] == name]
         sw = np.mean([r["hw_software"] for r in rs])
-        print(f"\n{name}: accuracy vs temperature (mean of {len(rs)} chip seeds; hw-aware software {sw:.4f})")
-        dep27 = np.mean([r["deployed_27C"] for r in rs])
-        print(f"deployed at the programming temperature (27 degC): {dep27:.4f}; pp columns: against software")
-        print(f"{'degC':>5} {'off':>8} {'read-v':>8} {'reprog':>8} {'off pp':>8} {'read-v pp':>9} {'reprog pp':>9}")
-        for tc in TEMPS_C:
-            a = [np.mean([r[f"temperature_{m}"][tc] for r in rs]) for m in ("off", "read-voltage", "reprogram")]
-            print(f"{tc:5d} " + " ".join(f"{v:8.4f}" for v in a) + " "
-                  + " ".join(f"{100 * (v - sw):8.2f} " for v in a))
-        if all("temperature_aware" in r for r in rs):
-            sa = np.mean([r["aware_software"] for r in rs])
-            print(f"temperature-aware training + read-voltage (software {sa:.4f}): " + " ".join(
-                f"{tc}C {np.mean([r['temperature_aware'][tc] for r in rs]):.4f} "
-                f"({100 * (np.mean([r['temperature_aware'][tc] for r in rs]) - sw):+.2f} pp)" for tc in TEMPS_C))
-        print(f"reprogram: {np.mean([r['reprograms_reprogram'] for r in rs]):.1f} tile programmings per run over the "
-              f"sweep, {np.mean([r['reprogram_pulses_reprogram'] for r in rs]):.0f} pulses")
+        if not args.skip_temperature:
+            print(f"\n{name}: accuracy vs temperature (mean of {len(rs)} chip seeds; hw-aware software {sw:.4f})")
+            dep27 = np.mean([r["deployed_27C"] for r in rs])
+            print(f"deployed at the programming temperature (27 degC): {dep27:.4f}; pp columns: against software")
+            print(f"{'degC':>5} {'off':>8} {'read-v':>8} {'reprog':>8} {'off pp':>8} {'read-v pp':>9} {'reprog pp':>9}")
+            for tc in TEMPS_C:
+                a = [np.mean([r[f"temperature_{m}"][tc] for r in rs]) for m in ("off", "read-voltage", "reprogram")]
+                print(f"{tc:5d} " + " ".join(f"{v:8.4f}" for v in a) + " "
+                      + " ".join(f"{100 * (v - sw):8.2f} " for v in a))
+            if all("temperature_aware" in r for r in rs):
+                sa = np.mean([r["aware_software"] for r in rs])
+                print(f"temperature-aware training + read-voltage (software {sa:.4f}): " + " ".join(
+                    f"{tc}C {np.mean([r['temperature_aware'][tc] for r in rs]):.4f} "
+                    f"({100 * (np.mean([r['temperature_aware'][tc] for r in rs]) - sw):+.2f} pp)" for tc in TEMPS_C))
+            print(f"reprogram: {np.mean([r['reprograms_reprogram'] for r in rs]):.1f} tile programmings per run over the "
+                  f"sweep, {np.mean([r['reprogram_pulses_reprogram'] for r in rs]):.0f} pulses")
         if args.skip_retention:
             continue
         print(f"\n{name}: accuracy vs virtual time at 40 degC (mean of {len(rs)} chip seeds)")

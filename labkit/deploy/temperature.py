@@ -136,8 +136,9 @@ class CompensatedTile:
     def set_weights(self, w: np.ndarray) -> dict:
         """Program ``w`` at the reference read voltage and gain, and refer to it from now.
         With ``design_age_s`` the cells are programmed drift-aware: each target is raised
-        by its predicted drift at that age (at the present temperature) less its column's
-        mean (which the readout gain takes), so the cells meet their targets then."""
+        by its predicted drift at that age (at the present temperature) less that of its
+        column's slowest cell (the readout gain takes the common part), so the cells meet
+        their targets, relative to each other, then."""
         self.backend.configure(read_voltage_v=self.read_v)
         self.chip.gain_s_per_c = self.base_gain.copy()
         if self.design_age_s is None:
@@ -164,8 +165,9 @@ class CompensatedTile:
         kelvin = float(b.temperature_k() or self.programmed_k)
         drift = self.retention.log_drift(self.design_age_s, kelvin)
         cells = np.isfinite(plan.targets_a)
-        col = np.array([drift[cells[:, j], j].mean() if cells[:, j].any() else 0.0 for j in range(drift.shape[1])])
-        offset = np.where(cells, -(drift - col[None, :]), 0.0)
+        # raised only (never below the window's zero current): against the column's slowest cell
+        col = np.array([drift[cells[:, j], j].max() if cells[:, j].any() else 0.0 for j in range(drift.shape[1])])
+        offset = np.where(cells, col[None, :] - drift, 0.0)
         lo, hi = b.datasheet.cell_current_range_a
         targets = np.clip(plan.targets_a * np.exp(offset), lo, hi)  # NaN (cells left alone) stays NaN
         offset = np.where(cells, np.log(targets / plan.targets_a), 0.0)
