@@ -183,8 +183,8 @@ class CompensatedTile:
         currents at ``kelvin`` (K) after ``age_s`` (s) of retention."""
         law = self.calibration.law
         drift = 0.0 if self.retention is None else self.retention.log_drift(age_s, kelvin)
-        drift = drift + self.offset  # against the intended currents (programmed_a exp(-offset))
-        dv = law.gate_shift_v(kelvin, self.programmed_a, self.programmed_k, drift, self.used)
+        # against the intended currents (programmed_a exp(-offset))
+        dv = law.gate_shift_v(kelvin, self.programmed_a, self.programmed_k, drift + self.offset, self.used)
         lo, hi = self.backend.envelope.read_voltage_range_v
         v = float(np.clip(self.read_v + dv, lo, hi))
         ln_now = law.log_current(kelvin, v - self.read_v, self.programmed_a, self.programmed_k) + drift
