@@ -18,6 +18,14 @@ Per chip seed (``--seeds``): one emulated chip per tile is
 
 Prints the two tables (means over seeds, software accuracy for reference); ``--json``
 writes every figure. ``python experiments/temperature.py --seeds 100 200 300``
+
+Measured (MLP, 359 test digits, 2 passes, chips 100/200/300+, hw-aware software 0.9016,
+0.8951 on chips at 27 degC): compensation off 0.28 / 0.78 / 0.89 / 0.83 / 0.76 / 0.71 at
+10 ... 60 degC (-62 pp at 10 degC); read-voltage 0.884 / 0.887 / 0.897 / 0.890 / 0.893 /
+0.895 (worst -1.8 pp against software, at 10 degC); reprogram within 1.6 pp (48 tile
+programmings, 70k pulses per sweep). Retention at 40 degC (chips 100+, 1 pass): after a
+year off 0.872, drift-aware 0.883, with the refresh plan (tolerance 0.015) 0.905 against
+software 0.900, at 28 tile refreshes and 41.6k pulses.
 """
 
 from __future__ import annotations
