@@ -18,6 +18,14 @@ Per chip seed (``--seeds``): one emulated chip per tile is
 
 Prints the two tables (means over seeds, software accuracy for reference); ``--json``
 writes every figure. ``python experiments/temperature.py --seeds 100 200 300``
+
+Measured (MLP, 359 test digits, 2 passes, chips 100/200/300+, hw-aware software 0.9016,
+0.8951 on chips at 27 degC): compensation off 0.28 / 0.78 / 0.89 / 0.83 / 0.76 / 0.71 at
+10 ... 60 degC (-62 pp at 10 degC); read-voltage 0.884 / 0.887 / 0.897 / 0.890 / 0.893 /
+0.895 (worst -1.8 pp against software, at 10 degC); reprogram within 1.6 pp (48 tile
+programmings, 70k pulses per sweep). Retention at 40 degC (chips 100+, 1 pass): after a
+year off 0.872, drift-aware 0.883, with the refresh plan (tolerance 0.015) 0.905 against
+software 0.900, at 28 tile refreshes and 41.6k pulses.
 """
 
 from __future__ import annotations
@@ -90,7 +98,7 @@ def run_seed(name: str, chip_seed: int, args) -> dict:
         dep = deploy(hw, chips)
         res["deployed_27C"] = dep.evaluate(split.test)
         log(f"{name}: software {res['hw_software']:.4f}, deployed at 27 degC {res['deployed_27C']:.4f}")
-        for method in ("off", "read-voltage", "reprogram"):
+        for method in () if args.skip_temperature else ("off", "read-voltage", "reprogram"):
             dep.set_temperature_k(T0_K)
             if method == "reprogram":
                 for i in range(len(dep.tiles)):
@@ -153,7 +161,8 @@ def run_retention(dep, chips, tcals, models, split, args) -> dict:
                     intended = np.where(w.used, w.programmed_a * np.exp(-w.offset), np.nan)
                     plan = refresh_plan(models[t.chip_id], intended, hot, args.refresh_tolerance, used=w.used,
                                         offset=w.offset)
-                    due.append(dep.programmed_at_s[i] + plan.leaves_tolerance_after_s)
+                    # a tile that cannot hold the tolerance is refreshed at most once an hour
+                    due.append(dep.programmed_at_s[i] + max(plan.leaves_tolerance_after_s, 3600.0))
                 if min(due) > target:
                     break
                 dep.advance_time_s(max(min(due) - dep.clock_s, 0.0))
@@ -188,6 +197,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--aware-epochs", type=int, default=0,
                    help="also fine-tune the network temperature-aware this many epochs and measure it with "
                         "read-voltage compensation alone (0: not)")
+    p.add_argument("--skip-temperature", action="store_true", help="only the retention table")
     p.add_argument("--skip-retention", action="store_true", help="only the temperature table")
     p.add_argument("--seed", type=int, default=0, help="training and data seed")
     p.add_argument("--json", default=None)
@@ -201,21 +211,22 @@ def main(argv=None) -> list[dict]:
     for name in args.models:
         rs = [r for r in results if r["model"] == name]
         sw = np.mean([r["hw_software"] for r in rs])
-        print(f"\n{name}: accuracy vs temperature (mean of {len(rs)} chip seeds; hw-aware software {sw:.4f})")
-        dep27 = np.mean([r["deployed_27C"] for r in rs])
-        print(f"deployed at the programming temperature (27 degC): {dep27:.4f}; pp columns: against software")
-        print(f"{'degC':>5} {'off':>8} {'read-v':>8} {'reprog':>8} {'off pp':>8} {'read-v pp':>9} {'reprog pp':>9}")
-        for tc in TEMPS_C:
-            a = [np.mean([r[f"temperature_{m}"][tc] for r in rs]) for m in ("off", "read-voltage", "reprogram")]
-            print(f"{tc:5d} " + " ".join(f"{v:8.4f}" for v in a) + " "
-                  + " ".join(f"{100 * (v - sw):8.2f} " for v in a))
-        if all("temperature_aware" in r for r in rs):
-            sa = np.mean([r["aware_software"] for r in rs])
-            print(f"temperature-aware training + read-voltage (software {sa:.4f}): " + " ".join(
-                f"{tc}C {np.mean([r['temperature_aware'][tc] for r in rs]):.4f} "
-                f"({100 * (np.mean([r['temperature_aware'][tc] for r in rs]) - sw):+.2f} pp)" for tc in TEMPS_C))
-        print(f"reprogram: {np.mean([r['reprograms_reprogram'] for r in rs]):.1f} tile programmings per run over the "
-              f"sweep, {np.mean([r['reprogram_pulses_reprogram'] for r in rs]):.0f} pulses")
+        if not args.skip_temperature:
+            print(f"\n{name}: accuracy vs temperature (mean of {len(rs)} chip seeds; hw-aware software {sw:.4f})")
+            dep27 = np.mean([r["deployed_27C"] for r in rs])
+            print(f"deployed at the programming temperature (27 degC): {dep27:.4f}; pp columns: against software")
+            print(f"{'degC':>5} {'off':>8} {'read-v':>8} {'reprog':>8} {'off pp':>8} {'read-v pp':>9} {'reprog pp':>9}")
+            for tc in TEMPS_C:
+                a = [np.mean([r[f"temperature_{m}"][tc] for r in rs]) for m in ("off", "read-voltage", "reprogram")]
+                print(f"{tc:5d} " + " ".join(f"{v:8.4f}" for v in a) + " "
+                      + " ".join(f"{100 * (v - sw):8.2f} " for v in a))
+            if all("temperature_aware" in r for r in rs):
+                sa = np.mean([r["aware_software"] for r in rs])
+                print(f"temperature-aware training + read-voltage (software {sa:.4f}): " + " ".join(
+                    f"{tc}C {np.mean([r['temperature_aware'][tc] for r in rs]):.4f} "
+                    f"({100 * (np.mean([r['temperature_aware'][tc] for r in rs]) - sw):+.2f} pp)" for tc in TEMPS_C))
+            print(f"reprogram: {np.mean([r['reprograms_reprogram'] for r in rs]):.1f} tile programmings per run over the "
+                  f"sweep, {np.mean([r['reprogram_pulses_reprogram'] for r in rs]):.0f} pulses")
         if args.skip_retention:
             continue
         print(f"\n{name}: accuracy vs virtual time at 40 degC (mean of {len(rs)} chip seeds)")

@@ -8,9 +8,11 @@ batch it reads the chip's temperature and, with ``read-voltage`` compensation:
    read right after programming) and, with a retention model, its drift since;
 2. shifts the read (word-line) voltage by the one gate offset that holds those
    currents to first order (least squares in current), clipped to the envelope;
-3. scales each column's readout gain by its predicted current ratio (what the shift
-   leaves: the slope ``n k T / q`` compresses current ratios), times the calibrated
-   readout gain's own change with T.
+3. corrects each column's readout for what the shift leaves (the slope ``n k T / q``
+   compresses current ratios): the intended currents as a straight line of the
+   predicted ones per column (least squares over its used cells), its slope a readout
+   gain (times the calibrated readout gain's own change with T), its intercept an offset
+   current times the summed pulse inputs, added digitally.
 
 The network is not reprogrammed. Every batch is recorded (:attr:`log`): temperature
 (K), read voltage (V), age (s) and a warning when the temperature is outside the
@@ -93,6 +95,7 @@ class CompensatedTile:
             raise UsageError(f"design_age_s={design_age_s!r} s needs a retention model and a finite age > 0 s")
         g = chip.backend.geometry
         self.offset = np.zeros((g.rows, g.cols))  # ln pre-distortion programmed into the cells (0: none)
+        self.offset_a = np.zeros(g.cols)  # A per column: the affine part of the readout correction
         self._state: tuple | None = None
         self.reference(programmed)
 
@@ -116,6 +119,9 @@ class CompensatedTile:
         self.offset = p.get("offset", np.zeros_like(p["currents_a"]))
         self.base_baseline = p["baseline_s"].copy()
         self.chip.baseline_s = p["baseline_s"].copy()
+        self.chip.gain_s_per_c = self.base_gain.copy()  # an earlier compensation's changes undone
+        if self.backend.settings.read_voltage_v != self.read_v:
+            self.backend.configure(read_voltage_v=self.read_v)
         self._state = None
 
     def state(self) -> dict:
@@ -130,8 +136,9 @@ class CompensatedTile:
     def set_weights(self, w: np.ndarray) -> dict:
         """Program ``w`` at the reference read voltage and gain, and refer to it from now.
         With ``design_age_s`` the cells are programmed drift-aware: each target is raised
-        by its predicted drift at that age (at the present temperature) less its column's
-        mean (which the readout gain takes), so the cells meet their targets then."""
+        by its predicted drift at that age (at the present temperature) less that of its
+        column's slowest cell (the readout gain takes the common part), so the cells meet
+        their targets, relative to each other, then."""
         self.backend.configure(read_voltage_v=self.read_v)
         self.chip.gain_s_per_c = self.base_gain.copy()
         if self.design_age_s is None:
@@ -158,8 +165,9 @@ class CompensatedTile:
         kelvin = float(b.temperature_k() or self.programmed_k)
         drift = self.retention.log_drift(self.design_age_s, kelvin)
         cells = np.isfinite(plan.targets_a)
-        col = np.array([drift[cells[:, j], j].mean() if cells[:, j].any() else 0.0 for j in range(drift.shape[1])])
-        offset = np.where(cells, -(drift - col[None, :]), 0.0)
+        # raised only (never below the window's zero current): against the column's slowest cell
+        col = np.array([drift[cells[:, j], j].max() if cells[:, j].any() else 0.0 for j in range(drift.shape[1])])
+        offset = np.where(cells, col[None, :] - drift, 0.0)
         lo, hi = b.datasheet.cell_current_range_a
         targets = np.clip(plan.targets_a * np.exp(offset), lo, hi)  # NaN (cells left alone) stays NaN
         offset = np.where(cells, np.log(targets / plan.targets_a), 0.0)
@@ -175,14 +183,25 @@ class CompensatedTile:
         currents at ``kelvin`` (K) after ``age_s`` (s) of retention."""
         law = self.calibration.law
         drift = 0.0 if self.retention is None else self.retention.log_drift(age_s, kelvin)
-        drift = drift + self.offset  # against the intended currents (programmed_a exp(-offset))
-        dv = law.gate_shift_v(kelvin, self.programmed_a, self.programmed_k, drift, self.used)
+        # against the intended currents (programmed_a exp(-offset))
+        dv = law.gate_shift_v(kelvin, self.programmed_a, self.programmed_k, drift + self.offset, self.used)
         lo, hi = self.backend.envelope.read_voltage_range_v
         v = float(np.clip(self.read_v + dv, lo, hi))
         ln_now = law.log_current(kelvin, v - self.read_v, self.programmed_a, self.programmed_k) + drift
         i0 = np.where(self.used, self.programmed_a * np.exp(-self.offset), 0.0)
         now = np.where(self.used, np.exp(ln_now), 0.0)
-        ratio = np.where(i0.sum(axis=0) > 0, now.sum(axis=0) / np.maximum(i0.sum(axis=0), 1e-30), 1.0)
+        # per column, the intended currents as an affine function of the ones flowing now
+        # (least squares over the used cells): I0 = now / ratio + offset_a
+        ratio, self.offset_a = np.ones(i0.shape[1]), np.zeros(i0.shape[1])
+        for j in range(i0.shape[1]):
+            u = self.used[:, j]
+            if u.sum() >= 2 and np.ptp(now[u, j]) > 0:
+                slope, icpt = np.polyfit(now[u, j], i0[u, j], 1)
+                if slope > 0:
+                    ratio[j], self.offset_a[j] = 1.0 / slope, icpt
+                    continue
+            if u.any():
+                ratio[j] = now[u, j].sum() / max(i0[u, j].sum(), 1e-30)
         readout = 1.0
         if len(self.calibration.calibrations) > 1:
             g_t = np.asarray(self.calibration.at(kelvin, warn=False).model["gain_s_per_c"], dtype=float)
@@ -219,4 +238,12 @@ class CompensatedTile:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.update()
-        return self.chip.forward(x)
+        y = self.chip.forward(x)
+        if self.method == "off" or not np.any(self.offset_a):
+            return y
+        # the affine part of the readout correction: offset current times the summed pulse inputs
+        op = self.chip.config.operating
+        pairs = np.asarray(op.pairs)
+        d = (self.offset_a[pairs[:, 0]] - self.offset_a[pairs[:, 1]]) / self.chip.config.window().i_scale_a
+        s = np.clip(x.detach().double().cpu().numpy(), 0.0, 1.0).sum(axis=1)
+        return y + torch.as_tensor(s[:, None] * d[None, :], dtype=y.dtype)

@@ -14,6 +14,15 @@ erase-and-program cycles per chip. Every programming goes to the chip's chip-sta
 in ``--state-dir`` (default: the run store's folder; ``chipstate-CHIPID.json``, as
 ``labkit program`` writes), and a run that would take a chip past ``--endurance``
 cycles (those on record plus this run's) is refused before any pulse.
+
+``--temperature C`` regulates the chips at C for inference (refused outside the safety
+envelope before anything is programmed); ``--temperature-compensation read-voltage``
+follows each chip's temperature at every batch with a gate shift and readout scale from
+its temperature calibration (``--temperature-calibration FILE`` per chip, or measured
+with ``--calibrate-at C,C,C``), ``reprogram`` also programs a tile again 5 K away from
+where it was programmed (labkit.deploy.temperature). Every batch's temperatures and
+read voltages are in the result (``batches``); a temperature outside the calibrated
+range is a warning on stderr and in ``warnings``.
 """
 
 from __future__ import annotations

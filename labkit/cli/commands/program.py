@@ -5,7 +5,11 @@ array ``weights`` (rows x signed outputs, 16x8 for one array) onto dual-branch
 currents and programs it cell by cell with program-and-verify, writing the chip-state
 file ahead of every erase and pulse (labkit.program.program_weights).
 ``labkit program --refresh`` re-verifies a programmed chip against its chip-state file
-and re-programs only the cells out of tolerance (labkit.program.refresh). Every input,
+and re-programs only the cells out of tolerance (labkit.program.refresh).
+``labkit program --refresh --plan --state FILE --retention MODEL.npz [--temperature C]``
+applies nothing: from the record and the chip's retention model
+(labkit.program.retention) it reports when the chip leaves tolerance (``--tolerance``,
+default 0.015 rms after the readout gain) and what a refresh costs. Every input,
 the ``--state`` path included, is validated before the first pulse. Exit code 3 when
 cells failed (labkit.program.FailedCellsError).
 """
