@@ -160,8 +160,9 @@ class CompensatedTile:
         used = np.isfinite(w)
         window = WeightWindow.from_datasheet(b.datasheet, op.integration_time_s, b.geometry.rows,
                                              chip.config.mapping.headroom)
+        # as a chip tile does: unused outputs of used rows to I_min (labkit.nn.tiles.ChipTile)
         plan = plan_weights(b, np.where(used, w, 0.0), window=window, clip=True,
-                            rows_used=int(used.any(axis=1).sum()), outputs_used=int(used.any(axis=0).sum()))
+                            rows_used=int(used.any(axis=1).sum()))
         kelvin = float(b.temperature_k() or self.programmed_k)
         drift = self.retention.log_drift(self.design_age_s, kelvin)
         cells = np.isfinite(plan.targets_a)
