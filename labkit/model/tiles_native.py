@@ -49,13 +49,15 @@ import torch
 
 from labkit.model import native
 
-__all__ = ["available", "applies", "chosen", "forcing", "forward", "backward", "patches", "patches_backward"]
+__all__ = ["available", "applies", "chosen", "forcing", "forward", "backward", "widths", "patches",
+           "patches_backward"]
 
 SOURCE = Path(__file__).with_name("analog_tiles.c")
 _p, _i64, _f32, _i32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_int
 SIGNATURES = {
     "tiles_fwd": ([_i64] * 6 + [_p] * 8 + [_i64, ctypes.c_ulonglong] + [_f32] * 5 + [_i32, _p, _p], ctypes.c_int),
     "tiles_bwd": ([_i64] * 6 + [_p] * 6, ctypes.c_int),
+    "tiles_widths": ([_i64] * 5 + [_p] * 5, ctypes.c_int),
     "patches_fwd": ([_i64] * 4 + [_p, _i64, _p, _p], None),
     "patches_bwd": ([_i64] * 4 + [_p, _i64, _p, _p], None),
 }
@@ -154,6 +156,23 @@ def backward(xt, i0t, m, gy, need_x: bool, need_i: bool):
     for part in gis[1:]:
         gi += part
     return gx, gi
+
+
+def widths(xt: torch.Tensor, loss: torch.Tensor, beta: torch.Tensor | None, cur: torch.Tensor) -> torch.Tensor:
+    """Effective pulse widths (RT, R, S), units of T, of inputs xt (RT, R, S): width loss
+    ``loss`` (RT, R) units of T, source-line factor ``beta`` (RT,) 1/nA (None: none), row
+    currents ``cur`` (RT, R) nA; the edge rule of ``AnalogLayer._second_order`` included
+    (``second_order.effective_inputs`` without its sort)."""
+    xt = xt.contiguous()
+    RT, R, S = xt.shape
+    f32 = lambda v: v.reshape(RT, -1).to(torch.float32).contiguous()  # noqa: E731
+    loss, cur = f32(loss), f32(cur)
+    beta = None if beta is None else f32(beta)
+    out = torch.empty_like(xt)
+    lib = _lib()
+    _run([lambda sb=sb, se=se: lib.tiles_widths(RT, R, S, sb, se, _ptr(xt), _ptr(loss), _ptr(beta), _ptr(cur),
+                                                _ptr(out)) for sb, se in _chunks(S)])
+    return out
 
 
 def patches(x: torch.Tensor, geo: tuple, rows: int) -> torch.Tensor:

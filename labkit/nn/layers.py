@@ -86,6 +86,25 @@ class _UnfoldT(torch.autograd.Function):
         return gx[:, :, ph: ph + H, pw: pw + W], None, None, None, None, None, None
 
 
+class _Widths(torch.autograd.Function):
+    """Effective pulse widths (:func:`labkit.model.second_order.effective_inputs`) of
+    inputs xt (rt, R, N), units of T, with the edge rule of
+    :meth:`AnalogLayer._second_order`; straight-through (the ideal pulse's gradient). In C
+    where the kernels apply (no sort), else in torch."""
+
+    @staticmethod
+    def forward(ctx, xt, loss, beta, row_na):
+        if tile_physics.NATIVE["on"] and tiles_native.applies(xt):
+            return tiles_native.widths(xt, loss, beta, row_na)
+        xe = so.effective_inputs(xt, loss, beta, row_na, dim=1)
+        # a pulse shorter than the rise keeps its edge's crosstalk when it couples half or more
+        return torch.where((xe <= 0) & (so.edge_fraction(xt, loss) >= 0.5), torch.full_like(xe, 1e-6), xe)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None, None, None
+
+
 # ----------------------------------------------------------------------------- layers
 
 class AnalogLayer(nn.Module):
@@ -229,7 +248,8 @@ class AnalogLayer(nn.Module):
     def _second_wide(self):
         """Per row tile the second-order terms of the used columns, or None without any:
         coupling in gather form (keep, li, lw, ri, rw: (rt, 1, 2n) weights, (2n,)
-        indices), width loss (rt, R, 1) in units of T, beta (rt, 1, 1) 1/nA. Cached."""
+        indices), width loss (rt, R, 1) in units of T, beta (rt, 1, 1) 1/nA (None where
+        every tile's is 0). Cached."""
         key = (self.tile_so.data_ptr(), self.tile_so._version)
         cached = getattr(self, "_so_cache", None)
         if cached is not None and cached[0] == key:
@@ -256,6 +276,7 @@ class AnalogLayer(nn.Module):
             per_tile = so_t.mean(1)  # width loss and source line: the mean of the row tile's chips
             loss = torch.tensor(per_tile[:, C - 1:C - 1 + R] / self._T_us, dtype=torch.float32).unsqueeze(-1)
             beta = torch.tensor(per_tile[:, -2], dtype=torch.float32).view(-1, 1, 1)
+            beta = beta if bool(beta.abs().max() > 0) else None  # no source line: no ordering of the pulses
             unused = (C * self.col_tiles - len(cols)) / self.col_tiles  # columns per chip the layer leaves at I_min
             out = (coupling, loss, beta, unused)
         self._so_cache = (key, out)
@@ -270,12 +291,11 @@ class AnalogLayer(nn.Module):
         if terms is None:
             return xt, i0t, kx
         coupling, loss, beta, unused = terms
-        with torch.no_grad():
-            row_na = (i0t.sum(-1, keepdim=True) / self.col_tiles + unused * self._i_min_na * self._T_us) / self._T_us
-            xe = so.effective_inputs(xt, loss, beta, row_na, dim=1)
-            # a pulse shorter than the rise keeps its edge's crosstalk when it couples half or more
-            xe = torch.where((xe <= 0) & (so.edge_fraction(xt, loss) >= 0.5), torch.full_like(xe, 1e-6), xe)
-        xt = xt + (xe - xt).detach()
+        row_na = None
+        if beta is not None:
+            with torch.no_grad():
+                row_na = (i0t.sum(-1, keepdim=True) / self.col_tiles + unused * self._i_min_na * self._T_us) / self._T_us
+        xt = _Widths.apply(xt, loss, beta, row_na)
         return xt, so.mix_columns(i0t, *coupling), so.mix_columns(kx, *coupling)
 
     def _jittered(self, wide):
