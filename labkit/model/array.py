@@ -271,7 +271,8 @@ class ArrayModel(nn.Module):
 
     def _charge_fc(self, x: torch.Tensor) -> torch.Tensor:
         """Removed charge q(T) in fC, (n, B, cols), for prepared inputs (n, B, rows)."""
-        pulsed = x > 0
+        # rows with an edge (before the second-order widths); None: ChargeFn takes x > 0 itself
+        pulsed = x > 0 if (self.second_order or (self.droop and self.eta_per_cell)) else None
         log_i0 = self._tiled(self.log_i0, 2)
         kxt = self._tiled(self.k_xt, 2) if self.crosstalk else None
         edge = None
