@@ -348,7 +348,7 @@ class AnalogLayer(nn.Module):
 
     def _inputs(self, a: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """Activations (any shape) -> pulse inputs; negative ones split (stacked on dim 0)."""
-        neg = a.numel() > 0 and float(a.amin()) < 0  # (a reduction: cheaper than a bool mask on a CPU)
+        neg = a.numel() > 0 and float(a.detach().amin()) < 0  # (a reduction: cheaper than a bool mask on a CPU)
         if neg:
             if self.config.mapping.signed_inputs == "error":
                 raise ValueError(f"{type(self).__name__} got negative inputs (min {float(a.min()):g}); "
