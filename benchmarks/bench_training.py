@@ -22,7 +22,8 @@
 
 Each figure is the median over rounds in which every network runs three steps in turn
 (so a busy machine slows them alike, and each runs warm) of one optimizer-free step (zero_grad, forward, cross-entropy,
-backward); ratios are to the plain network. ``--threads`` sets torch's CPU threads (the
+backward); ratios are to the plain network, in wall time (the rows) and in the thread's
+CPU time (printed next to them: less disturbed by other processes on a shared machine). ``--threads`` sets torch's CPU threads (the
 default is 1: on a shared machine a second thread mostly waits). The process keeps freed
 memory for reuse (:func:`labkit.model.keep_freed_memory`, as ``labkit.train.training.train``
 does; it serves all the networks; ``--default-allocator`` to measure without). The
@@ -141,12 +142,14 @@ def main(argv=None) -> list[dict]:
         for _ in range(3):
             step[name](m, x, y)
     times: dict[str, list[float]] = {k: [] for k in models}
+    cpu: dict[str, list[float]] = {k: [] for k in models}  # this thread's CPU time (robust to a busy machine)
     for _ in range(max(1, args.steps // 3)):  # rounds of 3 warm steps per network
         for name, m in models.items():
             for _ in range(3):
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.thread_time()
                 step[name](m, x, y)
                 times[name].append(time.perf_counter() - t)
+                cpu[name].append(time.thread_time() - c)
     base = statistics.median(times["plain"])
     rows = []
     print(f"LeNet-5, batch {args.batch}, forward+backward, {args.threads} CPU thread(s), median of {args.steps}, "
@@ -154,10 +157,11 @@ def main(argv=None) -> list[dict]:
     print(f"machine: {machine.describe()}")
     print(f"labkit row: {'fused C kernels' if tiles_native.chosen() else 'torch path'} "
           f"(LABKIT_NATIVE={__import__('os').environ.get('LABKIT_NATIVE', 'unset: measured choice')})")
-    print(f"{'network':22} {'ms/step':>9} {'ratio':>7}")
+    print(f"{'network':22} {'ms/step':>9} {'ratio':>7} {'cpu ms':>8} {'ratio':>7}")
     meds = {name: statistics.median(ts) for name, ts in times.items()}
+    cmeds = {name: statistics.median(ts) for name, ts in cpu.items()}
     for name, med in meds.items():
-        print(f"{name:22} {med * 1e3:9.1f} {med / base:7.2f}")
+        print(f"{name:22} {med * 1e3:9.1f} {med / base:7.2f} {cmeds[name] * 1e3:8.1f} {cmeds[name] / cmeds['plain']:7.2f}")
     if "labkit, torch path" in meds:
         speedup = meds["labkit, torch path"] / meds["labkit"]
         print(f"fused kernels vs torch path, same run: {speedup:.2f}x faster")
