@@ -31,6 +31,9 @@ def inputs(rt, rows, n, seed=0):
     x[:, :, :40] = 0.5  # ties between rows
     x[:, 1, 40:80] = 3 / 256  # pulses shorter than the width loss
     x[:, -1] = 0.0  # a padded row
+    x[:, 5, :128] = 0.0  # a row silent in the first block of samples only
+    x[:, 2:, 128:256] = 0.0  # a block with two rows left
+    x[:, :, 256:384] = 0.0  # a block with none
     return x, g
 
 

@@ -323,16 +323,35 @@ int tiles_widths(long RT, long R, long S, long sb, long se, const float *x, cons
         long n = se - s0 < BS ? se - s0 : BS;
         for (long r = 0; r < RT; r++) {
             const float *lr = loss + r * R, *cr = cur + r * R;
-            float b = beta ? beta[r] : 0.0f, total = 0.0f;
-            for (long i = 0; i < R; i++) total += fabsf(cr[i]);
+            float b = beta ? beta[r] : 0.0f, total = 0.0f, cl[R_MAX];
+            long live[R_MAX], nl = 0;
             for (long i = 0; i < R; i++) {
                 const float *xp = x + (r * R + i) * S + s0;
-                float li = lr[i], *gp = (float *)gv[i];
+                float li = lr[i], *gp = (float *)gv[i], top = 0.0f;
                 for (long j = 0; j < n; j++) gp[j] = xp[j] > 0.0f ? fmaxf(xp[j] - li, 0.0f) : 0.0f;
                 for (long j = n; j < BS; j++) gp[j] = 0.0f;
+                for (long j = 0; j < BS; j++) top = fmaxf(top, gp[j]);
+                if (top > 0.0f) live[nl++] = i;
             }
-            if (b != 0.0f) widths_block(R, gv, cr, b, fabsf(b) * total <= ROOT_SERIES_MAX, ov);
-            else memcpy(ov, gv, sizeof(vf) * NV * R);
+            if (b == 0.0f) {
+                memcpy(ov, gv, sizeof(vf) * NV * R);
+            } else {
+                /* Rows with no pulse left in this block (zero padding of the last row tile,
+                   silent inputs) come before every other row and carry nothing: the pairs
+                   run over the rows that remain, moved to the front and back. */
+                for (long k = 0; k < nl; k++) {
+                    if (live[k] != k) memcpy(gv[k], gv[live[k]], sizeof(vf) * NV);
+                    cl[k] = cr[live[k]];
+                    total += fabsf(cl[k]);
+                }
+                if (nl) widths_block(nl, gv, cl, b, fabsf(b) * total <= ROOT_SERIES_MAX, ov);
+                for (long k = nl - 1; k >= 0; k--)
+                    if (live[k] != k) memcpy(ov[live[k]], ov[k], sizeof(vf) * NV);
+                for (long i = 0, k = 0; i < R; i++) {
+                    if (k < nl && live[k] == i) k++;
+                    else memset(ov[i], 0, sizeof(vf) * NV);
+                }
+            }
             for (long i = 0; i < R; i++) {
                 const float *xp = x + (r * R + i) * S + s0, *op = (const float *)ov[i];
                 float *dst = xe + (r * R + i) * S + s0, li = lr[i], half = 0.5f * fmaxf(li, 1e-9f);
