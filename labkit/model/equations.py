@@ -18,6 +18,8 @@ Units are the caller's, consistently: charge in fC (the model's internal units,
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = ["droop_charge", "droop_grad", "read_times", "Y_MIN"]
@@ -45,11 +47,15 @@ def _log1p_curv(y: torch.Tensor) -> torch.Tensor:
     its series ``sum_n (-1)^n (n + 1) / (n + 2) y^n`` to ``y^7`` (remainder < 1e-8; the
     float64 log1p costs 10x more than the whole rest of the backward on a CPU)."""
     if y.dtype == torch.float32:
-        c = [(-1) ** n * (n + 1) / (n + 2) for n in range(_CURV_TERMS)]
+        top = max(-float(y.amin()), float(y.amax()), 1e-30)  # (bool masks cost more than two reductions)
+        # terms while |y|^n is above 1e-8 (at most _CURV_TERMS): fewer for a small droop
+        terms = min(_CURV_TERMS, max(2, math.ceil(math.log(1e-8) / math.log(min(top, _CURV_SERIES_MAX)))))
+        c = [(-1) ** n * (n + 1) / (n + 2) for n in range(terms)]
         phi = torch.full_like(y, c[-1])
-        for ck in reversed(c[:-1]):
-            phi.mul_(y).add_(ck)
-        if max(-float(y.amin()), float(y.amax())) >= _CURV_SERIES_MAX:  # (bool masks cost more than this)
+        with torch.no_grad():  # (used by once-differentiable backward passes)
+            for ck in reversed(c[:-1]):  # Horner, one fused pass per term
+                torch.addcmul(torch.tensor(ck, dtype=y.dtype), phi, y, out=phi)
+        if top >= _CURV_SERIES_MAX:
             big = y.abs() >= _CURV_SERIES_MAX
             v = y[big].double()
             phi[big] = ((torch.log1p(v) - v / (1.0 + v)) / (v * v)).to(y.dtype)
