@@ -90,11 +90,12 @@ class _Widths(torch.autograd.Function):
     """Effective pulse widths (:func:`labkit.model.second_order.effective_inputs`) of
     inputs xt (rt, R, N), units of T, with the edge rule of
     :meth:`AnalogLayer._second_order`; straight-through (the ideal pulse's gradient). In C
-    where the kernels apply (no sort), else in torch."""
+    where the library is built (no sort; :func:`~labkit.model.tiles_native.widths_apply`),
+    else in torch."""
 
     @staticmethod
     def forward(ctx, xt, loss, beta, row_na):
-        if tile_physics.NATIVE["on"] and tiles_native.applies(xt):
+        if tile_physics.NATIVE["on"] and tiles_native.widths_apply(xt):
             return tiles_native.widths(xt, loss, beta, row_na)
         xe = so.effective_inputs(xt, loss, beta, row_na, dim=1)
         # a pulse shorter than the rise keeps its edge's crosstalk when it couples half or more
