@@ -40,6 +40,19 @@ _CURV_SERIES_MAX = 0.1  # |y| below which the curvature term is summed as a seri
 _CURV_TERMS = 8  # sum_{n < 8} (-1)^n (n + 1) / (n + 2) y^n: remainder < 1e-8 at |y| = 0.1
 
 
+_COEFFICIENTS: dict[str, list[torch.Tensor]] = {}
+
+
+def _curv_coefficients(device) -> list[torch.Tensor]:
+    """The series' coefficients as float32 scalars on ``device`` (made once: creating a
+    tensor costs as much as a pass over a batch)."""
+    key = str(device)
+    if key not in _COEFFICIENTS:
+        _COEFFICIENTS[key] = [torch.tensor((-1) ** n * (n + 1) / (n + 2), dtype=torch.float32, device=device)
+                              for n in range(_CURV_TERMS)]
+    return _COEFFICIENTS[key]
+
+
 def _log1p_curv(y: torch.Tensor) -> torch.Tensor:
     """``(log1p(y) - y / (1 + y)) / y^2`` with the limit 1/2 at ``y = 0``. The
     difference cancels as ``y -> 0``: float64 inputs, and float32 ones where ``|y| >=
@@ -50,11 +63,11 @@ def _log1p_curv(y: torch.Tensor) -> torch.Tensor:
         top = max(-float(y.amin()), float(y.amax()), 1e-30)  # (bool masks cost more than two reductions)
         # terms while |y|^n is above 1e-8 (at most _CURV_TERMS): fewer for a small droop
         terms = min(_CURV_TERMS, max(2, math.ceil(math.log(1e-8) / math.log(min(top, _CURV_SERIES_MAX)))))
-        c = [(-1) ** n * (n + 1) / (n + 2) for n in range(terms)]
-        phi = torch.full_like(y, c[-1])
+        c = _curv_coefficients(y.device)[:terms]
+        phi = torch.full_like(y, float(c[-1]))
         with torch.no_grad():  # (used by once-differentiable backward passes)
             for ck in reversed(c[:-1]):  # Horner, one fused pass per term
-                torch.addcmul(torch.tensor(ck, dtype=y.dtype), phi, y, out=phi)
+                torch.addcmul(ck, phi, y, out=phi)
         if top >= _CURV_SERIES_MAX:
             big = y.abs() >= _CURV_SERIES_MAX
             v = y[big].double()
