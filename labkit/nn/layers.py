@@ -337,14 +337,17 @@ class AnalogLayer(nn.Module):
         pad = self.row_tiles * self.config.operating.rows - x.shape[1]
         return F.pad(x.t(), (0, 0, 0, pad)) if pad else x.t().contiguous()
 
-    def model_outputs(self, xt: torch.Tensor) -> torch.Tensor:
+    def model_outputs(self, xt: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`tile_outputs` of the model tiles from transposed inputs (rt*rows, N),
-        zero-padded: every tile of the layer in one batched computation."""
+        zero-padded: every tile of the layer in one batched computation; times ``scale``
+        (n,) when given (one pass over the outputs for both factors)."""
         cfg, R = self.config, self.config.operating.rows
         kx, e, t0c, gc = self._jittered(self._wide())
         opts = self._opts(2) + (cfg.crosstalk, cfg.edge_order)
         xt, i0t, kx = self._second_order(xt.view(self.row_tiles, R, -1), self._jitter_currents(self._currents_t()), kx)
         y = tile_physics.TileBmm.apply(xt, i0t, kx, e, t0c, gc, opts)
+        if scale is not None:
+            return y * (scale / (self._i_scale_na * self._T_us))
         return y / (self._i_scale_na * self._T_us)
 
     def _inputs(self, a: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -360,7 +363,10 @@ class AnalogLayer(nn.Module):
     def _outputs(self, x: torch.Tensor, neg: bool, transposed: bool = False) -> torch.Tensor:
         """(N, K) pulse inputs (or (rt*rows, N) with ``transposed``) -> (N, n) layer
         outputs before bias and ReLU, scaled back."""
-        y = self.tiles.outputs(self, x if transposed else self._transposed(x))
+        xt = x if transposed else self._transposed(x)
+        if type(self.tiles) is ModelTiles and not neg:  # the digital gains in the same pass
+            return self.model_outputs(xt, self.output_scales() * self.input_scale)
+        y = self.tiles.outputs(self, xt)
         if neg:
             half = y.shape[0] // 2
             y = y[:half] - y[half:]
