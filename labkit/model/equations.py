@@ -60,9 +60,11 @@ def _log1p_curv(y: torch.Tensor) -> torch.Tensor:
     its series ``sum_n (-1)^n (n + 1) / (n + 2) y^n`` to ``y^7`` (remainder < 1e-8; the
     float64 log1p costs 10x more than the whole rest of the backward on a CPU)."""
     if y.dtype == torch.float32:
-        top = max(-float(y.amin()), float(y.amax()), 1e-30)  # (bool masks cost more than two reductions)
+        lo, hi = float(y.amin()), float(y.amax())  # (bool masks cost more than two reductions)
+        top = max(-lo, hi, 1e-30)
         # terms while |y|^n is above 1e-8 (at most _CURV_TERMS): fewer for a small droop
-        terms = min(_CURV_TERMS, max(2, math.ceil(math.log(1e-8) / math.log(min(top, _CURV_SERIES_MAX)))))
+        terms = _CURV_TERMS if math.isnan(lo + hi) else min(
+            _CURV_TERMS, max(2, math.ceil(math.log(1e-8) / math.log(min(top, _CURV_SERIES_MAX)))))
         c = _curv_coefficients(y.device)[:terms]
         phi = torch.full_like(y, float(c[-1]))
         with torch.no_grad():  # (used by once-differentiable backward passes)
