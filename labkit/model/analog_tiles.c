@@ -223,6 +223,145 @@ int tiles_fwd(long RT, long R, long N2, long S, long sb, long se, const float *x
     return 0;
 }
 
+/* Effective pulse widths of the second-order terms (labkit/model/second_order.py,
+   effective_inputs, and the edge rule of AnalogLayer._second_order), samples [sb, se) of
+   x (RT, R, S) into xe (same layout). Per tile r: loss (RT, R) in units of T, beta (RT)
+   1/nA (0: no source line), cur (RT, R) row currents nA. g = max(x - loss, 0) (0 stays
+   0). With the source line the rows are ordered by (g, row), as a stable sort would;
+   slot k (in that order) lasts d_k - d_{k-1} and carries s_k = s(beta A_k), A_k the
+   current of the rows not before k, s the root of s = exp(-y s). Summed by parts,
+   xe_i = s_i g_i + sum_{k before i} (s_k - s(beta (A_k - c_k))) g_k, since the slot after
+   k carries A_k - c_k. No sort: one compare per pair of rows and sample, vectorized
+   over the samples. A pulse left at xe = 0 with x >= loss / 2 gets 1e-6 (its falling
+   edge still couples). Returns 0, or 1 if R > R_MAX. */
+
+/* s(y) for |y| <= 0.1: the series of W(y) / y, sum_n (-(n + 1))^n y^n / (n + 1)!, to
+   y^10 (remainder < 2e-8); elsewhere two Newton steps from 1 / (1 + y) (y >= -0.25). */
+#define ROOT_SERIES_MAX 0.1f
+static inline vf root_series(vf y)
+{
+    static const float a[11] = {1.0f, -1.0f, 1.5f, -2.66666667f, 5.20833333f, -10.8f, 23.3430556f, -52.0126984f,
+                                118.625220f, -275.573192f, 649.780218f};
+    vf s = (vf){0} + a[10];
+    for (int k = 9; k >= 0; k--) s = s * y + a[k];
+    return s;
+}
+
+static inline float root_newton(float y)
+{
+    y = fmaxf(y, -0.25f);
+    float s = 1.0f / (1.0f + y);
+    for (int it = 0; it < 2; it++) {
+        float e = expf(-y * s);
+        s = s - (s - e) / (1.0f + y * e);
+    }
+    return s;
+}
+
+/* A[l] = sum of cur over the rows not before l (l included), for one vector of samples */
+static inline __attribute__((always_inline)) void slot_currents(long R, const vf *g, const float *cur, vf *A)
+{
+    const vf zero = {0};
+#pragma GCC unroll 16
+    for (long l = 0; l < R; l++) A[l] = zero + cur[l];
+#pragma GCC unroll 16
+    for (long l = 1; l < R; l++)
+#pragma GCC unroll 16
+        for (long m = 0; m < l; m++) {
+            vi before = g[m] <= g[l];  /* m before l (ties: the lower row first) */
+            A[m] += (vf)(before & (vi)(zero + cur[l]));
+            A[l] += (vf)(~before & (vi)(zero + cur[m]));
+        }
+}
+
+/* o[i] += sum_{k before i} wg[k], for one vector of samples */
+static inline __attribute__((always_inline)) void slot_sums(long R, const vf *g, const vf *wg, vf *o)
+{
+#pragma GCC unroll 16
+    for (long i = 1; i < R; i++)
+#pragma GCC unroll 16
+        for (long k = 0; k < i; k++) {
+            vi before = g[k] <= g[i];
+            o[i] += (vf)(before & (vi)wg[k]);
+            o[k] += (vf)(~before & (vi)wg[i]);
+        }
+}
+
+static void widths_block(long R, vf gv[][NV], const float *cur, float b, int series, vf ov[][NV])
+{
+    vf g[R_MAX], A[R_MAX], wg[R_MAX], o[R_MAX];
+    for (long v = 0; v < NV; v++) {
+        for (long l = 0; l < R; l++) g[l] = gv[l][v];
+        if (R == 16) slot_currents(16, g, cur, A);
+        else slot_currents(R, g, cur, A);
+        for (long l = 0; l < R; l++) {
+            vf y = b * A[l], y1 = y - b * cur[l], s, u;
+            if (series) {
+                s = root_series(y);
+                u = root_series(y1);
+            } else {
+                for (int k = 0; k < VL; k++) {
+                    s[k] = root_newton(y[k]);
+                    u[k] = root_newton(y1[k]);
+                }
+            }
+            o[l] = s * g[l];
+            wg[l] = (s - u) * g[l];
+        }
+        if (R == 16) slot_sums(16, g, wg, o);
+        else slot_sums(R, g, wg, o);
+        for (long l = 0; l < R; l++) ov[l][v] = o[l];
+    }
+}
+
+int tiles_widths(long RT, long R, long S, long sb, long se, const float *x, const float *loss, const float *beta,
+                 const float *cur, float *xe)
+{
+    if (R > R_MAX) return 1;
+    vf gv[R_MAX][NV], ov[R_MAX][NV];
+    for (long s0 = sb; s0 < se; s0 += BS) {
+        long n = se - s0 < BS ? se - s0 : BS;
+        for (long r = 0; r < RT; r++) {
+            const float *lr = loss + r * R, *cr = cur + r * R;
+            float b = beta ? beta[r] : 0.0f, total = 0.0f, cl[R_MAX];
+            long live[R_MAX], nl = 0;
+            for (long i = 0; i < R; i++) {
+                const float *xp = x + (r * R + i) * S + s0;
+                float li = lr[i], *gp = (float *)gv[i], top = 0.0f;
+                for (long j = 0; j < n; j++) gp[j] = xp[j] > 0.0f ? fmaxf(xp[j] - li, 0.0f) : 0.0f;
+                for (long j = n; j < BS; j++) gp[j] = 0.0f;
+                for (long j = 0; j < BS; j++) top = fmaxf(top, gp[j]);
+                if (top > 0.0f) live[nl++] = i;
+            }
+            if (b == 0.0f) {
+                memcpy(ov, gv, sizeof(vf) * NV * R);
+            } else {
+                /* Rows with no pulse left in this block (zero padding of the last row tile,
+                   silent inputs) come before every other row and carry nothing: the pairs
+                   run over the rows that remain, moved to the front and back. */
+                for (long k = 0; k < nl; k++) {
+                    if (live[k] != k) memcpy(gv[k], gv[live[k]], sizeof(vf) * NV);
+                    cl[k] = cr[live[k]];
+                    total += fabsf(cl[k]);
+                }
+                if (nl) widths_block(nl, gv, cl, b, fabsf(b) * total <= ROOT_SERIES_MAX, ov);
+                for (long k = nl - 1; k >= 0; k--)
+                    if (live[k] != k) memcpy(ov[live[k]], ov[k], sizeof(vf) * NV);
+                for (long i = 0, k = 0; i < R; i++) {
+                    if (k < nl && live[k] == i) k++;
+                    else memset(ov[i], 0, sizeof(vf) * NV);
+                }
+            }
+            for (long i = 0; i < R; i++) {
+                const float *xp = x + (r * R + i) * S + s0, *op = (const float *)ov[i];
+                float *dst = xe + (r * R + i) * S + s0, li = lr[i], half = 0.5f * fmaxf(li, 1e-9f);
+                for (long j = 0; j < n; j++) dst[j] = op[j] <= 0.0f && li > 0.0f && xp[j] >= half ? 1e-6f : op[j];
+            }
+        }
+    }
+    return 0;
+}
+
 /* gz[cc] = +-m gy of columns [c0, c0 + nc) of tile r over n samples (zero-padded) */
 static void grad_block(vf gz[CB][NV], const mtype *m, const float *gy, long r, long N2, long S, long s0, long n,
                        long c0, long nc)

@@ -33,7 +33,7 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["coupling_gather", "mix_columns", "source_factor", "effective_inputs", "edge_fraction", "tile_terms", "tdc_bow",
+__all__ = ["coupling_gather", "mix_columns", "source_factor", "effective_inputs", "edge_fraction", "Widths", "tile_terms", "tdc_bow",
            "tdc_linearize"]
 
 
@@ -116,18 +116,35 @@ def edge_fraction(x: torch.Tensor, width_loss: torch.Tensor) -> torch.Tensor:
     return torch.where(width_loss > 0, (x / width_loss.clamp_min(1e-9)).clamp(0.0, 1.0), (x > 0).to(x.dtype))
 
 
+class Widths(torch.autograd.Function):
+    """:func:`effective_inputs` of batched tile inputs ``xt`` (rt, R, N), units of T,
+    with the edge rule of :func:`tile_terms`; straight-through (the ideal pulse's
+    gradient). In C where the library is built (no sort;
+    :func:`labkit.model.tiles_native.widths`), else in torch."""
+
+    @staticmethod
+    def forward(ctx, xt, loss, beta, row_na):
+        from labkit.model import tile_physics, tiles_native
+
+        if tile_physics.NATIVE["on"] and tiles_native.widths_apply(xt):
+            return tiles_native.widths(xt, loss, beta, row_na)
+        xe = effective_inputs(xt, loss, beta, row_na, dim=1)
+        return torch.where((xe <= 0) & (edge_fraction(xt, loss) >= 0.5), torch.full_like(xe, 1e-6), xe)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None, None, None
+
+
 def tile_terms(xt: torch.Tensor, i0t: torch.Tensor, kx: torch.Tensor, coupling: tuple, width_loss: torch.Tensor,
-               beta: torch.Tensor, row_na: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               beta: torch.Tensor | None, row_na: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The terms on the batched tiles of :class:`labkit.model.tile_physics.TileBmm`:
     inputs ``xt`` (rt, R, N) in [0, 1], currents times T ``i0t`` and crosstalk ``kx``
-    (rt, R, K). Widths (``width_loss`` (rt, R, 1) in T, ``beta`` (rt, 1, 1) 1/nA, the
-    rows' currents ``row_na`` (rt, R, 1) nA) pass straight through (the gradient of the
-    ideal pulse); a pulse shorter than the rise keeps its edge's crosstalk when it couples
-    half or more (the tile physics has no partial edges); the coupling is exact."""
-    with torch.no_grad():
-        xe = effective_inputs(xt, width_loss, beta, row_na, dim=1)
-        xe = torch.where((xe <= 0) & (edge_fraction(xt, width_loss) >= 0.5), torch.full_like(xe, 1e-6), xe)
-    return xt + (xe - xt).detach(), mix_columns(i0t, *coupling), mix_columns(kx, *coupling)
+    (rt, R, K). Widths (``width_loss`` (rt, R, 1) in T, ``beta`` (rt, 1, 1) 1/nA or None,
+    the rows' currents ``row_na`` (rt, R, 1) nA) pass straight through (:class:`Widths`);
+    a pulse shorter than the rise keeps its edge's crosstalk when it couples half or more
+    (the tile physics has no partial edges); the coupling is exact."""
+    return Widths.apply(xt, width_loss, beta, row_na), mix_columns(i0t, *coupling), mix_columns(kx, *coupling)
 
 
 def tdc_bow(t: torch.Tensor, bow_lsb, lsb: float, levels: int) -> torch.Tensor:

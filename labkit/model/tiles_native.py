@@ -14,6 +14,21 @@ Built, verified and loaded at first use by :mod:`labkit.model.native`; without a
 (:func:`chosen`, ``tile_physics.race_paths``: 4 row tiles x 16 x 16, 4096 samples, full
 physics) decides, cached with the build; ``LABKIT_NATIVE=1`` forces the kernels.
 
+Second-order pulse widths (:func:`widths`, ``tiles_widths``; the layers' width loss and
+source line, :mod:`labkit.model.second_order`): the torch definition sorts every
+sample's 16 widths (a strided sort along the rows: 26x plain torch for a LeNet-5
+training step with chip-sized terms, against 3.7x first order). The kernel needs no
+sort: one compare per pair of rows ranks them (ties by row, as a stable sort), the slot
+sums are taken by parts (each row adds ``(s(beta A) - s(beta (A - I))) g`` to the rows
+after it), the source-line root is a series for ``|beta I_tot| <= 0.1`` (Newton beyond),
+and rows without a pulse in a block of samples (the padding of a last row tile) are left
+out of the pairs. Same results to float rounding (tests/test_analog_widths.py). LeNet-5
+step, batch 128, one run: 26.3x plain torch with the sort, 4.4x with the kernel, 3.5x
+first order. Not fused into the tile kernels' input pass: their backward needs the
+widths too (the weight gradient), so the pairs would run twice; of the 3.6 ms the widths
+take for LeNet-5's first layer, the separate pass's memory traffic is 1.5 ms (measured
+with the source line off).
+
 What made the kernels slow on an AVX2 CPU (the Speed issue; measured on an AMD EPYC
 with AVX-512, 1 MiB L2 per core, building for ``-march=x86-64-v3`` to run the AVX2
 code; LeNet-5 training step, batch 128, 1 thread, one run):
@@ -49,13 +64,15 @@ import torch
 
 from labkit.model import native
 
-__all__ = ["available", "applies", "chosen", "forcing", "forward", "backward", "patches", "patches_backward"]
+__all__ = ["available", "applies", "chosen", "forcing", "forward", "backward", "widths", "widths_apply", "patches",
+           "patches_backward"]
 
 SOURCE = Path(__file__).with_name("analog_tiles.c")
 _p, _i64, _f32, _i32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_int
 SIGNATURES = {
     "tiles_fwd": ([_i64] * 6 + [_p] * 8 + [_i64, ctypes.c_ulonglong] + [_f32] * 5 + [_i32, _p, _p], ctypes.c_int),
     "tiles_bwd": ([_i64] * 6 + [_p] * 6, ctypes.c_int),
+    "tiles_widths": ([_i64] * 5 + [_p] * 5, ctypes.c_int),
     "patches_fwd": ([_i64] * 4 + [_p, _i64, _p, _p], None),
     "patches_bwd": ([_i64] * 4 + [_p, _i64, _p, _p], None),
 }
@@ -85,6 +102,15 @@ def applies(*tensors: torch.Tensor) -> bool:
     S) with R <= 64) and are chosen on this machine (:func:`chosen`)."""
     return (_lib() is not None and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
             and (tensors[0].dim() != 3 or tensors[0].shape[1] <= _R_MAX) and chosen())
+
+
+def widths_apply(xt: torch.Tensor) -> bool:
+    """True when :func:`widths` serves ``xt`` (float32 on the CPU, (RT, R, S) with R <= 64,
+    the library built). Not subject to the race of the tile kernels: against the sort of
+    the torch definition it was 45x faster here (LeNet-5's first layer, AVX-512 build; the
+    AVX2 build of the kernel ran 1.5x slower than that one)."""
+    return (_lib() is not None and xt.dtype == torch.float32 and xt.device.type == "cpu" and xt.dim() == 3
+            and xt.shape[1] <= _R_MAX)
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -154,6 +180,23 @@ def backward(xt, i0t, m, gy, need_x: bool, need_i: bool):
     for part in gis[1:]:
         gi += part
     return gx, gi
+
+
+def widths(xt: torch.Tensor, loss: torch.Tensor, beta: torch.Tensor | None, cur: torch.Tensor) -> torch.Tensor:
+    """Effective pulse widths (RT, R, S), units of T, of inputs xt (RT, R, S): width loss
+    ``loss`` (RT, R) units of T, source-line factor ``beta`` (RT,) 1/nA (None: none), row
+    currents ``cur`` (RT, R) nA; the edge rule of ``AnalogLayer._second_order`` included
+    (``second_order.effective_inputs`` without its sort)."""
+    xt = xt.contiguous()
+    RT, R, S = xt.shape
+    f32 = lambda v: v.reshape(RT, -1).to(torch.float32).contiguous()  # noqa: E731
+    loss, cur = f32(loss), f32(cur)
+    beta = None if beta is None else f32(beta)
+    out = torch.empty_like(xt)
+    lib = _lib()
+    _run([lambda sb=sb, se=se: lib.tiles_widths(RT, R, S, sb, se, _ptr(xt), _ptr(loss), _ptr(beta), _ptr(cur),
+                                                _ptr(out)) for sb, se in _chunks(S)])
+    return out
 
 
 def patches(x: torch.Tensor, geo: tuple, rows: int) -> torch.Tensor:

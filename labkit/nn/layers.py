@@ -229,7 +229,8 @@ class AnalogLayer(nn.Module):
     def _second_wide(self):
         """Per row tile the second-order terms of the used columns, or None without any:
         coupling in gather form (keep, li, lw, ri, rw: (rt, 1, 2n) weights, (2n,)
-        indices), width loss (rt, R, 1) in units of T, beta (rt, 1, 1) 1/nA. Cached."""
+        indices), width loss (rt, R, 1) in units of T, beta (rt, 1, 1) 1/nA (None where
+        every tile's is 0). Cached."""
         key = (self.tile_so.data_ptr(), self.tile_so._version)
         cached = getattr(self, "_so_cache", None)
         if cached is not None and cached[0] == key:
@@ -245,6 +246,7 @@ class AnalogLayer(nn.Module):
             per_tile = so_t.mean(1)  # width loss and source line: the mean of the row tile's chips
             loss = torch.tensor(per_tile[:, C - 1:C - 1 + R] / self._T_us, dtype=torch.float32).unsqueeze(-1)
             beta = torch.tensor(per_tile[:, -2], dtype=torch.float32).view(-1, 1, 1)
+            beta = beta if bool(beta.abs().max() > 0) else None  # no source line: no ordering of the pulses
             unused = (C * self.col_tiles - t.shape[1]) / self.col_tiles  # columns per chip the layer leaves at I_min
             out = (coupling, loss, beta, unused)
         self._so_cache = (key, out)
@@ -258,7 +260,10 @@ class AnalogLayer(nn.Module):
         if terms is None:
             return xt, i0t, kx
         coupling, loss, beta, unused = terms
-        row_na = (i0t.detach().sum(-1, keepdim=True) / self.col_tiles + unused * self._i_min_na * self._T_us) / self._T_us
+        row_na = None
+        if beta is not None:
+            with torch.no_grad():
+                row_na = (i0t.sum(-1, keepdim=True) / self.col_tiles + unused * self._i_min_na * self._T_us) / self._T_us
         return so.tile_terms(xt, i0t, kx, coupling, loss, beta, row_na)
 
     def _jittered(self, wide):
@@ -299,19 +304,22 @@ class AnalogLayer(nn.Module):
         pad = self.row_tiles * self.config.operating.rows - x.shape[1]
         return F.pad(x.t(), (0, 0, 0, pad)) if pad else x.t().contiguous()
 
-    def model_outputs(self, xt: torch.Tensor) -> torch.Tensor:
+    def model_outputs(self, xt: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`tile_outputs` of the model tiles from transposed inputs (rt*rows, N),
-        zero-padded: every tile of the layer in one batched computation."""
+        zero-padded: every tile of the layer in one batched computation; times ``scale``
+        (n,) when given (one pass over the outputs for both factors)."""
         cfg, R = self.config, self.config.operating.rows
         kx, e, t0c, gc = self._jittered(self._wide())
         opts = self._opts(2) + (cfg.crosstalk, cfg.edge_order)
         xt, i0t, kx = self._second_order(xt.view(self.row_tiles, R, -1), self._jitter_currents(self._currents_t()), kx)
         y = tile_physics.TileBmm.apply(xt, i0t, kx, e, t0c, gc, opts)
+        if scale is not None:
+            return y * (scale / (self._i_scale_na * self._T_us))
         return y / (self._i_scale_na * self._T_us)
 
     def _inputs(self, a: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """Activations (any shape) -> pulse inputs; negative ones split (stacked on dim 0)."""
-        neg = bool((a < 0).any())
+        neg = a.numel() > 0 and float(a.detach().amin()) < 0  # (a reduction: cheaper than a bool mask on a CPU)
         if neg:
             if self.config.mapping.signed_inputs == "error":
                 raise ValueError(f"{type(self).__name__} got negative inputs (min {float(a.min()):g}); "
@@ -322,7 +330,10 @@ class AnalogLayer(nn.Module):
     def _outputs(self, x: torch.Tensor, neg: bool, transposed: bool = False) -> torch.Tensor:
         """(N, K) pulse inputs (or (rt*rows, N) with ``transposed``) -> (N, n) layer
         outputs before bias and ReLU, scaled back."""
-        y = self.tiles.outputs(self, x if transposed else self._transposed(x))
+        xt = x if transposed else self._transposed(x)
+        if type(self.tiles) is ModelTiles and not neg:  # the digital gains in the same pass
+            return self.model_outputs(xt, self.output_scales() * self.input_scale)
+        y = self.tiles.outputs(self, xt)
         if neg:
             half = y.shape[0] // 2
             y = y[:half] - y[half:]

@@ -112,9 +112,9 @@ class ModelTile:
         with torch.no_grad():
             if mix.any() or loss.any() or beta:
                 loss_t = torch.tensor(loss / op.integration_time_s, **f32).view(1, -1, 1)
-                row_na = i0t.sum(-1, keepdim=True) / T_us  # every column of the tile is in cols
-                xt, i0t, kx = so.tile_terms(xt, i0t, kx, so.coupling_gather(mix, cols), loss_t,
-                                            torch.tensor(beta * NA, **f32).view(1, 1, 1), row_na)
+                row_na = i0t.sum(-1, keepdim=True) / T_us if beta else None  # every column of the tile is in cols
+                b = torch.tensor(beta * NA, **f32).view(1, 1, 1) if beta else None
+                xt, i0t, kx = so.tile_terms(xt, i0t, kx, so.coupling_gather(mix, cols), loss_t, b, row_na)
             y = tile_physics.TileBmm.apply(xt, i0t, kx, e, t0c, gc, opts)
         return y / (window.i_scale_a / NA * op.integration_time_s / US)
 
