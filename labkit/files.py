@@ -29,7 +29,7 @@ import numpy as np
 
 from labkit.errors import UsageError
 
-__all__ = ["FileFormatError", "read_bytes", "load_yaml", "load_json", "npz_headers", "read_npz", "write_npz",
+__all__ = ["FileFormatError", "read_bytes", "load_yaml", "load_json", "npz_headers", "read_npz", "npz_target", "write_npz",
            "MAX_TEXT_BYTES", "MAX_DEPTH", "NUMERIC_KINDS"]
 
 MAX_TEXT_BYTES = 4 * 2**20  # YAML and JSON files: 4 MiB
@@ -250,6 +250,17 @@ def read_npz(path: str | os.PathLike, what: str, *, max_bytes: int,
 def _kind_words(kinds: str) -> str:
     words = {"b": "bool", "i": "integer", "u": "unsigned integer", "f": "real", "U": "text"}
     return " or ".join(words.get(k, k) for k in kinds)
+
+
+def npz_target(path: str | os.PathLike, what: str) -> Path:
+    """Where to write a ``what`` file: ``path`` with ``.npz`` appended if missing; a
+    ValueError if its folder does not exist."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    if not path.parent.is_dir():
+        raise ValueError(f"{what} file {path}: directory {path.parent} does not exist")
+    return path
 
 
 def write_npz(path: str | os.PathLike, arrays: dict) -> Path:

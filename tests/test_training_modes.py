@@ -3,6 +3,7 @@ and analog checkpoints (weights_only)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
@@ -83,7 +84,9 @@ def test_in_loop_forward_is_measured_and_gradient_is_the_models():
     assert torch.allclose(g_loop, layer.weight.grad, rtol=1e-4, atol=1e-5)
 
 
-def test_train_in_loop_reprograms_and_reports_accuracy_on_chips():
+@contextlib.contextmanager
+def deployed_mlp():
+    """A small hardware-aware MLP deployed on chips 80-87: (split, model, dep, chips, pulses so far)."""
     torch.manual_seed(0)
     from labkit.train.networks import dataset_for, mlp_lowres
 
@@ -91,7 +94,11 @@ def test_train_in_loop_reprograms_and_reports_accuracy_on_chips():
     model = hardware_aware(mlp_lowres(), split.train)
     with open_chips("sim://?seed=80", 8) as chips:
         dep = deploy(model, chips)
-        pulses0 = sum(b.inner.chip.pulses_applied for b in chips)
+        yield split, model, dep, chips, sum(b.inner.chip.pulses_applied for b in chips)
+
+
+def test_train_in_loop_reprograms_and_reports_accuracy_on_chips():
+    with deployed_mlp() as (split, model, dep, chips, pulses0):
         w0 = model[1].weight.detach().clone()
         res = train_in_loop(dep, split.train, split.test, 1, lr=1e-3, batch_size=32)
         pulses1 = sum(b.inner.chip.pulses_applied for b in chips)
@@ -101,14 +108,7 @@ def test_train_in_loop_reprograms_and_reports_accuracy_on_chips():
 
 
 def test_digital_in_loop_never_reprograms_and_counts_its_averaged_vmms():
-    torch.manual_seed(0)
-    from labkit.train.networks import dataset_for, mlp_lowres
-
-    split = dataset_for("mlp", subset=120)
-    model = hardware_aware(mlp_lowres(), split.train)
-    with open_chips("sim://?seed=80", 8) as chips:
-        dep = deploy(model, chips)
-        pulses0 = sum(b.inner.chip.pulses_applied for b in chips)
+    with deployed_mlp() as (split, model, dep, chips, pulses0):
         w0, b0 = model[1].weight.detach().clone(), model[1].bias.detach().clone()
         vmm0 = dep.vmm_count
         res = train_in_loop(dep, split.train, None, 1, lr=1e-2, batch_size=32, reads=3, update="digital")

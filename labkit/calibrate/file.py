@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from labkit.files import FileFormatError, npz_headers, read_npz, write_npz
+from labkit.files import FileFormatError, npz_headers, npz_target, read_npz, write_npz
 from labkit.model import ArrayModel
 
 __all__ = ["FORMAT", "Calibration", "CalibrationMismatch", "LinearFit", "load_calibration",
@@ -90,11 +90,7 @@ class Calibration:
 
 def save_calibration(cal: Calibration, path) -> Path:
     """Write ``cal`` to ``path`` (``.npz`` appended if missing), atomically; returns the path."""
-    path = Path(path)
-    if path.suffix != ".npz":
-        path = path.with_name(path.name + ".npz")
-    if not path.parent.is_dir():
-        raise ValueError(f"calibration file {path}: directory {path.parent} does not exist")
+    path = npz_target(path, "calibration")
     arrays: dict[str, np.ndarray] = {
         "format": np.array(FORMAT),
         "chip_id": np.array(str(cal.chip_id)),

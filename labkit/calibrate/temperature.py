@@ -37,7 +37,7 @@ from labkit.backend import SafeArray, TemperatureControl
 from labkit.calibrate.file import FORMAT as SINGLE_FORMAT
 from labkit.calibrate.file import Calibration, read_calibration, save_calibration
 from labkit.errors import UsageError
-from labkit.files import FileFormatError, npz_headers, read_npz, write_npz
+from labkit.files import FileFormatError, npz_headers, npz_target, read_npz, write_npz
 from labkit.measure.currents import cell_current_map
 
 __all__ = ["FORMAT", "CellLaw", "TemperatureCalibration", "OutOfRangeWarning", "measure_cell_law",
@@ -262,11 +262,7 @@ def fit_temperature_calibration(calibrations: Sequence[Calibration], law: CellLa
 
 def save_temperature_calibration(tc: TemperatureCalibration, path) -> Path:
     """Write ``tc`` (:data:`FORMAT`) to ``path`` (``.npz`` appended if missing), atomically."""
-    path = Path(path)
-    if path.suffix != ".npz":
-        path = path.with_name(path.name + ".npz")
-    if not path.parent.is_dir():
-        raise ValueError(f"calibration file {path}: directory {path.parent} does not exist")
+    path = npz_target(path, "calibration")
     arrays: dict[str, np.ndarray] = {"format": np.array(FORMAT),
                                      "temperatures_k": np.asarray(tc.temperatures_k, dtype=float)}
     if tc.law is not None:
