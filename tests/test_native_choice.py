@@ -91,7 +91,7 @@ def test_a_slow_tile_kernel_loses_the_race_and_the_layer_runs_the_torch_path(fre
     real = tiles_native.forward
 
     def slow_forward(*args, **kw):
-        time.sleep(0.05)
+        time.sleep(0.25)  # far slower than the torch path even on a loaded machine (38 ms seen)
         return real(*args, **kw)
 
     monkeypatch.setattr(tiles_native, "forward", slow_forward)
