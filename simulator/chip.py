@@ -63,11 +63,11 @@ class Switches:
 
     @classmethod
     def preset(cls, name: str) -> "Switches":
-        """``default`` and ``model``: the model's own form (today's chip); ``silicon``:
-        every effect on; ``ideal``: none; ``quiet``: no noise; ``linear``: no droop or
-        crosstalk."""
+        """``default`` and ``silicon``: every effect on (the chip a ``sim://`` URI opens);
+        ``model``: the model's own form (the second-order physics off); ``ideal``: none;
+        ``quiet``: the model's form without noise; ``linear``: without droop or crosstalk."""
         presets = {
-            "default": cls(),
+            "default": cls(**{name: True for name in cls.SECOND_ORDER}),
             "model": cls(),
             "silicon": cls(**{name: True for name in cls.SECOND_ORDER}),
             "ideal": cls(**{f.name: False for f in dataclasses.fields(cls)}),

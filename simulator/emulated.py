@@ -2,8 +2,8 @@
 
 ``sim://?seed=3&preset=quiet&crosstalk=0`` opens chip 3 with the ``quiet`` preset and
 crosstalk switched off. Options, each at most once: ``seed`` (non-negative int),
-``preset`` (``default`` = ``model``: the model's own form; ``silicon``: every
-second-order effect on; ``ideal``, ``quiet``, ``linear``) and one switch per
+``preset`` (``default`` = ``silicon``: every second-order effect on; ``model``: the
+model's own form; ``ideal``, ``quiet``, ``linear``: variants of the model's form) and one switch per
 non-ideality, 0 or 1: the model's form (``noise``, ``crosstalk``, ``droop``,
 ``variability``, ``program_noise``, ``disturb``, ``leakage``, ``retention``) and the
 second-order physics (``bl_coupling``, ``wl_slew``, ``source_line``, ``tdc_inl``,

@@ -34,7 +34,8 @@ def pytest_collection_modifyitems(config, items):
 
 
 def sim_uri(seed: int = 0, **switches) -> str:
-    query = "&".join([f"seed={seed}"] + [f"{k}={int(bool(v))}" for k, v in switches.items()])
+    """A sim:// chip in the model's own form (``preset=model``) with ``switches`` changed."""
+    query = "&".join([f"seed={seed}", "preset=model"] + [f"{k}={int(bool(v))}" for k, v in switches.items()])
     return f"sim://?{query}"
 
 

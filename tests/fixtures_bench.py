@@ -28,7 +28,7 @@ def virtual_bench_backend(seed: int = 0, *, faults=None, limits=None, instrument
                           board_timeout_s=None, thermal_time_constant_s=FAST_THERMAL_S, **switches):
     with tempfile.TemporaryDirectory(prefix="labkit-bench-") as tmp:
         station = Path(tmp) / "station.yaml"
-        with VirtualBench(seed=seed, chip_options=switches, faults=faults, limits=limits,
+        with VirtualBench(seed=seed, chip_options={"preset": "model", **switches}, faults=faults, limits=limits,
                           instruments=instruments, station_out=station,
                           board_timeout_s=board_timeout_s,
                           thermal_time_constant_s=thermal_time_constant_s) as bench:

@@ -30,7 +30,7 @@ def array_factory(bridge_exe, tmp_path):
     stack = contextlib.ExitStack()
 
     def open_array(seed: int = 0, **switches):
-        array = EmulatedArray(chip_from_options({"seed": str(seed), **{k: str(int(bool(v))) for k, v in switches.items()}}))
+        array = EmulatedArray(chip_from_options({"seed": str(seed), "preset": "model", **{k: str(int(bool(v))) for k, v in switches.items()}}))
         pty = stack.enter_context(serve(array, bridge_exe))
         station = tmp_path / f"station{next(_n)}.yaml"
         station.write_text(yaml.safe_dump({"name": "c-reference-firmware", "board": {"url": pty}, "instruments": {}}))

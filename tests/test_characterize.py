@@ -385,18 +385,19 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
 
 def test_cli_json_has_the_foundation_fields(tmp_path, capsys):
     db = tmp_path / "runs.sqlite"
-    code, out, err = run_cli(capsys, "characterize", "--backend", "sim://?seed=2", "--quick", "--out", str(db),
+    uri = "sim://?seed=2&preset=model"  # the characterization's figures of the model-form chip
+    code, out, err = run_cli(capsys, "characterize", "--backend", uri, "--quick", "--out", str(db),
                              "--json")
     assert code == 0, err
     d = json.loads(out)
     for key in ("backend", "chip_id", "rows", "cols", "cell_current_a", "noise_floor_ser_db", "run_id",
                 "crosstalk_v", "droop_fraction"):
         assert key in d, key
-    assert d["backend"] == "sim://?seed=2" and d["chip_id"] == "EMU-0002"
+    assert d["backend"] == uri and d["chip_id"] == "EMU-0002"
     assert (d["rows"], d["cols"]) == (16, 16)
     cur = np.array(d["cell_current_a"])
     assert cur.shape == (16, 16)
-    with labkit.open_backend("sim://?seed=2") as b:  # a fresh copy of the same chip
+    with labkit.open_backend(uri) as b:  # a fresh copy of the same chip
         truth = chip_of(b).currents()
         coupling = hidden_step_v(chip_of(b))
     np.testing.assert_allclose(cur, truth, rtol=0.02)  # amperes
@@ -407,7 +408,7 @@ def test_cli_json_has_the_foundation_fields(tmp_path, capsys):
         r = store.load(d["run_id"])
         assert r.status == "completed" and r.kind == "characterize" and r.chip_id == "EMU-0002"
         assert r.provenance["identity"]["chip_id"] == "EMU-0002"
-        assert r.provenance["backend_uri"] == "sim://?seed=2"
+        assert r.provenance["backend_uri"] == uri
         assert r.seeds == {"patterns": 0, "repeats": 1, "activations": 0}
         assert r.versions["labkit"] == labkit.__version__
         assert "GateSweep" in r.provenance["capabilities"]

@@ -12,7 +12,7 @@ OFF = dict(noise=0, crosstalk=0, droop=0, variability=1, program_noise=0, distur
 
 def open_with(seed=0, **on):
     opts = {**OFF, **on}
-    return labkit.open_backend(f"sim://?seed={seed}&" + "&".join(f"{k}={int(v)}" for k, v in opts.items()))
+    return labkit.open_backend(f"sim://?seed={seed}&preset=model&" + "&".join(f"{k}={int(v)}" for k, v in opts.items()))
 
 
 def charge(b, x):
@@ -53,7 +53,7 @@ def test_crosstalk_makes_output_depend_on_the_pattern_not_only_the_dot_product()
 def test_programming_noise_spreads_repeated_programming():
     spreads = {}
     for noise in (0, 1):
-        with labkit.open_backend(f"sim://?seed=3&noise=0&variability=0&disturb=0&program_noise={noise}") as b:
+        with labkit.open_backend(f"sim://?seed=3&preset=model&noise=0&variability=0&disturb=0&program_noise={noise}") as b:
             b.erase_rows([2], 14.0, 0.05)
             before = b.read_currents()[2]
             for _ in range(3):

@@ -33,8 +33,9 @@ def set_column_current(c: VirtualChip, col: int, factor: float) -> None:
     c._invalidate()
 
 
-def test_presets_model_is_default_and_silicon_turns_every_second_order_effect_on():
-    assert Switches.preset("model") == Switches.preset("default") == Switches()
+def test_presets_silicon_is_default_and_turns_every_second_order_effect_on():
+    assert Switches.preset("model") == Switches()
+    assert Switches.preset("default") == Switches.preset("silicon")  # sim:// chips are silicon unless told
     silicon = Switches.preset("silicon")
     assert all(getattr(silicon, n) for n in Switches.SECOND_ORDER)
     assert not any(getattr(Switches(), n) for n in Switches.SECOND_ORDER)
@@ -182,7 +183,7 @@ def log_currents_over_time(uri: str, times_s, program=True) -> np.ndarray:
 
 def test_relaxation_after_programming_is_logarithmic_then_settles():
     times = np.array([0.0, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6])
-    base = "sim://?seed=7&noise=0&program_noise=0&disturb=0&retention=0"
+    base = "sim://?seed=7&preset=model&noise=0&program_noise=0&disturb=0&retention=0"
     off = log_currents_over_time(base, times)
     assert np.abs(off - off[0]).max() == 0.0
     on = log_currents_over_time(base + "&relaxation=1", times)
@@ -195,7 +196,7 @@ def test_relaxation_after_programming_is_logarithmic_then_settles():
 
 def test_flicker_noise_spectrum_falls_as_one_over_f():
     times = np.arange(1024) * 1.0
-    base = "sim://?seed=8&noise=0&retention=0"
+    base = "sim://?seed=8&preset=model&noise=0&retention=0"
     assert np.ptp(log_currents_over_time(base, times[:8], program=False), axis=0).max() == 0.0
     y = log_currents_over_time(base + "&flicker=1", times, program=False).reshape(len(times), -1)
     y = y - y.mean(axis=0)
