@@ -42,14 +42,16 @@ class DemoConfig:
     hw_epochs: int = 100
     hw_lr: float = 1e-3
     hw_percentile: float = 95.0  # input scales: longer pulses for the MLP's small margins
-    calibration: CalibrationConfig = CalibrationConfig.quick(fit_iterations=60)
+    # on programmed states: the chips are reprogrammed with the network anyway, and the
+    # model then predicts programmed tiles (docs/physics.md, section 3.2)
+    calibration: CalibrationConfig = CalibrationConfig.quick(fit_iterations=60, programmed_states=2)
     characterization: ch.SuiteConfig = ch.SuiteConfig()
     passes: int = 3  # test-set measurements averaged per deployment
 
     @classmethod
     def quick(cls, **changes) -> "DemoConfig":
         base = cls(subset=400, ideal_epochs=30, hw_epochs=10, passes=1,
-                   calibration=CalibrationConfig.quick(fit_iterations=30),
+                   calibration=CalibrationConfig.quick(fit_iterations=30, programmed_states=2),
                    characterization=ch.SuiteConfig.quick())
         return dataclasses.replace(base, **changes)
 
