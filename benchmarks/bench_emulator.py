@@ -38,12 +38,17 @@ def cpu_model() -> str:
 
 def throughput(switches: Switches, widths: np.ndarray) -> float:
     """VMMs/s of one chip on one core (best of three passes over ``widths``)."""
-    chip = VirtualChip(seed=0, switches=switches)
-    chip.vmm(widths[:1024])  # warm up (and build the C kernel once)
+    return best_of_three(VirtualChip(seed=0, switches=switches).vmm, widths)
+
+
+def best_of_three(vmm, widths: np.ndarray) -> float:
+    """VMMs/s of ``vmm`` over ``widths``, best of three passes after a warm-up (which also
+    builds the C kernel once)."""
+    vmm(widths[:1024])
     best = 0.0
     for _ in range(3):
         t0 = time.perf_counter()
-        chip.vmm(widths)
+        vmm(widths)
         best = max(best, len(widths) / (time.perf_counter() - t0))
     return best
 
@@ -54,13 +59,7 @@ def backend_throughput(uri: str, widths: np.ndarray) -> float:
     from labkit.backend.registry import open_backend
 
     with open_backend(uri) as chip:
-        chip.vmm(widths[:1024])
-        best = 0.0
-        for _ in range(3):
-            t0 = time.perf_counter()
-            chip.vmm(widths)
-            best = max(best, len(widths) / (time.perf_counter() - t0))
-    return best
+        return best_of_three(chip.vmm, widths)
 
 
 def integration_error(switches: Switches, widths: np.ndarray) -> float:
