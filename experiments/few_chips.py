@@ -50,7 +50,7 @@ def run(name: str, k: int, args, net, split, software: float) -> dict:
     t0 = time.monotonic()
     with open_chips(args.backend, k) as chips:
         cal, info = calibrate_chips(chips, args.cal_iterations, Path(args.cache) if args.cache else None,
-                                    noise_model=h["relative"])
+                                    noise_model=h["relative"], programmed_states=args.programmed_states)
         tiles = [cal[j % k] for j in range(n)]  # the placement: tile j on chip j mod K
         noise = (dict(noise_std_s=h["noise"] * info["noise_floor_s_median"],
                       noise_relative=h["noise"] * info["noise_relative_median"]) if h["relative"]
@@ -97,6 +97,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--data", default=None)
     p.add_argument("--subset", type=int, default=None)
     p.add_argument("--cal-iterations", type=int, default=60)
+    p.add_argument("--programmed-states", type=int, default=2,
+                   help="calibrate each chip on N programmed weight-like states (0: at its shipped currents)")
     p.add_argument("--hw-epochs", type=int, default=None)
     p.add_argument("--cache", default=None, help="keep each chip's calibration here (CHIP_ID.npz)")
     p.add_argument("--seed", type=int, default=0)

@@ -45,6 +45,9 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--in-loop-update", default="digital", choices=["all", "digital"])
     p.add_argument("--programmed-states", type=int, default=2)
     p.add_argument("--data", default=None)
+    p.add_argument("--passes", type=int, default=3, help="test-set measurements averaged per deployment")
+    p.add_argument("--cache", default=None, help="keep each chip's calibration here (CHIP_ID.npz)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     rows = []
@@ -54,8 +57,11 @@ def main(argv=None) -> list[dict]:
                 tad.log(f"== {model} on {uri(seed, effect)}")
                 r = tad.main(["--backend", uri(seed, effect), "--models", model, "--in-loop", str(args.in_loop),
                               "--programmed-states", str(args.programmed_states),
-                              "--in-loop-reads", str(args.in_loop_reads), "--in-loop-update", args.in_loop_update]
-                             + (["--data", args.data] if args.data else []))[0]
+                              "--in-loop-reads", str(args.in_loop_reads), "--in-loop-update", args.in_loop_update,
+                              "--passes", str(args.passes)]
+                             + (["--data", args.data] if args.data else [])
+                             + (["--cache", args.cache] if args.cache else [])
+                             + (["--threads", str(args.threads)] if args.threads else []))[0]
                 rows.append(dict(r, effect=effect, chip_seed=seed))
                 if args.json:
                     Path(args.json).write_text(json.dumps(rows, indent=1))

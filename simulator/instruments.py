@@ -320,16 +320,6 @@ class Keithley2400Emulator(ScpiDevice):
             return str(int(self._query_limit(call, lo, hi, default, getattr(self, attr))))
         setattr(self, attr, call.integer(0, lo, hi, default))
 
-    def _flag(self, call: Call, attr: str):
-        if call.query:
-            return "1" if getattr(self, attr) else "0"
-        setattr(self, attr, call.boolean())
-
-    def _enum(self, call: Call, attr: str, choices: dict[str, str]):
-        if call.query:
-            return getattr(self, attr)
-        setattr(self, attr, call.choice(choices))
-
     # -- source
     def _source_function(self, call: Call):
         if call.query:
@@ -908,16 +898,6 @@ class InfiniiVisionEmulator(ScpiDevice):
         if call.query:
             return str(getattr(self, attr))
         setattr(self, attr, call.integer(0, lo, hi))
-
-    def _flag(self, call: Call, attr: str):
-        if call.query:
-            return "1" if getattr(self, attr) else "0"
-        setattr(self, attr, call.boolean())
-
-    def _enum(self, call: Call, attr: str, choices: dict[str, str]):
-        if call.query:
-            return getattr(self, attr)
-        setattr(self, attr, call.choice(choices))
 
     def _chan(self, call: Call) -> dict:
         n = call.suffix(0)

@@ -331,6 +331,18 @@ class ScpiDevice:
             return str(getattr(self, attr))
         setattr(self, attr, call.integer(0, 0, 255) & (0xBF if attr == "sre" else 0xFF))
 
+    def _flag(self, call: Call, attr: str):
+        """A boolean setting: ``attr`` read as ``1``/``0`` or set from ON/OFF/1/0."""
+        if call.query:
+            return "1" if getattr(self, attr) else "0"
+        setattr(self, attr, call.boolean())
+
+    def _enum(self, call: Call, attr: str, choices: dict[str, str]):
+        """A setting from ``choices`` (SCPI long form -> stored short form)."""
+        if call.query:
+            return getattr(self, attr)
+        setattr(self, attr, call.choice(choices))
+
     def _opc(self, call: Call):
         if call.query:
             return "1"
