@@ -10,7 +10,9 @@
  *   P[i]   += [d_i > 0] gz * H_{r_i},  H_k = sum_{m > k} dt_m S_m E_m
  * Plain C with GCC vector extensions (32-byte vectors); R and C must be multiples of the
  * lane count L (8 float / 4 double; the Python side checks). Compiled at first use by
- * labkit.model.native. Rows are ranked by counting (stable: ties keep row order).
+ * labkit.model.native. Rows are ranked by counting (stable: ties keep row order; a NaN
+ * width ranks as +inf, so the order stays a permutation and Z comes out NaN, not a wild
+ * index: a diverging fit once crashed the process here).
  *
  * Speed (the Speed issue; one 16x16 array, batch 1024, AMD EPYC, AVX-512 target): the
  * per-sample slot loop is a chain of dependent vector operations (E *= rho, S -= I0,
@@ -34,11 +36,14 @@ enum { L_##SUF = 32 / sizeof(T) };                                              
 static void sort_rows_##SUF(const T *restrict d, int64_t R, int64_t *restrict idx) {        \
     vi_##SUF iota = {0};                                                                    \
     for (int l = 0; l < L_##SUF; ++l) iota[l] = l;                                          \
+    const v_##SUF inf = (v_##SUF){0} + (T)__builtin_inf();                                  \
     for (int64_t c = 0; c < R; c += L_##SUF) {                                              \
         v_##SUF dv = *(const v_##SUF *)(d + c);                                             \
+        vi_##SUF nan = (vi_##SUF)(dv != dv); /* NaN ranks as +inf: idx stays a permutation */ \
+        dv = (v_##SUF)(((vi_##SUF)dv & ~nan) | ((vi_##SUF)inf & nan));                      \
         vi_##SUF r = {0}, pos = iota + (I)c;                                                \
         for (int64_t m = 0; m < R; ++m) {                                                   \
-            T dm = d[m];                                                                    \
+            T dm = d[m] == d[m] ? d[m] : (T)__builtin_inf();                                \
             r -= (vi_##SUF)(dv > dm);                                                       \
             r -= (vi_##SUF)(dv == dm) & (pos > (I)m);                                       \
         }                                                                                   \
