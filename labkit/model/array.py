@@ -11,8 +11,8 @@ from torch import nn
 
 from labkit.backend import Datasheet, Geometry, VmmSettings
 from labkit.model import second_order as so
-from labkit.model.native import RaceCtx
-from labkit.model.kernels import ChargeFn, InputQuantize, Readout, StraightThrough, fine_step_charge, per_cell_charge
+from labkit.model.kernels import (ChargeFn, Crossing, InputQuantize, Readout, StraightThrough, fine_step_charge,
+                                  per_cell_charge)
 from labkit.model.units import FC, FF, NA, US
 
 __all__ = ["ArrayModel", "FORMAT"]
@@ -31,47 +31,6 @@ def _as_tensor(value, shape, name: str) -> np.ndarray:
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{name} contains non-finite values; expected finite numbers")
     return np.array(a)
-
-
-# ---------------------------------------------------------------- one graph node
-
-
-class _Crossing(torch.autograd.Function):
-    """:meth:`ArrayModel.crossing_us` of the first-order column-eta model as one graph
-    node: the forward and backward passes of :class:`InputQuantize`, :class:`ChargeFn`
-    and :class:`Readout`, composed (the same functions; no autograd graph, views or
-    parameter reshapes between them: at a batch of 1024 on one 16x16 array those cost
-    about as much as the physics). x (n, B, R); parameters as stored; returns (n, B, C) us."""
-
-    @staticmethod
-    def forward(ctx, x, log_i0, k_xt, eta, t0, gain, model):
-        n, R, C = model._n, model.rows, model.cols
-        need = ctx.needs_input_grad
-        cq = RaceCtx((need[0], False))
-        xq = InputQuantize.forward(cq, x, model.input_levels if model.quantize else 0)
-        kx = k_xt.reshape(n, R, C) if model.crosstalk else None
-        cc = RaceCtx((need[0], False, need[1], need[2] and model.crosstalk, need[3]) + (False,) * 4)
-        q = ChargeFn.forward(cc, xq, None, log_i0.reshape(n, R, C), kx, eta.reshape(n, 1, C), model.T_us, model.C_ff,
-                             model.droop, model.edge_timing)
-        noise = model.noise_std_s / US if (model.training and model.noise_std_s > 0) else 0.0
-        cr = RaceCtx((True, need[4], need[5]) + (False,) * 6)
-        t = Readout.forward(cr, q, t0.reshape(n, 1, C), gain.reshape(n, 1, C), model.iref_na, model.lsb_us,
-                            model.tfs_us, model.quantize, model.clip, noise)
-        ctx.parts = (cq, cc, cr)
-        ctx.shapes = (log_i0.shape, k_xt.shape, eta.shape, t0.shape, gain.shape)
-        return t
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, gt):
-        cq, cc, cr = ctx.parts
-        need = ctx.needs_input_grad
-        g_q, g_t0, g_gain = Readout.backward(cr, gt)[:3]
-        g_x, _, g_li, g_k, g_eta = ChargeFn.backward(cc, g_q)[:5]
-        g_x = InputQuantize.backward(cq, g_x)[0] if need[0] else None
-        grads = [g if (g is not None and ok) else None for g, ok in zip((g_li, g_k, g_eta, g_t0, g_gain), need[1:6])]
-        grads = [None if g is None else g.reshape(shape) for g, shape in zip(grads, ctx.shapes)]
-        return (g_x, *grads, None)
 
 
 # ---------------------------------------------------------------- the model
@@ -340,6 +299,12 @@ class ArrayModel(nn.Module):
         return Readout.apply(q, self._tiled(self.t0, 1).unsqueeze(1), self._tiled(self.gain, 1).unsqueeze(1),
                              self.iref_na, self.lsb_us, self.tfs_us, self.quantize, self.clip, noise)
 
+    def _crossing_cfg(self) -> tuple:
+        """The switches and operating point of :class:`labkit.model.kernels.Crossing`."""
+        noise = self.noise_std_s / US if (self.training and self.noise_std_s > 0) else 0.0
+        return (self._n, self.rows, self.cols, self.input_levels, self.T_us, self.C_ff, self.iref_na, self.lsb_us,
+                self.tfs_us, self.quantize, self.clip, noise, self.droop, self.crosstalk, self.edge_timing)
+
     # ------------------------------------------------------------ public outputs
     def forward(self, x) -> torch.Tensor:
         """Crossing times (s) for inputs ``x`` in [0, 1] (what the backend measures)."""
@@ -353,9 +318,12 @@ class ArrayModel(nn.Module):
             tail = (self.rows,) if self.n_tiles is None else (self.n_tiles, self.rows)
             if x.dim() < len(tail) or tuple(x.shape[-len(tail):]) != tail:
                 raise ValueError(f"x has shape {tuple(x.shape)}; expected (..., {', '.join(map(str, tail))})")
+            cfg = self._crossing_cfg()
+            if self.n_tiles is None:  # (..., R) as it is: no views in the graph
+                return Crossing.apply(x, self.log_i0, self.k_xt, self.eta, self.t0, self.gain, cfg)
             lead = tuple(x.shape[: x.dim() - len(tail)])
             x = x.reshape(-1, self._n, self.rows).transpose(0, 1).contiguous()
-            t = _Crossing.apply(x, self.log_i0, self.k_xt, self.eta, self.t0, self.gain, self)
+            t = Crossing.apply(x, self.log_i0, self.k_xt, self.eta, self.t0, self.gain, cfg)
             return self._finish(t, lead)
         xp, lead = self._prepare(x)
         return self._finish(self._readout_us(self._charge_fc(xp)), lead)

@@ -260,22 +260,104 @@ class ChargeFn(torch.autograd.Function):
         return g_x, None, g_log_i0, g_k if need_k else None, g_eta, None, None, None, None
 
 
+# ---------------------------------------------------------------- one graph node
+
+
+class Crossing(torch.autograd.Function):
+    """Crossing times (us) of the first-order column-eta model as one graph node: the
+    forward and backward passes of :class:`InputQuantize`, :class:`ChargeFn` and
+    :class:`Readout`, composed (no autograd graph, views or parameter reshapes between
+    them: at a batch of 1024 on one 16x16 array those cost about as much as the physics).
+
+    ``forward(x, log_i0, k_xt, eta, t0, gain, cfg)``: x (n, B, R) raw inputs (clamped to
+    [0, 1] here), or any shape (..., R) when n = 1; parameters as stored by
+    :class:`labkit.model.ArrayModel`; ``cfg`` = (n, R, C, input levels, T us, C fF, I_ref
+    nA, lsb us, t_fs us, quantize, clip, noise us, droop, crosstalk, edge timing).
+    Returns the shape of x with C last, in us.
+
+    Where the compiled kernels serve the tensors (:func:`slots_native.usable`, chosen by
+    the measured race) the node is one C call each way (``cross_fwd`` / ``cross_bwd`` in
+    ``slots.c``: the same operations in the same order, the droop's log from a polynomial
+    in float32); elsewhere it is the composition of the torch functions, which is the
+    definition (tests/test_model_native.py holds the C path to it).
+    """
+
+    @staticmethod
+    def forward(ctx, x, log_i0, k_xt, eta, t0, gain, cfg):
+        n, R, C, levels, t_us, c_ff, iref, lsb, tfs, quantize, clip, noise, droop, crosstalk, timing = cfg
+        ctx.cfg = cfg
+        ctx.shapes = (log_i0.shape, k_xt.shape, eta.shape, t0.shape, gain.shape)
+        if slots_native.usable(x, log_i0, k_xt, eta, t0, gain):
+            x, log_i0, k_xt, eta, t0, gain = (v.contiguous() for v in (x, log_i0, k_xt, eta, t0, gain))
+            par = slots_native.crossing_par(levels if quantize else 0, t_us, c_ff, iref, lsb, tfs, noise)
+            flags = ((slots_native.SLOTS if (droop and crosstalk and timing) else 0)
+                     | (slots_native.FLOOR if quantize else 0) | (slots_native.CLIP if clip is not None else 0))
+            normals = torch.randn(n, x.numel() // (n * R), C, dtype=x.dtype) if noise > 0 else None
+            k, e = k_xt if crosstalk else None, eta if droop else None
+            t, buf = slots_native.crossing_forward(x, log_i0, k, e, t0, gain, normals, par, flags, clip == "hard",
+                                                   n, R, C)
+            ctx.save_for_backward(x, k_xt, eta, gain)
+            ctx.fused = (buf, par, flags)
+            return t
+        need = ctx.needs_input_grad
+        xs = x.reshape(n, -1, R)
+        cq = native.RaceCtx((need[0], False))
+        xq = InputQuantize.forward(cq, xs, levels if quantize else 0)
+        kx = k_xt.reshape(n, R, C) if crosstalk else None
+        cc = native.RaceCtx((need[0], False, need[1], need[2] and crosstalk, need[3]) + (False,) * 4)
+        q = ChargeFn.forward(cc, xq, None, log_i0.reshape(n, R, C), kx, eta.reshape(n, 1, C), t_us, c_ff, droop,
+                             timing)
+        cr = native.RaceCtx((True, need[4], need[5]) + (False,) * 6)
+        t = Readout.forward(cr, q, t0.reshape(n, 1, C), gain.reshape(n, 1, C), iref, lsb, tfs, quantize, clip, noise)
+        ctx.fused = None
+        ctx.parts = (cq, cc, cr, x.shape)
+        return t.reshape(x.shape[:-1] + (C,))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gt):
+        n, R, C, *_, clip, _noise, droop, crosstalk, _timing = ctx.cfg
+        need = ctx.needs_input_grad
+        if ctx.fused is not None:
+            x, k_xt, eta, gain = ctx.saved_tensors
+            buf, par, flags = ctx.fused
+            g_x, g_li, g_k, g_eta, g_t0, g_gain = slots_native.crossing_backward(
+                x, buf, k_xt if crosstalk else None, eta if droop else None, gain, gt.contiguous(), par, flags,
+                clip == "hard", n, R, C, ctx.shapes)
+        else:
+            cq, cc, cr, x_shape = ctx.parts
+            g_q, g_t0, g_gain = Readout.backward(cr, gt.reshape(n, -1, C))[:3]
+            g_x, _, g_li, g_k, g_eta = ChargeFn.backward(cc, g_q)[:5]
+            g_x = InputQuantize.backward(cq, g_x)[0].reshape(x_shape) if need[0] else None
+            g_li, g_k, g_eta, g_t0, g_gain = (None if g is None else g.reshape(shape) for g, shape in
+                                              zip((g_li, g_k, g_eta, g_t0, g_gain), ctx.shapes))
+        grads = (g_li, g_k if crosstalk else None, g_eta if droop else None, g_t0, g_gain)
+        return (g_x if need[0] else None, *(g if ok else None for g, ok in zip(grads, need[1:6])), None)
+
+
 def race_paths(batch: int = 1024, rows: int = 16, cols: int = 16) -> tuple[float, float]:
-    """Seconds per forward + backward of :class:`ChargeFn` (full physics, float32) with
-    the C slot kernel and with the torch path, timed alternately on one array."""
+    """Seconds per forward + backward of :class:`Crossing` with the C kernels and with
+    the torch path, timed alternately: the default :class:`labkit.model.ArrayModel` (full
+    physics: input and TDC quantization, droop, crosstalk at the edges, clip; float32)
+    with chip-sized crosstalk, on ReLU-like inputs (many zeros)."""
+    from labkit.model.array import ArrayModel  # (array imports this module)
+
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(1, batch, rows, generator=g) * (torch.rand(1, batch, rows, generator=g) > 0.4)
-    log_i0 = torch.log(20.0 + 200.0 * torch.rand(1, rows, cols, generator=g))
-    kxt = 0.5 * torch.randn(1, rows, cols, generator=g)
-    eta = torch.full((1, 1, cols), 0.05)
-    gq = torch.randn(1, batch, cols, generator=g)
+    x = torch.rand(batch, rows, generator=g) * (torch.rand(batch, rows, generator=g) > 0.4)
+    from labkit.backend import Geometry
+
+    m = ArrayModel(geometry=Geometry(rows=rows, cols=cols, pairs=tuple((2 * k, 2 * k + 1) for k in range(cols // 2))),
+                   crosstalk_c=1e-15 * torch.rand(rows, cols, generator=g).numpy())
+    log_i0, kxt, eta, t0, gain = (p.detach() for p in (m.log_i0, m.k_xt, m.eta, m.t0, m.gain))
+    gt = torch.randn(batch, cols, generator=g)
+    cfg = m._crossing_cfg()
 
     def step(on: bool):
         def run():
-            ctx = native.RaceCtx((True, False, True, True, True) + (False,) * 4)
+            ctx = native.RaceCtx((True,) * 6 + (False,))
             with slots_native.forcing(on):
-                ChargeFn.forward(ctx, x, x > 0, log_i0, kxt, eta, 1.0, 50.0, True, True)
-                ChargeFn.backward(ctx, gq)
+                Crossing.forward(ctx, x, log_i0, kxt, eta, t0, gain, cfg)
+                Crossing.backward(ctx, gt)
         return run
 
     return native.timed_race(step(True), step(False))

@@ -22,6 +22,7 @@
  * sums of the backward to float rounding). Measured and ruled out: 64-byte vectors (one
  * vector per row of 16 columns: no gain, still latency-bound) and branch-free loops one
  * sample at a time (20 % slower). */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -145,37 +146,43 @@ static void slots16_##SUF(int64_t B, int64_t R, const T *d, const T *it, const T
     }                                                                                       \
 }                                                                                           \
                                                                                             \
-int slots_fwd_##SUF(int64_t n, int64_t B, int64_t R, int64_t C, const T *d, const T *i0,    \
-                    const T *rho, T *z, int64_t *idx_out) {                                 \
+/* The slot walk of one tile for any C (one sample at a time): Z and the sort order. */     \
+static void slots_any_##SUF(int64_t B, int64_t R, int64_t C, const T *d, const T *it, const T *rt, \
+                            T *z, int64_t *idx_out) {                                       \
     enum { L = L_##SUF };                                                                   \
     typedef v_##SUF V;                                                                      \
-    if (C > MAXC || C % L || R % L) return 2;                                               \
-    if (C == 16) {                                                                          \
-        for (int64_t t = 0; t < n; ++t)                                                     \
-            slots16_##SUF(B, R, d + t * B * R, i0 + t * R * C, rho + t * R * C,            \
-                          z + t * B * C, idx_out + t * B * R);                              \
-        return 0;                                                                           \
-    }                                                                                       \
     V S[MAXC / L], E[MAXC / L], tot[MAXC / L], zb[MAXC / L];                                \
     const int64_t NC = C / L;                                                               \
-    for (int64_t t = 0; t < n; ++t) {                                                       \
-        const T *it = i0 + t * R * C, *rt = rho + t * R * C;                                \
-        slot_totals_##SUF(R, C, it, tot);                                                   \
-        for (int64_t b = 0; b < B; ++b) {                                                   \
-            const T *db = d + (t * B + b) * R;                                              \
-            int64_t *ib = idx_out + (t * B + b) * R;                                        \
-            sort_rows_##SUF(db, R, ib);                                                     \
-            T prev;                                                                         \
-            slot_start_##SUF(C, tot, &prev, S, E);                                          \
-            for (int64_t c = 0; c < NC; ++c) zb[c] = (V){0};                                \
-            for (int64_t k = 0; k < R; ++k) {                                               \
-                const T dtk = slot_step_##SUF(k, C, db, ib, it, rt, NULL, &prev, S, E);     \
-                if (dtk != 0)                                                               \
-                    for (int64_t c = 0; c < NC; ++c) zb[c] += dtk * S[c] * E[c];            \
-            }                                                                               \
-            memcpy(z + (t * B + b) * C, zb, sizeof(T) * C);                                 \
+    slot_totals_##SUF(R, C, it, tot);                                                       \
+    for (int64_t b = 0; b < B; ++b) {                                                       \
+        const T *db = d + b * R;                                                            \
+        int64_t *ib = idx_out + b * R;                                                      \
+        sort_rows_##SUF(db, R, ib);                                                         \
+        T prev;                                                                             \
+        slot_start_##SUF(C, tot, &prev, S, E);                                              \
+        for (int64_t c = 0; c < NC; ++c) zb[c] = (V){0};                                    \
+        for (int64_t k = 0; k < R; ++k) {                                                   \
+            const T dtk = slot_step_##SUF(k, C, db, ib, it, rt, NULL, &prev, S, E);         \
+            if (dtk != 0)                                                                   \
+                for (int64_t c = 0; c < NC; ++c) zb[c] += dtk * S[c] * E[c];                \
         }                                                                                   \
+        memcpy(z + b * C, zb, sizeof(T) * C);                                               \
     }                                                                                       \
+}                                                                                           \
+                                                                                            \
+/* Z (B, C) and idx (B, R) of one tile: d (B, R), I0 and rho (R, C). */                     \
+static void slots_tile_##SUF(int64_t B, int64_t R, int64_t C, const T *d, const T *it, const T *rt, \
+                             T *z, int64_t *idx) {                                          \
+    if (C == 16) slots16_##SUF(B, R, d, it, rt, z, idx);                                    \
+    else slots_any_##SUF(B, R, C, d, it, rt, z, idx);                                       \
+}                                                                                           \
+                                                                                            \
+int slots_fwd_##SUF(int64_t n, int64_t B, int64_t R, int64_t C, const T *d, const T *i0,    \
+                    const T *rho, T *z, int64_t *idx_out) {                                 \
+    if (C > MAXC || C % L_##SUF || R % L_##SUF) return 2;                                   \
+    for (int64_t t = 0; t < n; ++t)                                                         \
+        slots_tile_##SUF(B, R, C, d + t * B * R, i0 + t * R * C, rho + t * R * C, z + t * B * C, \
+                         idx_out + t * B * R);                                              \
     return 0;                                                                               \
 }                                                                                           \
                                                                                             \
@@ -240,64 +247,454 @@ static void slots16_bwd_##SUF(int64_t B, int64_t R, const T *d, const T *it, con
     }                                                                                       \
 }                                                                                           \
                                                                                             \
-int slots_bwd_##SUF(int64_t n, int64_t B, int64_t R, int64_t C, const T *d, const T *i0,    \
-                    const T *rho, const int64_t *idx, const T *gz, T *gd, T *gi0, T *P) {   \
+/* The backward slot walk of one tile for any C (one sample at a time). */                  \
+static int slots_any_bwd_##SUF(int64_t B, int64_t R, int64_t C, const T *d, const T *it, const T *rt, \
+                               const int64_t *idx, const T *gz, T *gd, T *gi, T *Pt) {      \
     enum { L = L_##SUF };                                                                   \
     typedef v_##SUF V;                                                                      \
-    if (C > MAXC || C % L || R % L) return 2;                                               \
-    if (C == 16 && R <= 64) {                                                               \
-        for (int64_t t = 0; t < n; ++t)                                                     \
-            slots16_bwd_##SUF(B, R, d + t * B * R, i0 + t * R * C, rho + t * R * C,        \
-                              idx + t * B * R, gz + t * B * C, gd + t * B * R, gi0 + t * R * C, P + t * R * C); \
-        return 0;                                                                           \
-    }                                                                                       \
     const int64_t NC = C / L;                                                               \
     V S[MAXC / L], E[MAXC / L], F[MAXC / L], H[MAXC / L], tot[MAXC / L], g[MAXC / L];       \
     V *W = (V *)malloc(sizeof(V) * R * NC);                                                 \
     T *gdt = (T *)malloc(sizeof(T) * R);                                                    \
     if (!W || !gdt) { free(W); free(gdt); return 1; }                                       \
-    for (int64_t t = 0; t < n; ++t) {                                                       \
-        const T *it = i0 + t * R * C, *rt = rho + t * R * C;                                \
-        T *gi = gi0 + t * R * C, *Pt = P + t * R * C;                                       \
-        slot_totals_##SUF(R, C, it, tot);                                                   \
-        for (int64_t b = 0; b < B; ++b) {                                                   \
-            const T *db = d + (t * B + b) * R;                                              \
-            const int64_t *ib = idx + (t * B + b) * R;                                      \
-            T *gdb = gd + (t * B + b) * R;                                                  \
-            memcpy(g, gz + (t * B + b) * C, sizeof(T) * C);                                 \
-            T prev;                                                                         \
-            slot_start_##SUF(C, tot, &prev, S, E);                                          \
-            for (int64_t c = 0; c < NC; ++c) { F[c] = (V){0}; H[c] = (V){0}; }              \
-            for (int64_t k = 0; k < R; ++k) { /* forward: g_dt, F, W = dt S E */            \
-                const T dtk = slot_step_##SUF(k, C, db, ib, it, rt, NULL, &prev, S, E);     \
-                V acc = {0};                                                                \
-                T *gr = gi + ib[k] * C;                                                     \
-                V *Wk = W + k * NC;                                                         \
-                for (int64_t c = 0; c < NC; ++c) {                                          \
-                    V se = S[c] * E[c];                                                     \
-                    acc += g[c] * se;                                                       \
-                    Wk[c] = dtk * se;                                                       \
-                    F[c] += dtk * E[c];                                                     \
-                    *(V *)(gr + c * L) += g[c] * F[c];                                      \
-                }                                                                           \
-                T a = 0;                                                                    \
-                for (int l = 0; l < L; ++l) a += acc[l];                                    \
-                gdt[k] = a;                                                                 \
+    slot_totals_##SUF(R, C, it, tot);                                                       \
+    for (int64_t b = 0; b < B; ++b) {                                                       \
+        const T *db = d + b * R;                                                            \
+        const int64_t *ib = idx + b * R;                                                    \
+        T *gdb = gd + b * R;                                                                \
+        memcpy(g, gz + b * C, sizeof(T) * C);                                               \
+        T prev;                                                                             \
+        slot_start_##SUF(C, tot, &prev, S, E);                                              \
+        for (int64_t c = 0; c < NC; ++c) { F[c] = (V){0}; H[c] = (V){0}; }                  \
+        for (int64_t k = 0; k < R; ++k) { /* forward: g_dt, F, W = dt S E */                \
+            const T dtk = slot_step_##SUF(k, C, db, ib, it, rt, NULL, &prev, S, E);         \
+            V acc = {0};                                                                    \
+            T *gr = gi + ib[k] * C;                                                         \
+            V *Wk = W + k * NC;                                                             \
+            for (int64_t c = 0; c < NC; ++c) {                                              \
+                V se = S[c] * E[c];                                                         \
+                acc += g[c] * se;                                                           \
+                Wk[c] = dtk * se;                                                           \
+                F[c] += dtk * E[c];                                                         \
+                *(V *)(gr + c * L) += g[c] * F[c];                                          \
             }                                                                               \
-            for (int64_t k = R - 1; k >= 0; --k) { /* reverse: H_k = sum_{m > k} W_m */     \
-                if (db[ib[k]] > 0) {                                                        \
-                    T *pr = Pt + ib[k] * C;                                                 \
-                    for (int64_t c = 0; c < NC; ++c) *(V *)(pr + c * L) += g[c] * H[c];     \
-                }                                                                           \
-                const V *Wk = W + k * NC;                                                   \
-                for (int64_t c = 0; c < NC; ++c) H[c] += Wk[c];                             \
-                gdb[ib[k]] = gdt[k] - (k + 1 < R ? gdt[k + 1] : 0);                         \
+            T a = 0;                                                                        \
+            for (int l = 0; l < L; ++l) a += acc[l];                                        \
+            gdt[k] = a;                                                                     \
+        }                                                                                   \
+        for (int64_t k = R - 1; k >= 0; --k) { /* reverse: H_k = sum_{m > k} W_m */         \
+            if (db[ib[k]] > 0) {                                                            \
+                T *pr = Pt + ib[k] * C;                                                     \
+                for (int64_t c = 0; c < NC; ++c) *(V *)(pr + c * L) += g[c] * H[c];         \
             }                                                                               \
+            const V *Wk = W + k * NC;                                                       \
+            for (int64_t c = 0; c < NC; ++c) H[c] += Wk[c];                                 \
+            gdb[ib[k]] = gdt[k] - (k + 1 < R ? gdt[k + 1] : 0);                             \
         }                                                                                   \
     }                                                                                       \
     free(W); free(gdt);                                                                     \
+    return 0;                                                                               \
+}                                                                                           \
+                                                                                            \
+/* g_d (B, R) and the batch sums gi, P (R, C; added to) of one tile. */                     \
+static int slots_tile_bwd_##SUF(int64_t B, int64_t R, int64_t C, const T *d, const T *it, const T *rt, \
+                                const int64_t *idx, const T *gz, T *gd, T *gi, T *Pt) {     \
+    if (C == 16 && R <= 64) { slots16_bwd_##SUF(B, R, d, it, rt, idx, gz, gd, gi, Pt); return 0; } \
+    return slots_any_bwd_##SUF(B, R, C, d, it, rt, idx, gz, gd, gi, Pt);                    \
+}                                                                                           \
+                                                                                            \
+int slots_bwd_##SUF(int64_t n, int64_t B, int64_t R, int64_t C, const T *d, const T *i0,    \
+                    const T *rho, const int64_t *idx, const T *gz, T *gd, T *gi0, T *P) {   \
+    if (C > MAXC || C % L_##SUF || R % L_##SUF) return 2;                                   \
+    for (int64_t t = 0; t < n; ++t)                                                         \
+        if (slots_tile_bwd_##SUF(B, R, C, d + t * B * R, i0 + t * R * C, rho + t * R * C, idx + t * B * R, \
+                                 gz + t * B * C, gd + t * B * R, gi0 + t * R * C, P + t * R * C)) return 1; \
     return 0;                                                                               \
 }
 
 DEFINE_SLOTS(float, int32_t, f32)
 DEFINE_SLOTS(double, int64_t, f64)
+
+/* The fused crossing of one graph node (kernels.py, Crossing): input quantization, the
+   removed charge (slot walk above, or Z = d I0 without edge timing), droop, crosstalk,
+   readout; and its backward pass. The element-wise steps inline labkit/model/equations.py
+   and InputQuantize / Readout of kernels.py, in the same order of operations;
+   tests/test_model_native.py holds this path to the torch one (float32 and float64,
+   values and gradients). Layouts (contiguous, one dtype): x, d, gx (n, B, R); log_i0, k,
+   i0, rho, gli, gk, P (n, R, C); eta, t0, gain, geta, gt0, ggain (n, C); z, q, t, keep,
+   normals, gt, gz (n, B, C). k NULL: no crosstalk; eta NULL: no droop. */
+/* The element-wise loops below (selects, floor, the droop's log) vectorize only without
+   -ftrapping-math (nothing here reads the floating-point exception flags; the results
+   are the same). */
+#pragma GCC push_options
+#pragma GCC optimize("no-trapping-math")
+
+#define CROSS_SLOTS 1 /* crosstalk steps at the edges: the slot walk (needs eta and k) */
+#define CROSS_FLOOR 2 /* TDC floor to the LSB */
+#define CROSS_CLIP 4  /* clip to [0, t_fs] (keep != NULL: the unclipped mask, for "hard") */
+#define R_MAXC 4096 /* rows of the fused crossing */
+enum { P_LEVELS, P_POW2, P_TUS, P_CFF, P_IREF, P_LSB, P_TFS, P_NOISE };
+
+/* ln(w) for normal w > 0, relative error ~1e-7 (the fit of log_pos in analog_tiles.c):
+   w = 2^ex (1 + t), t in [sqrt(1/2) - 1, sqrt(2) - 1), ln(1 + t) = t - t^2/2 + t^3 P(t). */
+static inline float ln_poly_f32(float t) /* P(t) */
+{
+    float p = 0.0850695372f;
+    p = p * t - 0.141974717f;
+    p = p * t + 0.149509788f;
+    p = p * t - 0.165879488f;
+    p = p * t + 0.199605972f;
+    p = p * t - 0.250009686f;
+    return p * t + 0.333339721f;
+}
+
+static inline float ln_pos_f32(float w)
+{
+    int bits;
+    memcpy(&bits, &w, sizeof bits);
+    int ex = (bits >> 23) - 127;
+    bits = (bits & 0x007fffff) | 0x3f800000;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    int big = f > 1.41421356f;
+    f = big ? 0.5f * f : f;
+    ex += big;
+    float t = f - 1.0f, t2 = t * t;
+    return t2 * t * ln_poly_f32(t) - 0.5f * t2 + t + (float)ex * 0.693147181f;
+}
+
+/* ln(1 + y) / y (1 at y = 0), the droop compression of equations.droop_charge. float:
+   inside [sqrt(1/2) - 1, sqrt(2) - 1) the series on y itself, 1 - y/2 + y^2 P(y) (no
+   rounding of 1 + y, no 0/0), else ln(1 + y) / y; relative error ~1e-7, branch-free (the
+   loop vectorizes). double: libm log1p. */
+static inline float ln1p_ratio_f32(float y)
+{
+    float small = 1.0f - 0.5f * y + y * y * ln_poly_f32(y);
+    float big = ln_pos_f32(1.0f + y) / y;
+    return (y >= -0.292893219f && y < 0.414213562f) ? small : big;
+}
+
+static inline double ln1p_ratio_f64(double y) { return y == 0 ? 1.0 : log1p(y) / y; }
+
+/* (ln(1 + y) - y / (1 + y)) / y^2, the droop gradient's curvature (equations._log1p_curv):
+   float: the series sum_n (-1)^n (n + 1) / (n + 2) y^n to y^7 below |y| = 0.1 (Horner, as
+   there), mended to the closed form in double above; double: the closed form (1/2 at
+   y = 0). */
+static inline float curv_fix_f32(float y, float series)
+{
+    if (fabsf(y) < 0.1f) return series;
+    double v = y;
+    return (float)((log1p(v) - v / (1.0 + v)) / (v * v));
+}
+
+static inline double curv_fix_f64(double y, double series)
+{
+    (void)series;
+    double p = (log1p(y) - y / (1.0 + y)) / (y * y);
+    return p != p ? 0.5 : p;
+}
+
+#define CURV_SERIES_f32 curv_series_vf32
+#define CURV_SERIES_f64 curv_series_vf64
+#define LN1P_RATIO_f32 ln1p_ratio_vf32
+#define LN1P_RATIO_f64 ln1p_ratio_vf64
+#define CURV_FIX_f32 curv_fix_f32
+#define CURV_FIX_f64 curv_fix_f64
+
+/* The same on vectors of lanes (vector extensions: the loops do not vectorize by
+   themselves). sel: the lanes of a where m is set, else of b. */
+#define SEL(V, VI, m, a, b) ((V)(((VI)(a) & (m)) | ((VI)(b) & ~(m))))
+
+static inline v_f32 ln1p_ratio_vf32(v_f32 y)
+{
+    typedef v_f32 V;
+    typedef vi_f32 VI;
+    V p = 0.0850695372f + y * 0;
+    p = p * y - 0.141974717f;
+    p = p * y + 0.149509788f;
+    p = p * y - 0.165879488f;
+    p = p * y + 0.199605972f;
+    p = p * y - 0.250009686f;
+    p = p * y + 0.333339721f;
+    const V small = 1.0f - 0.5f * y + y * y * p;
+    const V w = 1.0f + y;
+    VI bits = (VI)w;
+    VI ex = (bits >> 23) - 127;
+    bits = (bits & 0x007fffff) | 0x3f800000;
+    V f = (V)bits;
+    const VI big = f > 1.41421356f;
+    f = SEL(V, VI, big, 0.5f * f, f);
+    ex -= big; /* big lanes are -1 */
+    const V t = f - 1.0f, t2 = t * t;
+    V q = 0.0850695372f + t * 0;
+    q = q * t - 0.141974717f;
+    q = q * t + 0.149509788f;
+    q = q * t - 0.165879488f;
+    q = q * t + 0.199605972f;
+    q = q * t - 0.250009686f;
+    q = q * t + 0.333339721f;
+    const V ln = t2 * t * q - 0.5f * t2 + t + __builtin_convertvector(ex, V) * 0.693147181f;
+    const VI inside = (y >= -0.292893219f) & (y < 0.414213562f);
+    return SEL(V, VI, inside, small, ln / y);
+}
+
+static inline v_f64 ln1p_ratio_vf64(v_f64 y)
+{
+    v_f64 r;
+    for (int l = 0; l < L_f64; ++l) r[l] = ln1p_ratio_f64(y[l]);
+    return r;
+}
+
+static inline v_f32 curv_series_vf32(v_f32 y)
+{
+    v_f32 p = (float)(-8.0 / 9.0) + y * 0;
+    p = (float)(7.0 / 8.0) + p * y;
+    p = (float)(-6.0 / 7.0) + p * y;
+    p = (float)(5.0 / 6.0) + p * y;
+    p = (float)(-4.0 / 5.0) + p * y;
+    p = (float)(3.0 / 4.0) + p * y;
+    p = (float)(-2.0 / 3.0) + p * y;
+    return (float)(1.0 / 2.0) + p * y;
+}
+
+static inline v_f64 curv_series_vf64(v_f64 y) { return y * 0; }
+
+#define EXP_f32 expf
+#define EXP_f64 exp
+#define RINT_f32 rintf
+#define RINT_f64 rint
+#define FLOOR_f32 floorf
+#define FLOOR_f64 floor
+
+#define DEFINE_CROSSING(T, SUF)                                                             \
+/* InputQuantize.forward times T: clamp to [0, 1] (NaN passes), round to `levels` steps. */ \
+static void quant_in_##SUF(int64_t N, const T *restrict x, T *restrict d, T levels, int pow2, T t_us) \
+{                                                                                           \
+    if (levels <= 0)                                                                        \
+        for (int64_t j = 0; j < N; ++j) { T y = x[j] < 0 ? 0 : (x[j] > 1 ? 1 : x[j]); d[j] = y * t_us; } \
+    else if (pow2) {                                                                        \
+        const T inv = 1 / levels;                                                           \
+        for (int64_t j = 0; j < N; ++j) {                                                   \
+            T y = x[j] < 0 ? 0 : (x[j] > 1 ? 1 : x[j]);                                     \
+            d[j] = (RINT_##SUF(y * levels) * inv) * t_us;                                   \
+        }                                                                                   \
+    } else                                                                                  \
+        for (int64_t j = 0; j < N; ++j) {                                                   \
+            T y = x[j] < 0 ? 0 : (x[j] > 1 ? 1 : x[j]);                                     \
+            d[j] = (RINT_##SUF(y * levels) / levels) * t_us;                                \
+        }                                                                                   \
+}                                                                                           \
+                                                                                            \
+/* floor on the lanes of a vector (one vector instruction with SSE4.1 and later). */        \
+static inline v_##SUF vfloor_##SUF(v_##SUF v)                                               \
+{                                                                                           \
+    for (int l = 0; l < L_##SUF; ++l) v[l] = FLOOR_##SUF(v[l]);                             \
+    return v;                                                                               \
+}                                                                                           \
+                                                                                            \
+/* The rest of the forward of one sample, on vectors of L columns held in registers:        \
+   K_tot (the crosstalk of the pulsed rows, d > 0; branch-free, times 0 or 1, in four       \
+   chains), q = ln(1 + e z) / e + K (equations.droop_charge) or z + K, and the readout      \
+   (equations.read_times): t = t0 - g q (+ noise), floor to the LSB, clip to [0, t_fs]      \
+   (keep: the unclipped mask). (With K, q and t in arrays between separate loops, the       \
+   reloads waited on the stores: half the forward.) */                                      \
+static inline void fwd_row_##SUF(int64_t R, int64_t C, const T *restrict db, const T *restrict k, \
+                                 const T *restrict z, const T *restrict e, int droop, const T *restrict t0, \
+                                 const T *restrict g, const T *restrict nrm, T noise, T lsb, T tfs, int64_t flags, \
+                                 T *restrict q, T *restrict t, uint8_t *restrict keep)      \
+{                                                                                           \
+    typedef v_##SUF V;                                                                      \
+    typedef vi_##SUF VI;                                                                    \
+    enum { L = L_##SUF };                                                                   \
+    const T ymin = (T)(-1.0 + 1e-6);                                                        \
+    T pf[R_MAXC];                                                                           \
+    for (int64_t i = 0; i < R; ++i) pf[i] = (T)(db[i] > 0);                                 \
+    for (int64_t c = 0; c < C; c += L) {                                                    \
+        V kc = {0};                                                                         \
+        if (k) {                                                                            \
+            V a[4] = {{0}, {0}, {0}, {0}};                                                  \
+            int64_t i = 0;                                                                  \
+            for (; i + 3 < R; i += 4)                                                       \
+                for (int u = 0; u < 4; ++u) a[u] += pf[i + u] * *(const V *)(k + (i + u) * C + c); \
+            for (; i < R; ++i) a[0] += pf[i] * *(const V *)(k + i * C + c);                 \
+            kc = (a[0] + a[1]) + (a[2] + a[3]);                                             \
+        }                                                                                   \
+        const V zc = *(const V *)(z + c);                                                   \
+        V qc;                                                                               \
+        if (droop) {                                                                        \
+            V y = *(const V *)(e + c) * zc;                                                 \
+            y = SEL(V, VI, y < ymin, ymin + y * 0, y);                                      \
+            qc = LN1P_RATIO_##SUF(y) * zc + kc;                                             \
+        } else {                                                                            \
+            qc = zc + kc;                                                                   \
+        }                                                                                   \
+        *(V *)(q + c) = qc;                                                                 \
+        V tc = *(const V *)(t0 + c) - *(const V *)(g + c) * qc;                             \
+        if (nrm) tc += *(const V *)(nrm + c) * noise;                                       \
+        if (flags & CROSS_FLOOR) tc = lsb == 1 ? vfloor_##SUF(tc) : vfloor_##SUF(tc / lsb) * lsb; \
+        if (flags & CROSS_CLIP) {                                                           \
+            const VI lo = tc < 0, hi = tc > tfs;                                            \
+            if (keep)                                                                       \
+                for (int l = 0; l < L; ++l) keep[c + l] = !(lo[l] | hi[l]) && tc[l] == tc[l]; \
+            tc = SEL(V, VI, lo, tc * 0, SEL(V, VI, hi, tfs + tc * 0, tc));                  \
+        }                                                                                   \
+        *(V *)(t + c) = tc;                                                                 \
+    }                                                                                       \
+}                                                                                           \
+                                                                                            \
+int cross_fwd_##SUF(int64_t n, int64_t B, int64_t R, int64_t C, const T *x, const T *log_i0, const T *k, \
+                    const T *eta, const T *t0, const T *gain, const T *normals, const double *par, int64_t flags, \
+                    T *d, T *i0, T *rho, T *z, T *q, T *t, int64_t *idx, uint8_t *keep)     \
+{                                                                                           \
+    const int slots = (flags & CROSS_SLOTS) && k && eta;                                    \
+    if (C > MAXC || R > R_MAXC || C % L_##SUF || R % L_##SUF) return 2;                     \
+    const T levels = (T)par[P_LEVELS], t_us = (T)par[P_TUS], cff = (T)par[P_CFF], iref = (T)par[P_IREF]; \
+    const T lsb = (T)par[P_LSB], tfs = (T)par[P_TFS], noise = (T)par[P_NOISE];              \
+    const int pow2 = par[P_POW2] != 0;                                                      \
+    T e[MAXC], g[MAXC];                                                                     \
+    for (int64_t s = 0; s < n; ++s) {                                                       \
+        const T *xs = x + s * B * R, *ls = log_i0 + s * R * C, *ks = k ? k + s * R * C : NULL; \
+        T *ds = d + s * B * R, *is = i0 + s * R * C, *rs = rho + s * R * C, *zs = z + s * B * C; \
+        for (int64_t c = 0; c < C; ++c) {                                                   \
+            g[c] = gain[s * C + c] / iref;                                                  \
+            e[c] = eta ? eta[s * C + c] / cff : 0;                                          \
+        }                                                                                   \
+        for (int64_t j = 0; j < R * C; ++j) is[j] = EXP_##SUF(ls[j]);                       \
+        if (slots)                                                                          \
+            for (int64_t i = 0; i < R; ++i)                                                 \
+                for (int64_t c = 0; c < C; ++c) rs[i * C + c] = EXP_##SUF(-e[c] * ks[i * C + c]); \
+        quant_in_##SUF(B * R, xs, ds, levels, pow2, t_us);                                  \
+        if (slots)                                                                          \
+            slots_tile_##SUF(B, R, C, ds, is, rs, zs, idx + s * B * R);                     \
+        else                                                                                \
+            for (int64_t b = 0; b < B; ++b) { /* z = d I0 */                                \
+                T *restrict zb = zs + b * C;                                                \
+                const T *restrict ic = is;                                                  \
+                for (int64_t c = 0; c < C; ++c) zb[c] = 0;                                  \
+                for (int64_t i = 0; i < R; ++i) {                                           \
+                    const T a = ds[b * R + i];                                              \
+                    if (a != 0)                                                             \
+                        for (int64_t c = 0; c < C; ++c) zb[c] += a * ic[i * C + c];         \
+                }                                                                           \
+            }                                                                               \
+        for (int64_t b = 0; b < B; ++b) {                                                   \
+            const int64_t o = (s * B + b) * C;                                              \
+            fwd_row_##SUF(R, C, ds + b * R, ks, zs + b * C, e, eta != NULL, t0 + s * C, g,  \
+                          normals ? normals + o : NULL, noise, lsb, tfs, flags, q + o, t + o, keep ? keep + o : NULL); \
+        }                                                                                   \
+    }                                                                                       \
+    return 0;                                                                               \
+}                                                                                           \
+                                                                                            \
+/* Readout and droop backward of one sample, on vectors of L columns: gq = -g gt (gt        \
+   zeroed where keep is 0), the column sums of gt and gt q, the K_tot term of the           \
+   crosstalk gradient (gk += gq on the pulsed rows, d > 0; branch-free, times 0 or 1), and  \
+   (droop) gz = gq / (1 + y) with the sum of gq z^2 curv(y); the float series of curv is    \
+   mended in double where |y| >= 0.1. */                                                    \
+static inline void grad_row_##SUF(int64_t R, int64_t C, const T *restrict db, const T *restrict gt, \
+                                  const uint8_t *restrict keep, const T *restrict q, const T *restrict z, \
+                                  const T *restrict g, const T *restrict e, int droop, T *restrict gk, \
+                                  T *restrict gz, T *restrict at0, T *restrict aq, T *restrict ae) \
+{                                                                                           \
+    typedef v_##SUF V;                                                                      \
+    typedef vi_##SUF VI;                                                                    \
+    enum { L = L_##SUF };                                                                   \
+    const T ymin = (T)(-1.0 + 1e-6);                                                        \
+    T gtk[MAXC], pf[R_MAXC];                                                                \
+    for (int64_t c = 0; c < C; ++c) gtk[c] = keep ? (keep[c] ? gt[c] : 0) : gt[c];          \
+    if (gk)                                                                                 \
+        for (int64_t i = 0; i < R; ++i) pf[i] = (T)(db[i] > 0);                             \
+    for (int64_t c = 0; c < C; c += L) {                                                    \
+        const V gtc = *(const V *)(gtk + c), zc = *(const V *)(z + c);                      \
+        *(V *)(at0 + c) += gtc;                                                             \
+        *(V *)(aq + c) += gtc * *(const V *)(q + c);                                        \
+        const V gqc = -*(const V *)(g + c) * gtc;                                           \
+        if (gk)                                                                             \
+            for (int64_t i = 0; i < R; ++i) *(V *)(gk + i * C + c) += pf[i] * gqc;          \
+        if (!droop) {                                                                       \
+            *(V *)(gz + c) = gqc;                                                           \
+            continue;                                                                       \
+        }                                                                                   \
+        V y = *(const V *)(e + c) * zc;                                                     \
+        y = SEL(V, VI, y < ymin, ymin + y * 0, y);                                          \
+        *(V *)(gz + c) = gqc / (1 + y);                                                     \
+        V cv = CURV_SERIES_##SUF(y);                                                        \
+        const VI small = (y < (T)0.1) & (y > (T)-0.1);                                      \
+        int all = 1;                                                                        \
+        for (int l = 0; l < L; ++l) all &= small[l] != 0;                                   \
+        if (sizeof(T) == 8 || !all)                                                         \
+            for (int l = 0; l < L; ++l) cv[l] = CURV_FIX_##SUF(y[l], cv[l]);                \
+        *(V *)(ae + c) += gqc * zc * zc * cv;                                               \
+    }                                                                                       \
+}                                                                                           \
+                                                                                            \
+int cross_bwd_##SUF(int64_t n, int64_t B, int64_t R, int64_t C, const T *x, const T *d, const T *i0, \
+                    const T *rho, const T *k, const T *eta, const T *gain, const T *z, const T *q, \
+                    const int64_t *idx, const uint8_t *keep, const T *gt, const double *par, int64_t flags, \
+                    T *gz, T *gx, T *gli, T *gk, T *geta, T *gt0, T *ggain, T *P)           \
+{                                                                                           \
+    const int slots = (flags & CROSS_SLOTS) && k && eta;                                    \
+    if (C > MAXC || R > R_MAXC || C % L_##SUF || R % L_##SUF) return 2;                     \
+    const T t_us = (T)par[P_TUS], cff = (T)par[P_CFF], iref = (T)par[P_IREF];               \
+    T e[MAXC], g[MAXC], at0[MAXC], aq[MAXC], ae[MAXC];                                      \
+    for (int64_t s = 0; s < n; ++s) {                                                       \
+        const T *xs = x + s * B * R, *ds = d + s * B * R, *is = i0 + s * R * C, *rs = rho + s * R * C; \
+        const T *ks = k ? k + s * R * C : NULL;                                             \
+        T *gzs = gz + s * B * C, *gxs = gx + s * B * R, *gis = gli + s * R * C;             \
+        T *gks = k ? gk + s * R * C : NULL, *Ps = P + s * R * C;                            \
+        for (int64_t c = 0; c < C; ++c) {                                                   \
+            g[c] = gain[s * C + c] / iref;                                                  \
+            e[c] = eta ? eta[s * C + c] / cff : 0;                                          \
+            at0[c] = aq[c] = ae[c] = 0;                                                     \
+        }                                                                                   \
+        memset(gis, 0, sizeof(T) * R * C);                                                  \
+        memset(Ps, 0, sizeof(T) * R * C);                                                   \
+        if (gks) memset(gks, 0, sizeof(T) * R * C);                                         \
+        for (int64_t b = 0; b < B; ++b) { /* Readout and droop backward, and the K_tot term */ \
+            const int64_t o = (s * B + b) * C;                                              \
+            grad_row_##SUF(R, C, ds + b * R, gt + o, keep ? keep + o : NULL, q + o, z + o, g, e, eta != NULL, gks, \
+                           gzs + b * C, at0, aq, ae);                                       \
+        }                                                                                   \
+        if (slots) {                                                                        \
+            if (slots_tile_bwd_##SUF(B, R, C, ds, is, rs, idx + s * B * R, gzs, gxs, gis, Ps)) return 1; \
+        } else {                                                                            \
+            for (int64_t b = 0; b < B; ++b) { /* g_d = gz I0^T, g_I0 += d^T gz */           \
+                const T *restrict gzb = gzs + b * C, *restrict ic = is;                     \
+                T *restrict gic = gis;                                                      \
+                for (int64_t i = 0; i < R; ++i) {                                           \
+                    T a = 0;                                                                \
+                    for (int64_t c = 0; c < C; ++c) a += gzb[c] * ic[i * C + c];            \
+                    gxs[b * R + i] = a;                                                     \
+                    const T di = ds[b * R + i];                                             \
+                    if (di != 0)                                                            \
+                        for (int64_t c = 0; c < C; ++c) gic[i * C + c] += di * gzb[c];      \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+        {   /* g_x, and InputQuantize's mask: zero outside [0, 1] */                        \
+            const T *restrict xr = xs;                                                      \
+            T *restrict gr = gxs;                                                           \
+            for (int64_t j = 0; j < B * R; ++j) gr[j] = (xr[j] >= 0 && xr[j] <= 1) ? gr[j] * t_us : 0; \
+        }                                                                                   \
+        for (int64_t c = 0; c < C; ++c) ae[c] = -ae[c];                                     \
+        for (int64_t i = 0; i < R; ++i)                                                     \
+            for (int64_t c = 0; c < C; ++c) {                                               \
+                gis[i * C + c] *= is[i * C + c];                                            \
+                if (slots) {                                                                \
+                    gks[i * C + c] -= e[c] * Ps[i * C + c];                                 \
+                    ae[c] -= ks[i * C + c] * Ps[i * C + c];                                 \
+                }                                                                           \
+            }                                                                               \
+        for (int64_t c = 0; c < C; ++c) {                                                   \
+            if (eta) geta[s * C + c] = ae[c] / cff;                                         \
+            gt0[s * C + c] = at0[c];                                                        \
+            ggain[s * C + c] = -aq[c] / iref;                                               \
+        }                                                                                   \
+    }                                                                                       \
+    return 0;                                                                               \
+}
+
+DEFINE_CROSSING(float, f32)
+DEFINE_CROSSING(double, f64)
+
+#pragma GCC pop_options
