@@ -49,12 +49,14 @@ from labkit.program.retention import YEAR_S, characterize_retention, refresh_pla
 from labkit.train.networks import DEFAULTS, build, dataset_for
 from labkit.backend import TemperatureControl
 from labkit.train.temperature import temperature_augmentation
-from labkit.train.training import evaluate, hardware_aware, train
+from labkit.train.training import evaluate, hardware_aware, train, train_in_loop
 
 T0_K = 300.15  # programming temperature (27 degC)
 CAL_K = (283.15, 300.15, 318.15, 333.15)
 TEMPS_C = (10, 20, 30, 40, 50, 60)
 TIMES = (("1 h", 3600.0), ("1 day", 86400.0), ("1 month", YEAR_S / 12), ("1 year", YEAR_S))
+METHODS = ("off", "read-voltage", "probed", "reprogram", "reprogram-probed")
+VARIANTS = ("off", "compensated", "drift-aware", "refresh", "probed", "probed-refresh")
 HW = {"mlp": dict(epochs=100, lr=1e-3, percentile=95.0), "lenet5": dict(epochs=15, lr=3e-4, percentile=99.9)}
 
 
@@ -74,10 +76,11 @@ def run_seed(name: str, chip_seed: int, args) -> dict:
           seed=args.seed)
     res: dict = {"model": name, "chip_seed": chip_seed, "ideal_software": evaluate(net, split.test)}
     n = sum(k for _, k in tile_plan(net))
-    uri = f"sim://?seed={chip_seed}"
+    uri = f"sim://?seed={chip_seed}{args.chip_options}"
+    res["uri"] = uri
     with open_chips(uri, n) as chips:
         t0 = time.monotonic()
-        cfg = CalibrationConfig.quick(fit_iterations=args.cal_iterations)
+        cfg = CalibrationConfig.quick(fit_iterations=args.cal_iterations, programmed_states=args.programmed_states)
         tcals, models = {}, {}
         for b in chips:
             tcals[b.identity.chip_id] = calibrate_temperatures(b, CAL_K, cfg)
@@ -96,12 +99,21 @@ def run_seed(name: str, chip_seed: int, args) -> dict:
               seed=args.seed)
         res["hw_software"] = evaluate(hw, split.test)
         dep = deploy(hw, chips)
-        res["deployed_27C"] = dep.evaluate(split.test)
+        res["deployed_27C"] = float(np.mean([dep.evaluate(split.test) for _ in range(args.passes)]))
         log(f"{name}: software {res['hw_software']:.4f}, deployed at 27 degC {res['deployed_27C']:.4f}")
-        for method in () if args.skip_temperature else ("off", "read-voltage", "reprogram"):
+        if args.in_loop:  # chip-in-the-loop fine-tuning of the digital parameters, at the programming temperature
+            r = train_in_loop(dep, split.train, split.test, args.in_loop, lr=h["lr"] / 3, batch_size=d["batch_size"],
+                              seed=args.seed, reads=args.in_loop_reads, update="digital", lr_schedule="cosine")
+            res["in_loop_vmms"] = r["vmms"]
+            res["in_loop_software"] = evaluate(hw, split.test)  # the model with the biases trained in the loop
+            res["deployed_27C_in_loop"] = float(np.mean([dep.evaluate(split.test) for _ in range(args.passes)]))
+            log(f"{name}: after {args.in_loop} in-loop epochs at 27 degC {res['deployed_27C_in_loop']:.4f}")
+        for method in () if args.skip_temperature else args.methods:
             dep.set_temperature_k(T0_K)
-            if method == "reprogram":
-                for i in range(len(dep.tiles)):
+            dep.compensate("off", tcals)
+            stale = [i for i, p in enumerate(dep.programmed) if abs(p["temperature_k"] - T0_K) > 0.5]
+            if method.startswith("reprogram") or stale:  # every method starts from a programming at 27 degC
+                for i in (range(len(dep.tiles)) if method.startswith("reprogram") else stale):
                     dep.refresh_tile(i)
             dep.compensate(method, tcals)
             accs = {}
@@ -111,6 +123,7 @@ def run_seed(name: str, chip_seed: int, args) -> dict:
             res[f"temperature_{method}"] = accs
             res[f"reprograms_{method}"] = sum(w.reprograms for w in dep._wrapped.values())
             res[f"reprogram_pulses_{method}"] = sum(w.reprogram_pulses for w in dep._wrapped.values())
+            res[f"probe_vmms_{method}"] = sum(w.probe_vmms for w in dep._wrapped.values())
             log(f"{name} {method}: " + " ".join(f"{k}C {v:.4f}" for k, v in accs.items()))
         res["read_voltages_v"] = {f"{r.temperature_k - 273.15:.0f}C": r.read_voltage_v for r in dep.temperature_log[-1::-n]}
         if not args.skip_retention:
@@ -143,18 +156,19 @@ def run_retention(dep, chips, tcals, models, split, args) -> dict:
     plan followed: a tile is programmed again when it leaves --refresh-tolerance)."""
     hot = 313.15
     out = {}
-    for variant in ("off", "compensated", "drift-aware", "refresh"):
+    for variant in args.variants:
         dep.set_temperature_k(hot)
-        design = None if variant in ("off", "compensated") else args.design_age
-        dep.compensate("off" if variant == "off" else "read-voltage", tcals, None if variant == "off" else models,
-                       design_age_s=design)
+        design = args.design_age if variant in ("drift-aware", "refresh") else None
+        method = "off" if variant == "off" else "probed" if variant.startswith("probed") else "read-voltage"
+        # programmed at 40 degC (age 0; drift-aware for its variants); probed: its reference measured there and then
+        dep.compensate(method, tcals, None if variant == "off" else models, design_age_s=design)
         for i in range(len(dep.tiles)):
             dep.refresh_tile(i)
         start = dep.clock_s
         accs, refreshes, pulses = {}, 0, 0
         for label, when in TIMES:
             target = start + when
-            while variant == "refresh":
+            while variant.endswith("refresh"):
                 due = []
                 for i, t in enumerate(dep.tiles):
                     w = dep._wrapped[i]
@@ -175,7 +189,7 @@ def run_retention(dep, chips, tcals, models, split, args) -> dict:
             accs[label] = float(np.mean([dep.evaluate(split.test) for _ in range(args.passes)]))
         out[variant] = {"accuracy": accs, "refreshes": refreshes, "refresh_pulses": pulses}
         log(f"retention {variant}: " + " ".join(f"{k} {v:.4f}" for k, v in accs.items())
-            + (f"; {refreshes} refreshes, {pulses} pulses" if variant == "refresh" else ""))
+            + (f"; {refreshes} refreshes, {pulses} pulses" if variant.endswith("refresh") else ""))
     return out
 
 
@@ -185,7 +199,17 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--seeds", type=int, nargs="+", default=[100, 200, 300], help="first chip seed of each run")
     p.add_argument("--data", default=None)
     p.add_argument("--subset", type=int, default=None)
-    p.add_argument("--passes", type=int, default=2)
+    p.add_argument("--chip-options", default="",
+                   help="more sim:// options of the chips, e.g. '&preset=model' (default: the default silicon chips)")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, help="retention variants")
+    p.add_argument("--programmed-states", type=int, default=2,
+                   help="calibrate on this many programmed states at each temperature (0: the shipped state)")
+    p.add_argument("--in-loop", type=int, default=0,
+                   help="epochs of chip-in-the-loop fine-tuning (digital parameters) at 27 degC before the sweeps")
+    p.add_argument("--in-loop-reads", type=int, default=4)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--passes", type=int, default=8, help="test-set measurements averaged per point")
     p.add_argument("--cal-iterations", type=int, default=60)
     p.add_argument("--ideal-epochs", type=int, default=None)
     p.add_argument("--hw-epochs", type=int, default=None)
@@ -202,6 +226,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--seed", type=int, default=0, help="training and data seed")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     results = []
     for name in args.models:
         for s in args.seeds:
@@ -214,29 +240,37 @@ def main(argv=None) -> list[dict]:
         if not args.skip_temperature:
             print(f"\n{name}: accuracy vs temperature (mean of {len(rs)} chip seeds; hw-aware software {sw:.4f})")
             dep27 = np.mean([r["deployed_27C"] for r in rs])
-            print(f"deployed at the programming temperature (27 degC): {dep27:.4f}; pp columns: against software")
-            print(f"{'degC':>5} {'off':>8} {'read-v':>8} {'reprog':>8} {'off pp':>8} {'read-v pp':>9} {'reprog pp':>9}")
+            print(f"deployed at the programming temperature (27 degC): {dep27:.4f}"
+                  + (f", after in-loop {np.mean([r['deployed_27C_in_loop'] for r in rs]):.4f}"
+                     if all("deployed_27C_in_loop" in r for r in rs) else "") + "; pp: against software")
+            ms = [m for m in METHODS if all(f"temperature_{m}" in r for r in rs)]
+            print(f"{'degC':>5} " + " ".join(f"{m:>16}" for m in ms))
             for tc in TEMPS_C:
-                a = [np.mean([r[f"temperature_{m}"][tc] for r in rs]) for m in ("off", "read-voltage", "reprogram")]
-                print(f"{tc:5d} " + " ".join(f"{v:8.4f}" for v in a) + " "
-                      + " ".join(f"{100 * (v - sw):8.2f} " for v in a))
+                a = [np.mean([r[f"temperature_{m}"][tc] for r in rs]) for m in ms]
+                print(f"{tc:5d} " + " ".join(f"{v:8.4f} {100 * (v - sw):+6.2f}pp" for v in a))
             if all("temperature_aware" in r for r in rs):
                 sa = np.mean([r["aware_software"] for r in rs])
                 print(f"temperature-aware training + read-voltage (software {sa:.4f}): " + " ".join(
                     f"{tc}C {np.mean([r['temperature_aware'][tc] for r in rs]):.4f} "
                     f"({100 * (np.mean([r['temperature_aware'][tc] for r in rs]) - sw):+.2f} pp)" for tc in TEMPS_C))
-            print(f"reprogram: {np.mean([r['reprograms_reprogram'] for r in rs]):.1f} tile programmings per run over the "
-                  f"sweep, {np.mean([r['reprogram_pulses_reprogram'] for r in rs]):.0f} pulses")
+            for m in ms:
+                if m.startswith("reprogram"):
+                    print(f"{m}: {np.mean([r[f'reprograms_{m}'] for r in rs]):.1f} tile programmings per run over the "
+                          f"sweep, {np.mean([r[f'reprogram_pulses_{m}'] for r in rs]):.0f} pulses")
+                if m.endswith("probed"):
+                    print(f"{m}: {np.mean([r[f'probe_vmms_{m}'] for r in rs]):.0f} probe VMMs per run over the sweep")
         if args.skip_retention:
             continue
         print(f"\n{name}: accuracy vs virtual time at 40 degC (mean of {len(rs)} chip seeds)")
-        print(f"{'time':>8} {'comp off':>9} {'comp on':>9} {'drift-aw':>9} {'refresh':>9}")
+        vs = [v for v in VARIANTS if all(v in r["retention"] for r in rs)]
+        print(f"{'time':>8} " + " ".join(f"{v:>15}" for v in vs))
         for label, _ in TIMES:
-            vals = [np.mean([r["retention"][v]["accuracy"][label] for r in rs])
-                    for v in ("off", "compensated", "drift-aware", "refresh")]
-            print(f"{label:>8} " + " ".join(f"{v:9.4f}" for v in vals))
-        print(f"refreshes per run: {np.mean([r['retention']['refresh']['refreshes'] for r in rs]):.1f}, "
-              f"pulses {np.mean([r['retention']['refresh']['refresh_pulses'] for r in rs]):.0f}")
+            vals = [np.mean([r["retention"][v]["accuracy"][label] for r in rs]) for v in vs]
+            print(f"{label:>8} " + " ".join(f"{v:7.4f} {100 * (v - sw):+5.2f}pp" for v in vals))
+        for v in vs:
+            if v.endswith("refresh"):
+                print(f"{v}: refreshes per run {np.mean([r['retention'][v]['refreshes'] for r in rs]):.1f}, "
+                      f"pulses {np.mean([r['retention'][v]['refresh_pulses'] for r in rs]):.0f}")
     return results
 
 

@@ -199,6 +199,9 @@ def test_deploy_compensates_read_voltage_records_every_batch_and_warns_out_of_ra
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert cli(common + ["--temperature-compensation", "read-voltage"]) == 2
     assert "needs --temperature-calibration FILE" in capsys.readouterr().err
+    for method in ("probed", "reprogram-probed"):  # offered, and checked before anything opens
+        assert cli(common + ["--temperature-compensation", method]) == 2
+        assert f"--temperature-compensation {method} needs --temperature-calibration FILE" in capsys.readouterr().err
 
 
 def test_compensated_tile_holds_column_currents_after_a_year_hot_and_refuses_bad_methods():
@@ -262,3 +265,51 @@ def test_temperature_augmentation_compresses_ratios_keeps_column_sums_and_only_w
     with pytest.raises(UsageError, match="expected 0 < low < high"):
         with temperature_augmentation(net, (330.0, 300.0)):
             pass
+
+
+def test_probed_compensation_measures_each_columns_readout_where_the_prediction_is_off(calibrated):
+    """``probed`` fits each column's readout on reference inputs measured as programmed:
+    it holds the tile's function where the cell law's prediction is wrong (here a 10 %
+    error in the gate response), where ``read-voltage``, which trusts the prediction, cannot."""
+    import copy
+    import dataclasses
+
+    from labkit.deploy.temperature import PROBE_READS, PROBES, CompensatedTile, programmed_state
+    from labkit.nn import AnalogConfig, ChipTile, TileParams
+
+    b, tc = calibrated
+    off = copy.copy(tc)
+    off.law = dataclasses.replace(tc.law, gamma=tc.law.gamma * 0.9)
+    ctl = b.capability(TemperatureControl)
+    ctl.set_temperature_k(300.0)
+    b.configure(read_voltage_v=1.8)
+    tile = ChipTile(b, AnalogConfig())
+    tile.use_readout(TileParams.from_calibration(tc.at(300.0)))
+    rng = np.random.default_rng(3)
+    tile.set_weights(rng.uniform(-1, 1, (16, 8)))
+    state = programmed_state(tile)
+    x = torch.tensor(rng.uniform(0, 1, (256, 16)) * (rng.uniform(size=(256, 16)) < 0.5))
+    ref = torch.stack([tile.forward(x) for _ in range(4)]).mean(0)
+    err = {}
+    for kelvin in (283.15, 333.15):
+        for name, cal in (("good", tc), ("off", off)):
+            for method in ("read-voltage", "probed"):
+                ctl.set_temperature_k(300.0)
+                comp = CompensatedTile(tile, method, cal, programmed=state)
+                ctl.set_temperature_k(kelvin)
+                y = torch.stack([comp.forward(x) for _ in range(4)]).mean(0)
+                err[kelvin, name, method] = float((y - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt())
+                if method == "probed":  # the reference at 300 K and one fit at this temperature
+                    assert comp.probe_vmms == 2 * PROBES * PROBE_READS
+        assert err[kelvin, "off", "read-voltage"] > 1.8 * err[kelvin, "good", "read-voltage"], err
+        assert err[kelvin, "off", "probed"] < 0.55 * err[kelvin, "off", "read-voltage"], err
+        assert err[kelvin, "off", "probed"] < 1.25 * err[kelvin, "good", "read-voltage"], err
+    # the reference is measured at the programming temperature, and only there
+    ctl.set_temperature_k(320.0)
+    comp = CompensatedTile(tile, "probed", tc, programmed=state)
+    with pytest.raises(UsageError, match="measures its probe reference at the programming temperature 300.00 K; "
+                                         "the chip is at 320.00 K"):
+        comp.update()
+    with pytest.raises(UsageError, match="drift-aware programming \\(design_age_s\\) pre-distorts it"):
+        CompensatedTile(tile, "probed", tc, object(), design_age_s=3600.0, programmed=state)
+    ctl.set_temperature_k(300.0)

@@ -20,7 +20,9 @@ envelope before anything is programmed); ``--temperature-compensation read-volta
 follows each chip's temperature at every batch with a gate shift and readout scale from
 its temperature calibration (``--temperature-calibration FILE`` per chip, or measured
 with ``--calibrate-at C,C,C``), ``reprogram`` also programs a tile again 5 K away from
-where it was programmed (labkit.deploy.temperature). Every batch's temperatures and
+where it was programmed, ``probed`` fits each column's readout again at every
+temperature on reference inputs measured right after programming, ``reprogram-probed``
+does both (labkit.deploy.temperature). Every batch's temperatures and
 read voltages are in the result (``batches``); a temperature outside the calibrated
 range is a warning on stderr and in ``warnings``.
 """
@@ -52,10 +54,13 @@ def add_arguments(parser) -> None:
                         help="VMMs per input, crossing times averaged (readout noise / sqrt(N); default 1)")
     parser.add_argument("--resume", type=options.count(1, 2**62, "a run id"), default=None, metavar="RUN",
                         help="resume the interrupted time-multiplexed deployment RUN of the run store")
-    parser.add_argument("--temperature-compensation", choices=("off", "read-voltage", "reprogram"), default="off",
+    parser.add_argument("--temperature-compensation", default="off",
+                        choices=("off", "read-voltage", "reprogram", "probed", "reprogram-probed"),
                         help="follow the chip temperature at inference: off; read-voltage (gate shift plus readout "
                              "scale, not reprogrammed); reprogram (read-voltage, and a tile is programmed again "
-                             "5 K away from its programming temperature). Default off")
+                             "5 K away from its programming temperature); probed (the gate shift, and each "
+                             "column's readout fitted again at every temperature on reference inputs measured "
+                             "as programmed; not reprogrammed); reprogram-probed (both). Default off")
     parser.add_argument("--temperature-calibration", metavar="FILE", action="append", default=[],
                         help="temperature calibration of a chip (labkit.calibrate.temperature; repeat per chip); "
                              "chips without one are calibrated at --calibrate-at")
