@@ -52,6 +52,13 @@ static void sort_rows_##SUF(const T *restrict d, int64_t R, int64_t *restrict id
     }                                                                                       \
 }                                                                                           \
                                                                                             \
+/* The sum of the lanes, as a tree (depth log2 L: the backward's step waited on a chain). */\
+static inline __attribute__((always_inline)) T hsum_##SUF(v_##SUF v) {                      \
+    for (int w = L_##SUF / 2; w >= 1; w /= 2)                                               \
+        for (int l = 0; l < w; ++l) v[l] += v[l + w];                                       \
+    return v[0];                                                                            \
+}                                                                                           \
+                                                                                            \
 /* The walk over the adaptive slots of one sample, shared by the forward and the         \
    backward kernels: slot_totals gives the column sums tot = sum_i I0[i] of a tile,      \
    slot_start sets S_0 = tot, E_0 = 1, and slot_step, called for k = 0 .. R-1 in turn,   \
@@ -213,8 +220,7 @@ static inline __attribute__((always_inline)) void bwd16_group_##SUF(            
                 F[u][c] += dtk * E[u][c];                                                   \
                 *(V *)(gr + c * L) += g[u][c] * F[u][c];                                    \
             }                                                                               \
-            T a = 0;                                                                        \
-            for (int l = 0; l < L; ++l) a += acc[l];                                        \
+            const T a = hsum_##SUF(acc);                                                    \
             gdt[u][k] = a;                                                                  \
         }                                                                                   \
     for (int64_t k = R - 1; k >= 0; --k)                                                    \
@@ -278,8 +284,7 @@ static int slots_any_bwd_##SUF(int64_t B, int64_t R, int64_t C, const T *d, cons
                 F[c] += dtk * E[c];                                                         \
                 *(V *)(gr + c * L) += g[c] * F[c];                                          \
             }                                                                               \
-            T a = 0;                                                                        \
-            for (int l = 0; l < L; ++l) a += acc[l];                                        \
+            const T a = hsum_##SUF(acc);                                                    \
             gdt[k] = a;                                                                     \
         }                                                                                   \
         for (int64_t k = R - 1; k >= 0; --k) { /* reverse: H_k = sum_{m > k} W_m */         \
@@ -417,6 +422,10 @@ static inline v_f32 ln1p_ratio_vf32(v_f32 y)
     p = p * y - 0.250009686f;
     p = p * y + 0.333339721f;
     const V small = 1.0f - 0.5f * y + y * y * p;
+    const VI inside = (y >= -0.292893219f) & (y < 0.414213562f);
+    int all = 1;
+    for (int l = 0; l < L_f32; ++l) all &= inside[l] != 0;
+    if (all) return small; /* (a droop below 40 %: every lane on a chip) */
     const V w = 1.0f + y;
     VI bits = (VI)w;
     VI ex = (bits >> 23) - 127;
@@ -434,7 +443,6 @@ static inline v_f32 ln1p_ratio_vf32(v_f32 y)
     q = q * t - 0.250009686f;
     q = q * t + 0.333339721f;
     const V ln = t2 * t * q - 0.5f * t2 + t + __builtin_convertvector(ex, V) * 0.693147181f;
-    const VI inside = (y >= -0.292893219f) & (y < 0.414213562f);
     return SEL(V, VI, inside, small, ln / y);
 }
 
@@ -492,6 +500,39 @@ static inline v_##SUF vfloor_##SUF(v_##SUF v)                                   
     return v;                                                                               \
 }                                                                                           \
                                                                                             \
+/* The forward's last steps on one vector of L columns (pointers at its first column):      \
+   q = ln(1 + e z) / e + K (equations.droop_charge) or z + K, and the readout               \
+   (equations.read_times): t = t0 - g q (+ noise), floor to the LSB, clip to [0, t_fs]      \
+   (keep: the unclipped mask). */                                                           \
+static inline __attribute__((always_inline)) void fwd_vec_##SUF(                            \
+    v_##SUF zc, v_##SUF kc, const T *e, int droop, const T *t0, const T *g, const T *nrm, T noise, T lsb, T tfs, \
+    int64_t flags, T *q, T *t, uint8_t *keep)                                               \
+{                                                                                           \
+    typedef v_##SUF V;                                                                      \
+    typedef vi_##SUF VI;                                                                    \
+    enum { L = L_##SUF };                                                                   \
+    const T ymin = (T)(-1.0 + 1e-6);                                                        \
+    V qc;                                                                                   \
+    if (droop) {                                                                            \
+        V y = *(const V *)e * zc;                                                           \
+        y = SEL(V, VI, y < ymin, ymin + y * 0, y);                                          \
+        qc = LN1P_RATIO_##SUF(y) * zc + kc;                                                 \
+    } else {                                                                                \
+        qc = zc + kc;                                                                       \
+    }                                                                                       \
+    *(V *)q = qc;                                                                           \
+    V tc = *(const V *)t0 - *(const V *)g * qc;                                             \
+    if (nrm) tc += *(const V *)nrm * noise;                                                 \
+    if (flags & CROSS_FLOOR) tc = lsb == 1 ? vfloor_##SUF(tc) : vfloor_##SUF(tc / lsb) * lsb; \
+    if (flags & CROSS_CLIP) {                                                               \
+        const VI lo = tc < 0, hi = tc > tfs;                                                \
+        if (keep)                                                                           \
+            for (int l = 0; l < L; ++l) keep[l] = !(lo[l] | hi[l]) && tc[l] == tc[l];       \
+        tc = SEL(V, VI, lo, tc * 0, SEL(V, VI, hi, tfs + tc * 0, tc));                      \
+    }                                                                                       \
+    *(V *)t = tc;                                                                           \
+}                                                                                           \
+                                                                                            \
 /* The rest of the forward of one sample, on vectors of L columns held in registers:        \
    K_tot (the crosstalk of the pulsed rows, d > 0; branch-free, times 0 or 1, in four       \
    chains), q = ln(1 + e z) / e + K (equations.droop_charge) or z + K, and the readout      \
@@ -504,9 +545,7 @@ static inline void fwd_row_##SUF(int64_t R, int64_t C, const T *restrict db, con
                                  T *restrict q, T *restrict t, uint8_t *restrict keep)      \
 {                                                                                           \
     typedef v_##SUF V;                                                                      \
-    typedef vi_##SUF VI;                                                                    \
     enum { L = L_##SUF };                                                                   \
-    const T ymin = (T)(-1.0 + 1e-6);                                                        \
     T pf[R_MAXC];                                                                           \
     for (int64_t i = 0; i < R; ++i) pf[i] = (T)(db[i] > 0);                                 \
     for (int64_t c = 0; c < C; c += L) {                                                    \
@@ -519,26 +558,49 @@ static inline void fwd_row_##SUF(int64_t R, int64_t C, const T *restrict db, con
             for (; i < R; ++i) a[0] += pf[i] * *(const V *)(k + i * C + c);                 \
             kc = (a[0] + a[1]) + (a[2] + a[3]);                                             \
         }                                                                                   \
-        const V zc = *(const V *)(z + c);                                                   \
-        V qc;                                                                               \
-        if (droop) {                                                                        \
-            V y = *(const V *)(e + c) * zc;                                                 \
-            y = SEL(V, VI, y < ymin, ymin + y * 0, y);                                      \
-            qc = LN1P_RATIO_##SUF(y) * zc + kc;                                             \
-        } else {                                                                            \
-            qc = zc + kc;                                                                   \
+        fwd_vec_##SUF(*(const V *)(z + c), kc, e + c, droop, t0 + c, g + c, nrm ? nrm + c : NULL, noise, lsb, tfs, \
+                      flags, q + c, t + c, keep ? keep + c : NULL);                         \
+    }                                                                                       \
+}                                                                                           \
+                                                                                            \
+static const T zeros16_##SUF[16] __attribute__((aligned(64))) = {0};                        \
+                                                                                            \
+/* The crossing of su <= 4 samples at once for C = 16 (the slot walk of fwd16_group with    \
+   the rest of the forward in the same pass): K_tot is summed along the walk (the row       \
+   left behind at each step, where pulsed; row by row before the walk was slower), and      \
+   z, K go from registers to fwd_vec. */                                                    \
+static inline __attribute__((always_inline)) void xfwd16_group_##SUF(                       \
+    const int su, int64_t R, const T *const *db, int64_t *const *ib, const T *it, const T *rt, const T *kt, \
+    const v_##SUF *tot, const T *e, const T *t0, const T *g, T noise, T lsb, T tfs, int64_t flags, \
+    const T *const *nb, T *const *zb_out, T *const *qb, T *const *tb, uint8_t *const *kb)   \
+{                                                                                           \
+    enum { L = L_##SUF, NC = 16 / L_##SUF };                                                \
+    typedef v_##SUF V;                                                                      \
+    V S[4][NC], E[4][NC], zb[4][NC], K[4][NC];                                              \
+    T prev[4];                                                                              \
+    for (int u = 0; u < su; ++u) {                                                          \
+        sort_rows_##SUF(db[u], R, ib[u]);                                                   \
+        slot_start_##SUF(16, tot, &prev[u], S[u], E[u]);                                    \
+        for (int c = 0; c < NC; ++c) { zb[u][c] = (V){0}; K[u][c] = (V){0}; }               \
+    }                                                                                       \
+    for (int64_t k = 0; k < R; ++k)                                                         \
+        _Pragma("GCC unroll 4")                                                             \
+        for (int u = 0; u < su; ++u) {                                                      \
+            if (k > 0) { /* K of the row the walk leaves behind (s_{k-1} > 0: pulsed) */    \
+                const T *kr = prev[u] > 0 ? kt + ib[u][k - 1] * 16 : zeros16_##SUF;         \
+                for (int c = 0; c < NC; ++c) K[u][c] += *(const V *)(kr + c * L);           \
+            }                                                                               \
+            const T dtk = slot_step_##SUF(k, 16, db[u], ib[u], it, rt, ones16_##SUF, &prev[u], S[u], E[u]); \
+            for (int c = 0; c < NC; ++c) zb[u][c] += dtk * S[u][c] * E[u][c];               \
         }                                                                                   \
-        *(V *)(q + c) = qc;                                                                 \
-        V tc = *(const V *)(t0 + c) - *(const V *)(g + c) * qc;                             \
-        if (nrm) tc += *(const V *)(nrm + c) * noise;                                       \
-        if (flags & CROSS_FLOOR) tc = lsb == 1 ? vfloor_##SUF(tc) : vfloor_##SUF(tc / lsb) * lsb; \
-        if (flags & CROSS_CLIP) {                                                           \
-            const VI lo = tc < 0, hi = tc > tfs;                                            \
-            if (keep)                                                                       \
-                for (int l = 0; l < L; ++l) keep[c + l] = !(lo[l] | hi[l]) && tc[l] == tc[l]; \
-            tc = SEL(V, VI, lo, tc * 0, SEL(V, VI, hi, tfs + tc * 0, tc));                  \
+    for (int u = 0; u < su; ++u) {                                                          \
+        const T *kr = prev[u] > 0 ? kt + ib[u][R - 1] * 16 : zeros16_##SUF; /* the widest row */ \
+        for (int c = 0; c < NC; ++c) {                                                      \
+            K[u][c] += *(const V *)(kr + c * L);                                            \
+            *(V *)(zb_out[u] + c * L) = zb[u][c];                                           \
+            fwd_vec_##SUF(zb[u][c], K[u][c], e + c * L, 1, t0 + c * L, g + c * L, nb[u] ? nb[u] + c * L : NULL, \
+                          noise, lsb, tfs, flags, qb[u] + c * L, tb[u] + c * L, kb[u] ? kb[u] + c * L : NULL); \
         }                                                                                   \
-        *(V *)(t + c) = tc;                                                                 \
     }                                                                                       \
 }                                                                                           \
                                                                                             \
@@ -564,6 +626,31 @@ int cross_fwd_##SUF(int64_t n, int64_t B, int64_t R, int64_t C, const T *x, cons
             for (int64_t i = 0; i < R; ++i)                                                 \
                 for (int64_t c = 0; c < C; ++c) rs[i * C + c] = EXP_##SUF(-e[c] * ks[i * C + c]); \
         quant_in_##SUF(B * R, xs, ds, levels, pow2, t_us);                                  \
+        if (slots && C == 16) { /* the walk and the rest in one pass, 4 samples at a time */ \
+            enum { SU = 4 };                                                                \
+            v_##SUF tot[16 / L_##SUF];                                                      \
+            slot_totals_##SUF(R, 16, is, tot);                                              \
+            for (int64_t b = 0; b < B; b += SU) {                                           \
+                const int su = B - b < SU ? (int)(B - b) : SU;                              \
+                const T *db[SU], *nb[SU];                                                   \
+                int64_t *ib[SU];                                                            \
+                T *zb[SU], *qb[SU], *tb[SU];                                                \
+                uint8_t *kb[SU];                                                            \
+                for (int u = 0; u < su; ++u) {                                              \
+                    const int64_t o = (s * B + b + u) * C;                                  \
+                    db[u] = ds + (b + u) * R; ib[u] = idx + (s * B + b + u) * R; zb[u] = zs + (b + u) * C; \
+                    qb[u] = q + o; tb[u] = t + o; nb[u] = normals ? normals + o : NULL; kb[u] = keep ? keep + o : NULL; \
+                }                                                                           \
+                if (su == SU)                                                               \
+                    xfwd16_group_##SUF(SU, R, db, ib, is, rs, ks, tot, e, t0 + s * C, g, noise, lsb, tfs, flags, nb, zb, \
+                                       qb, tb, kb);                                         \
+                else                                                                        \
+                    for (int u = 0; u < su; ++u)                                            \
+                        xfwd16_group_##SUF(1, R, db + u, ib + u, is, rs, ks, tot, e, t0 + s * C, g, noise, lsb, tfs, \
+                                           flags, nb + u, zb + u, qb + u, tb + u, kb + u);  \
+            }                                                                               \
+            continue;                                                                       \
+        }                                                                                   \
         if (slots)                                                                          \
             slots_tile_##SUF(B, R, C, ds, is, rs, zs, idx + s * B * R);                     \
         else                                                                                \
@@ -587,30 +674,29 @@ int cross_fwd_##SUF(int64_t n, int64_t B, int64_t R, int64_t C, const T *x, cons
 }                                                                                           \
                                                                                             \
 /* Readout and droop backward of one sample, on vectors of L columns: gq = -g gt (gt        \
-   zeroed where keep is 0), the column sums of gt and gt q, the K_tot term of the           \
-   crosstalk gradient (gk += gq on the pulsed rows, d > 0; branch-free, times 0 or 1), and  \
-   (droop) gz = gq / (1 + y) with the sum of gq z^2 curv(y); the float series of curv is    \
-   mended in double where |y| >= 0.1. */                                                    \
-static inline void grad_row_##SUF(int64_t R, int64_t C, const T *restrict db, const T *restrict gt, \
-                                  const uint8_t *restrict keep, const T *restrict q, const T *restrict z, \
-                                  const T *restrict g, const T *restrict e, int droop, T *restrict gk, \
-                                  T *restrict gz, T *restrict at0, T *restrict aq, T *restrict ae) \
+   zeroed where keep is 0), the column sums of gt and gt q, and (droop) gz = gq / (1 + y)   \
+   with the sum of gq z^2 curv(y); the float series of curv is mended in double where       \
+   |y| >= 0.1. */                                                                           \
+static inline void grad_row_##SUF(int64_t C, const T *restrict gt, const uint8_t *restrict keep, \
+                                  const T *restrict q, const T *restrict z, const T *restrict g, const T *restrict e, \
+                                  int droop, T *restrict gq, T *restrict gz, T *restrict at0, T *restrict aq, \
+                                  T *restrict ae)                                           \
 {                                                                                           \
     typedef v_##SUF V;                                                                      \
     typedef vi_##SUF VI;                                                                    \
     enum { L = L_##SUF };                                                                   \
     const T ymin = (T)(-1.0 + 1e-6);                                                        \
-    T gtk[MAXC], pf[R_MAXC];                                                                \
-    for (int64_t c = 0; c < C; ++c) gtk[c] = keep ? (keep[c] ? gt[c] : 0) : gt[c];          \
-    if (gk)                                                                                 \
-        for (int64_t i = 0; i < R; ++i) pf[i] = (T)(db[i] > 0);                             \
+    T gtk[MAXC];                                                                            \
+    if (keep) {                                                                             \
+        for (int64_t c = 0; c < C; ++c) gtk[c] = keep[c] ? gt[c] : 0;                       \
+        gt = gtk;                                                                           \
+    }                                                                                       \
     for (int64_t c = 0; c < C; c += L) {                                                    \
-        const V gtc = *(const V *)(gtk + c), zc = *(const V *)(z + c);                      \
+        const V gtc = *(const V *)(gt + c), zc = *(const V *)(z + c);                       \
         *(V *)(at0 + c) += gtc;                                                             \
         *(V *)(aq + c) += gtc * *(const V *)(q + c);                                        \
         const V gqc = -*(const V *)(g + c) * gtc;                                           \
-        if (gk)                                                                             \
-            for (int64_t i = 0; i < R; ++i) *(V *)(gk + i * C + c) += pf[i] * gqc;          \
+        *(V *)(gq + c) = gqc;                                                               \
         if (!droop) {                                                                       \
             *(V *)(gz + c) = gqc;                                                           \
             continue;                                                                       \
@@ -628,10 +714,92 @@ static inline void grad_row_##SUF(int64_t R, int64_t C, const T *restrict db, co
     }                                                                                       \
 }                                                                                           \
                                                                                             \
+/* The K_tot term of the crosstalk gradient of one tile, gk = [d > 0]^T gq (R, C): a        \
+   product blocked on 4 rows by NCB vectors of columns held in registers (accumulated       \
+   per sample into gk in memory, each add waited on the last one's store: a sixth of the    \
+   backward). */                                                                            \
+static inline __attribute__((always_inline)) void k_block_##SUF(int64_t B, int64_t R, int64_t C, const T *d, \
+                                                                const T *gq, T *gk, int64_t i0, int64_t c0, \
+                                                                const int NCB)              \
+{                                                                                           \
+    typedef v_##SUF V;                                                                      \
+    enum { L = L_##SUF };                                                                   \
+    V a[4][2] = {{{0}}};                                                                    \
+    for (int64_t b = 0; b < B; ++b) {                                                       \
+        const T *db = d + b * R + i0;                                                       \
+        const T p0 = (T)(db[0] > 0), p1 = (T)(db[1] > 0), p2 = (T)(db[2] > 0), p3 = (T)(db[3] > 0); \
+        for (int c = 0; c < NCB; ++c) {                                                     \
+            const V gv = *(const V *)(gq + b * C + c0 + c * L);                             \
+            a[0][c] += p0 * gv;                                                             \
+            a[1][c] += p1 * gv;                                                             \
+            a[2][c] += p2 * gv;                                                             \
+            a[3][c] += p3 * gv;                                                             \
+        }                                                                                   \
+    }                                                                                       \
+    for (int u = 0; u < 4; ++u)                                                             \
+        for (int c = 0; c < NCB; ++c) *(V *)(gk + (i0 + u) * C + c0 + c * L) = a[u][c];     \
+}                                                                                           \
+                                                                                            \
+static void k_term_##SUF(int64_t B, int64_t R, int64_t C, const T *d, const T *gq, T *gk)   \
+{                                                                                           \
+    for (int64_t i0 = 0; i0 < R; i0 += 4) {                                                 \
+        int64_t c0 = 0;                                                                     \
+        for (; c0 + 2 * L_##SUF <= C; c0 += 2 * L_##SUF) k_block_##SUF(B, R, C, d, gq, gk, i0, c0, 2); \
+        for (; c0 < C; c0 += L_##SUF) k_block_##SUF(B, R, C, d, gq, gk, i0, c0, 1);         \
+    }                                                                                       \
+}                                                                                           \
+                                                                                            \
+/* The backward of su <= 2 samples at once for C = 16 and R <= 64: grad_row, then the       \
+   slot walk of bwd16_group on its gz (kept in registers), with g_x (times T, zero          \
+   outside [0, 1]: InputQuantize) written as the walk goes. */                              \
+static inline __attribute__((always_inline)) void xbwd16_group_##SUF(                       \
+    const int su, int64_t R, const T *const *db, const int64_t *const *ib, const T *const *xb, const T *const *gtb, \
+    const uint8_t *const *kpb, const T *const *qb, const T *const *zb, T *const *gxb, const T *it, const T *rt, \
+    const v_##SUF *tot, const T *g, const T *e, T *const *gqb, T *gi, T *Pt, T *at0, T *aq, T *ae, T t_us) \
+{                                                                                           \
+    enum { L = L_##SUF, NC = 16 / L_##SUF };                                                \
+    typedef v_##SUF V;                                                                      \
+    V S[4][NC], E[4][NC], F[4][NC], H[4][NC], gg[4][NC], W[4][64][NC];                      \
+    T prev[4], gdt[4][64];                                                                  \
+    for (int u = 0; u < su; ++u) {                                                          \
+        V gzl[NC];                                                                          \
+        grad_row_##SUF(16, gtb[u], kpb[u], qb[u], zb[u], g, e, 1, gqb[u], (T *)gzl, at0, aq, ae); \
+        for (int c = 0; c < NC; ++c) { gg[u][c] = gzl[c]; F[u][c] = (V){0}; H[u][c] = (V){0}; } \
+        slot_start_##SUF(16, tot, &prev[u], S[u], E[u]);                                    \
+    }                                                                                       \
+    for (int64_t k = 0; k < R; ++k)                                                         \
+        _Pragma("GCC unroll 4")                                                             \
+        for (int u = 0; u < su; ++u) {                                                      \
+            const T dtk = slot_step_##SUF(k, 16, db[u], ib[u], it, rt, ones16_##SUF, &prev[u], S[u], E[u]); \
+            V acc = {0};                                                                    \
+            T *gr = gi + ib[u][k] * 16;                                                     \
+            for (int c = 0; c < NC; ++c) {                                                  \
+                V se = S[u][c] * E[u][c];                                                   \
+                acc += gg[u][c] * se;                                                       \
+                W[u][k][c] = dtk * se;                                                      \
+                F[u][c] += dtk * E[u][c];                                                   \
+                *(V *)(gr + c * L) += gg[u][c] * F[u][c];                                   \
+            }                                                                               \
+            const T a = hsum_##SUF(acc);                                                    \
+            gdt[u][k] = a;                                                                  \
+        }                                                                                   \
+    for (int64_t k = R - 1; k >= 0; --k)                                                    \
+        for (int u = 0; u < su; ++u) {                                                      \
+            const int64_t i = ib[u][k];                                                     \
+            if (db[u][i] > 0) {                                                             \
+                T *pr = Pt + i * 16;                                                        \
+                for (int c = 0; c < NC; ++c) *(V *)(pr + c * L) += gg[u][c] * H[u][c];      \
+            }                                                                               \
+            for (int c = 0; c < NC; ++c) H[u][c] += W[u][k][c];                             \
+            const T xv = xb[u][i];                                                          \
+            gxb[u][i] = (xv >= 0 && xv <= 1) ? (gdt[u][k] - (k + 1 < R ? gdt[u][k + 1] : 0)) * t_us : 0; \
+        }                                                                                   \
+}                                                                                           \
+                                                                                            \
 int cross_bwd_##SUF(int64_t n, int64_t B, int64_t R, int64_t C, const T *x, const T *d, const T *i0, \
                     const T *rho, const T *k, const T *eta, const T *gain, const T *z, const T *q, \
                     const int64_t *idx, const uint8_t *keep, const T *gt, const double *par, int64_t flags, \
-                    T *gz, T *gx, T *gli, T *gk, T *geta, T *gt0, T *ggain, T *P)           \
+                    T *gz, T *gx, T *gli, T *gk, T *geta, T *gt0, T *ggain, T *P, T *gq)    \
 {                                                                                           \
     const int slots = (flags & CROSS_SLOTS) && k && eta;                                    \
     if (C > MAXC || R > R_MAXC || C % L_##SUF || R % L_##SUF) return 2;                     \
@@ -641,7 +809,7 @@ int cross_bwd_##SUF(int64_t n, int64_t B, int64_t R, int64_t C, const T *x, cons
         const T *xs = x + s * B * R, *ds = d + s * B * R, *is = i0 + s * R * C, *rs = rho + s * R * C; \
         const T *ks = k ? k + s * R * C : NULL;                                             \
         T *gzs = gz + s * B * C, *gxs = gx + s * B * R, *gis = gli + s * R * C;             \
-        T *gks = k ? gk + s * R * C : NULL, *Ps = P + s * R * C;                            \
+        T *gks = k ? gk + s * R * C : NULL, *Ps = P + s * R * C, *gqs = gq + s * B * C;     \
         for (int64_t c = 0; c < C; ++c) {                                                   \
             g[c] = gain[s * C + c] / iref;                                                  \
             e[c] = eta ? eta[s * C + c] / cff : 0;                                          \
@@ -649,33 +817,58 @@ int cross_bwd_##SUF(int64_t n, int64_t B, int64_t R, int64_t C, const T *x, cons
         }                                                                                   \
         memset(gis, 0, sizeof(T) * R * C);                                                  \
         memset(Ps, 0, sizeof(T) * R * C);                                                   \
-        if (gks) memset(gks, 0, sizeof(T) * R * C);                                         \
-        for (int64_t b = 0; b < B; ++b) { /* Readout and droop backward, and the K_tot term */ \
-            const int64_t o = (s * B + b) * C;                                              \
-            grad_row_##SUF(R, C, ds + b * R, gt + o, keep ? keep + o : NULL, q + o, z + o, g, e, eta != NULL, gks, \
-                           gzs + b * C, at0, aq, ae);                                       \
-        }                                                                                   \
-        if (slots) {                                                                        \
-            if (slots_tile_bwd_##SUF(B, R, C, ds, is, rs, idx + s * B * R, gzs, gxs, gis, Ps)) return 1; \
+        if (slots && C == 16 && R <= 64) { /* all of it in one pass, 2 samples at a time */ \
+            enum { SU = 2 };                                                                \
+            v_##SUF tot[16 / L_##SUF];                                                      \
+            slot_totals_##SUF(R, 16, is, tot);                                              \
+            for (int64_t b = 0; b < B; b += SU) {                                           \
+                const int su = B - b < SU ? (int)(B - b) : SU;                              \
+                const T *db[SU], *xb[SU], *gtb[SU], *qb[SU], *zb[SU];                       \
+                const int64_t *ib[SU];                                                      \
+                const uint8_t *kpb[SU];                                                     \
+                T *gxb[SU], *gqb[SU];                                                       \
+                for (int u = 0; u < su; ++u) {                                              \
+                    const int64_t o = (s * B + b + u) * C;                                  \
+                    db[u] = ds + (b + u) * R; ib[u] = idx + (s * B + b + u) * R; xb[u] = xs + (b + u) * R; \
+                    gtb[u] = gt + o; kpb[u] = keep ? keep + o : NULL; qb[u] = q + o; zb[u] = z + o; \
+                    gxb[u] = gxs + (b + u) * R; gqb[u] = gqs + (b + u) * C;                 \
+                }                                                                           \
+                if (su == SU)                                                               \
+                    xbwd16_group_##SUF(SU, R, db, ib, xb, gtb, kpb, qb, zb, gxb, is, rs, tot, g, e, gqb, gis, Ps, at0, \
+                                       aq, ae, t_us);                                       \
+                else                                                                        \
+                    xbwd16_group_##SUF(1, R, db, ib, xb, gtb, kpb, qb, zb, gxb, is, rs, tot, g, e, gqb, gis, Ps, at0, \
+                                       aq, ae, t_us);                                       \
+            }                                                                               \
         } else {                                                                            \
-            for (int64_t b = 0; b < B; ++b) { /* g_d = gz I0^T, g_I0 += d^T gz */           \
-                const T *restrict gzb = gzs + b * C, *restrict ic = is;                     \
-                T *restrict gic = gis;                                                      \
-                for (int64_t i = 0; i < R; ++i) {                                           \
-                    T a = 0;                                                                \
-                    for (int64_t c = 0; c < C; ++c) a += gzb[c] * ic[i * C + c];            \
-                    gxs[b * R + i] = a;                                                     \
-                    const T di = ds[b * R + i];                                             \
-                    if (di != 0)                                                            \
-                        for (int64_t c = 0; c < C; ++c) gic[i * C + c] += di * gzb[c];      \
+            for (int64_t b = 0; b < B; ++b) { /* Readout and droop backward, and the K_tot term */ \
+                const int64_t o = (s * B + b) * C;                                          \
+                grad_row_##SUF(C, gt + o, keep ? keep + o : NULL, q + o, z + o, g, e, eta != NULL, gqs + b * C, \
+                               gzs + b * C, at0, aq, ae);                                   \
+            }                                                                               \
+            if (slots) {                                                                    \
+                if (slots_tile_bwd_##SUF(B, R, C, ds, is, rs, idx + s * B * R, gzs, gxs, gis, Ps)) return 1; \
+            } else {                                                                        \
+                for (int64_t b = 0; b < B; ++b) { /* g_d = gz I0^T, g_I0 += d^T gz */       \
+                    const T *restrict gzb = gzs + b * C, *restrict ic = is;                 \
+                    T *restrict gic = gis;                                                  \
+                    for (int64_t i = 0; i < R; ++i) {                                       \
+                        T a = 0;                                                            \
+                        for (int64_t c = 0; c < C; ++c) a += gzb[c] * ic[i * C + c];        \
+                        gxs[b * R + i] = a;                                                 \
+                        const T di = ds[b * R + i];                                         \
+                        if (di != 0)                                                        \
+                            for (int64_t c = 0; c < C; ++c) gic[i * C + c] += di * gzb[c];  \
+                    }                                                                       \
                 }                                                                           \
             }                                                                               \
+            {   /* g_x, and InputQuantize's mask: zero outside [0, 1] */                    \
+                const T *restrict xr = xs;                                                  \
+                T *restrict gr = gxs;                                                       \
+                for (int64_t j = 0; j < B * R; ++j) gr[j] = (xr[j] >= 0 && xr[j] <= 1) ? gr[j] * t_us : 0; \
+            }                                                                               \
         }                                                                                   \
-        {   /* g_x, and InputQuantize's mask: zero outside [0, 1] */                        \
-            const T *restrict xr = xs;                                                      \
-            T *restrict gr = gxs;                                                           \
-            for (int64_t j = 0; j < B * R; ++j) gr[j] = (xr[j] >= 0 && xr[j] <= 1) ? gr[j] * t_us : 0; \
-        }                                                                                   \
+        if (gks) k_term_##SUF(B, R, C, ds, gqs, gks);                                       \
         for (int64_t c = 0; c < C; ++c) ae[c] = -ae[c];                                     \
         for (int64_t i = 0; i < R; ++i)                                                     \
             for (int64_t c = 0; c < C; ++c) {                                               \

@@ -23,7 +23,7 @@ SIGNATURES = {
        for suf in ("f32", "f64") for name, n_ptr in ((f"slots_fwd_{suf}", 5), (f"slots_bwd_{suf}", 8))},
     # the fused crossing: (n, B, R, C, inputs..., par, flags, outputs...)
     **{f"cross_fwd_{suf}": ([_I] * 4 + [_P] * 8 + [_I] + [_P] * 8, ctypes.c_int) for suf in ("f32", "f64")},
-    **{f"cross_bwd_{suf}": ([_I] * 4 + [_P] * 13 + [_I] + [_P] * 8, ctypes.c_int) for suf in ("f32", "f64")},
+    **{f"cross_bwd_{suf}": ([_I] * 4 + [_P] * 13 + [_I] + [_P] * 9, ctypes.c_int) for suf in ("f32", "f64")},
 }
 
 
@@ -39,10 +39,12 @@ def usable(d: torch.Tensor, i0: torch.Tensor, *others: torch.Tensor) -> bool:
     """True if the compiled kernel can serve these tensors: CPU, one dtype (float32 or
     float64), rows and columns multiples of the vector lanes (8 float / 4 double),
     at most 1024 columns."""
-    if d.device.type != "cpu" or d.dtype not in _SUFFIX:
+    dt = d.dtype
+    if dt not in _SUFFIX or not d.is_cpu:  # (is_cpu: no device object per call)
         return False
-    if any(t.device.type != "cpu" or t.dtype != d.dtype for t in (i0, *others)):
-        return False
+    for t in (i0, *others):
+        if t.dtype != dt or not t.is_cpu:
+            return False
     lanes = 32 // d.element_size()
     R, C = i0.shape[-2:]
     if R % lanes or C % lanes or C > 1024 or d.shape[-1] != R:
@@ -111,7 +113,7 @@ _LAYOUTS: dict[tuple, tuple] = {}
 
 def _layout(n, B, R, C, es):
     """Byte offsets in the forward's buffer (d, i0, rho, z, q, idx, keep) and in the
-    backward's scratch (gz, P), each array 64-byte aligned, and the two sizes."""
+    backward's scratch (gz, P, gq), each array 64-byte aligned, and the two sizes."""
     key = (n, B, R, C, es)
     lay = _LAYOUTS.get(key)
     if lay is None:
@@ -123,7 +125,7 @@ def _layout(n, B, R, C, es):
             return offs, at
         fwd = offsets((n * B * R * es, n * R * C * es, n * R * C * es, n * B * C * es, n * B * C * es, n * B * R * 8,
                        n * B * C))
-        bwd = offsets((n * B * C * es, n * R * C * es))
+        bwd = offsets((n * B * C * es, n * R * C * es, n * B * C * es))
         lay = _LAYOUTS[key] = (fwd, bwd)
         if len(_LAYOUTS) > 64:
             _LAYOUTS.pop(next(iter(_LAYOUTS)))
@@ -159,7 +161,7 @@ def crossing_backward(x, buf, k, eta, gain, gt, par, flags, hard, n, R, C, shape
     B = x.numel() // (n * R)
     fwd, bwd = _layout(n, B, R, C, x.element_size())
     (o_d, o_i0, o_rho, o_z, o_q, o_idx, o_keep), _ = fwd
-    (o_gz, o_P), size = bwd
+    (o_gz, o_P, o_gq), size = bwd
     scratch = torch.empty(size, dtype=torch.uint8)
     dt = x.dtype
     gx = torch.empty(x.shape, dtype=dt)
@@ -174,7 +176,7 @@ def crossing_backward(x, buf, k, eta, gain, gt, par, flags, hard, n, R, C, shape
         None if eta is None else eta.data_ptr(), gain.data_ptr(), base + o_z, base + o_q, base + o_idx,
         base + o_keep if hard else None, gt.data_ptr(), par, flags, sb + o_gz, gx.data_ptr(), gli.data_ptr(),
         None if gk is None else gk.data_ptr(), None if geta is None else geta.data_ptr(), gt0.data_ptr(),
-        ggain.data_ptr(), sb + o_P)
+        ggain.data_ptr(), sb + o_P, sb + o_gq)
     if rc:
         raise RuntimeError(f"cross_bwd failed (code {rc})")
     return gx, gli, gk, geta, gt0, ggain
