@@ -749,9 +749,12 @@ static void k_term_##SUF(int64_t B, int64_t R, int64_t C, const T *d, const T *g
     }                                                                                       \
 }                                                                                           \
                                                                                             \
-/* The backward of su <= 2 samples at once for C = 16 and R <= 64: grad_row, then the       \
-   slot walk of bwd16_group on its gz (kept in registers), with g_x (times T, zero          \
-   outside [0, 1]: InputQuantize) written as the walk goes. */                              \
+/* The backward of su <= 2 samples at once for C = 16: grad_row, then the slot walk of      \
+   bwd16_group on its gz (kept in registers) in one pass: H_k = sum_{m > k} dt_m S_m E_m    \
+   is taken as Z - G_k (G the running sum, Z the forward's charge; the torch path's         \
+   h is the same kind of difference), so P is summed as the walk goes and no reverse pass   \
+   over a stored W is needed, and g_x (times T, zero outside [0, 1]: InputQuantize) of      \
+   the row left behind is written at each step. */                                          \
 static inline __attribute__((always_inline)) void xbwd16_group_##SUF(                       \
     const int su, int64_t R, const T *const *db, const int64_t *const *ib, const T *const *xb, const T *const *gtb, \
     const uint8_t *const *kpb, const T *const *qb, const T *const *zb, T *const *gxb, const T *it, const T *rt, \
@@ -759,41 +762,49 @@ static inline __attribute__((always_inline)) void xbwd16_group_##SUF(           
 {                                                                                           \
     enum { L = L_##SUF, NC = 16 / L_##SUF };                                                \
     typedef v_##SUF V;                                                                      \
-    V S[4][NC], E[4][NC], F[4][NC], H[4][NC], gg[4][NC], W[4][64][NC];                      \
-    T prev[4], gdt[4][64];                                                                  \
+    V S[4][NC], E[4][NC], F[4][NC], G[4][NC], Z[4][NC], gg[4][NC];                          \
+    T prev[4], last[4];                                                                     \
     for (int u = 0; u < su; ++u) {                                                          \
         V gzl[NC];                                                                          \
         grad_row_##SUF(16, gtb[u], kpb[u], qb[u], zb[u], g, e, 1, gqb[u], (T *)gzl, at0, aq, ae); \
-        for (int c = 0; c < NC; ++c) { gg[u][c] = gzl[c]; F[u][c] = (V){0}; H[u][c] = (V){0}; } \
+        for (int c = 0; c < NC; ++c) {                                                      \
+            gg[u][c] = gzl[c];                                                              \
+            F[u][c] = (V){0};                                                               \
+            G[u][c] = (V){0};                                                               \
+            Z[u][c] = *(const V *)(zb[u] + c * L);                                          \
+        }                                                                                   \
         slot_start_##SUF(16, tot, &prev[u], S[u], E[u]);                                    \
+        last[u] = 0;                                                                        \
     }                                                                                       \
     for (int64_t k = 0; k < R; ++k)                                                         \
         _Pragma("GCC unroll 4")                                                             \
         for (int u = 0; u < su; ++u) {                                                      \
             const T dtk = slot_step_##SUF(k, 16, db[u], ib[u], it, rt, ones16_##SUF, &prev[u], S[u], E[u]); \
+            const int64_t i = ib[u][k];                                                     \
+            const int pulsed = db[u][i] > 0;                                                \
             V acc = {0};                                                                    \
-            T *gr = gi + ib[u][k] * 16;                                                     \
+            T *gr = gi + i * 16, *pr = Pt + i * 16;                                         \
             for (int c = 0; c < NC; ++c) {                                                  \
-                V se = S[u][c] * E[u][c];                                                   \
+                const V se = S[u][c] * E[u][c];                                             \
                 acc += gg[u][c] * se;                                                       \
-                W[u][k][c] = dtk * se;                                                      \
+                G[u][c] += dtk * se;                                                        \
                 F[u][c] += dtk * E[u][c];                                                   \
                 *(V *)(gr + c * L) += gg[u][c] * F[u][c];                                   \
+                if (pulsed) *(V *)(pr + c * L) += gg[u][c] * (Z[u][c] - G[u][c]);           \
             }                                                                               \
             const T a = hsum_##SUF(acc);                                                    \
-            gdt[u][k] = a;                                                                  \
-        }                                                                                   \
-    for (int64_t k = R - 1; k >= 0; --k)                                                    \
-        for (int u = 0; u < su; ++u) {                                                      \
-            const int64_t i = ib[u][k];                                                     \
-            if (db[u][i] > 0) {                                                             \
-                T *pr = Pt + i * 16;                                                        \
-                for (int c = 0; c < NC; ++c) *(V *)(pr + c * L) += gg[u][c] * H[u][c];      \
+            if (k > 0) {                                                                    \
+                const int64_t j = ib[u][k - 1];                                             \
+                const T xv = xb[u][j];                                                      \
+                gxb[u][j] = (xv >= 0 && xv <= 1) ? (last[u] - a) * t_us : 0;                \
             }                                                                               \
-            for (int c = 0; c < NC; ++c) H[u][c] += W[u][k][c];                             \
-            const T xv = xb[u][i];                                                          \
-            gxb[u][i] = (xv >= 0 && xv <= 1) ? (gdt[u][k] - (k + 1 < R ? gdt[u][k + 1] : 0)) * t_us : 0; \
+            last[u] = a;                                                                    \
         }                                                                                   \
+    for (int u = 0; u < su; ++u) {                                                          \
+        const int64_t j = ib[u][R - 1];                                                     \
+        const T xv = xb[u][j];                                                              \
+        gxb[u][j] = (xv >= 0 && xv <= 1) ? last[u] * t_us : 0;                              \
+    }                                                                                       \
 }                                                                                           \
                                                                                             \
 int cross_bwd_##SUF(int64_t n, int64_t B, int64_t R, int64_t C, const T *x, const T *d, const T *i0, \
@@ -817,7 +828,7 @@ int cross_bwd_##SUF(int64_t n, int64_t B, int64_t R, int64_t C, const T *x, cons
         }                                                                                   \
         memset(gis, 0, sizeof(T) * R * C);                                                  \
         memset(Ps, 0, sizeof(T) * R * C);                                                   \
-        if (slots && C == 16 && R <= 64) { /* all of it in one pass, 2 samples at a time */ \
+        if (slots && C == 16) { /* all of it in one pass, 2 samples at a time */            \
             enum { SU = 2 };                                                                \
             v_##SUF tot[16 / L_##SUF];                                                      \
             slot_totals_##SUF(R, 16, is, tot);                                              \
