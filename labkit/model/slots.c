@@ -34,20 +34,25 @@ typedef T v_##SUF __attribute__((vector_size(32), aligned(sizeof(T))));         
 typedef I vi_##SUF __attribute__((vector_size(32), aligned(sizeof(I))));                    \
 enum { L_##SUF = 32 / sizeof(T) };                                                          \
                                                                                             \
-static void sort_rows_##SUF(const T *restrict d, int64_t R, int64_t *restrict idx) {        \
+static inline __attribute__((always_inline)) void sort_rows_##SUF(const T *restrict d, int64_t R, \
+                                                                  int64_t *restrict idx) {  \
+    /* rank_i = #{m: d_m < d_i} + #{m < i: d_m == d_i}, counted with vector compares; the   \
+       tie rule only matters inside a row's own vector (before it, d_m <= d_i counts;       \
+       after it, d_m < d_i). A NaN width ranks as +inf: idx stays a permutation. */         \
     vi_##SUF iota = {0};                                                                    \
     for (int l = 0; l < L_##SUF; ++l) iota[l] = l;                                          \
-    const v_##SUF inf = (v_##SUF){0} + (T)__builtin_inf();                                  \
+    T dd[R];                                                                                \
+    for (int64_t m = 0; m < R; ++m) dd[m] = d[m] == d[m] ? d[m] : (T)__builtin_inf();       \
     for (int64_t c = 0; c < R; c += L_##SUF) {                                              \
-        v_##SUF dv = *(const v_##SUF *)(d + c);                                             \
-        vi_##SUF nan = (vi_##SUF)(dv != dv); /* NaN ranks as +inf: idx stays a permutation */ \
-        dv = (v_##SUF)(((vi_##SUF)dv & ~nan) | ((vi_##SUF)inf & nan));                      \
-        vi_##SUF r = {0}, pos = iota + (I)c;                                                \
-        for (int64_t m = 0; m < R; ++m) {                                                   \
-            T dm = d[m] == d[m] ? d[m] : (T)__builtin_inf();                                \
-            r -= (vi_##SUF)(dv > dm);                                                       \
-            r -= (vi_##SUF)(dv == dm) & (pos > (I)m);                                       \
+        const v_##SUF dv = *(const v_##SUF *)(dd + c);                                      \
+        vi_##SUF r = {0};                                                                   \
+        const vi_##SUF pos = iota + (I)c;                                                   \
+        for (int64_t m = 0; m < c; ++m) r -= (vi_##SUF)(dv >= dd[m]);                       \
+        for (int64_t m = c; m < c + L_##SUF; ++m) {                                         \
+            r -= (vi_##SUF)(dv > dd[m]);                                                    \
+            r -= (vi_##SUF)(dv == dd[m]) & (pos > (I)m);                                    \
         }                                                                                   \
+        for (int64_t m = c + L_##SUF; m < R; ++m) r -= (vi_##SUF)(dv > dd[m]);              \
         for (int l = 0; l < L_##SUF; ++l) idx[r[l]] = c + l;                                \
     }                                                                                       \
 }                                                                                           \
