@@ -3,11 +3,15 @@
 Shapes: ``n`` tiles, ``B`` samples, ``R`` rows, ``C`` columns, ``K = R`` adaptive time
 slots. Widths ``d`` (n, B, R) in us, currents ``i0`` and crosstalk ``kxt`` (n, R, C) in
 nA and fC, droop ``e = eta / C`` (n, 1, C) in 1/fC. Everything is one batched
-computation over tiles and samples; the hot path (:class:`ChargeFn`) is a single
-autograd node with a hand-written backward. On CPU (float32/float64, rows and columns
-multiples of 8 / 4) the adaptive-slot part runs in the compiled C kernel ``slots.c``
-(:mod:`.slots_native`: one pass per sample, no (B, K, R) masks, exact same closed form);
-elsewhere, or without a C compiler, in the torch code below.
+computation over tiles and samples; the charge (:class:`ChargeFn`) and the whole
+first-order crossing (:class:`Crossing`: input quantization, charge, readout) are single
+autograd nodes with hand-written backward passes. On CPU (float32/float64, rows and
+columns multiples of 8 / 4), where the measured race picks it, the adaptive-slot part of
+:class:`ChargeFn` runs in the compiled C kernel ``slots.c`` (:mod:`.slots_native`: one
+pass per sample, no (B, K, R) masks, exact same closed form), and :class:`Crossing` as
+one C call each way (``cross_fwd`` / ``cross_bwd``: the same operations as the torch
+composition, which stays the definition); elsewhere, or without a C compiler, or with
+``LABKIT_NATIVE=0``, in the torch code below.
 
 The closed form over the slots (slot k ends at the k-th smallest width ``s_k``)::
 

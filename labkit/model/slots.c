@@ -1,4 +1,5 @@
-/* Adaptive-slot kernel of the column-eta array model (see kernels.py, ChargeFn).
+/* Adaptive-slot kernel of the column-eta array model (see kernels.py, ChargeFn), and the
+ * fused crossing of one graph node (kernels.py, Crossing: cross_fwd / cross_bwd below).
  *
  * Per tile t and sample b (widths d, R rows, C columns), with the rows sorted by width
  * (s_k = k-th smallest width, idx_k its row, dt_k = s_k - s_{k-1}):
@@ -14,6 +15,13 @@
  * width ranks as +inf, so the order stays a permutation and Z comes out NaN, not a wild
  * index: a diverging fit once crashed the process here).
  *
+ * The fused crossing adds, in the same pass over each sample: the input quantization
+ * (InputQuantize), the crosstalk K_tot, the droop q = ln(1 + e Z) / e + K and the readout
+ * (equations.droop_charge, read_times), and the backward of all of them, in the same
+ * order of operations as the torch path (the droop's log from a polynomial in float32,
+ * relative error ~1e-7; libm in float64). tests/test_model_native.py holds it to the
+ * torch path on every switch, float32 and float64, values and gradients.
+ *
  * Speed (the Speed issue; one 16x16 array, batch 1024, AMD EPYC, AVX-512 target): the
  * per-sample slot loop is a chain of dependent vector operations (E *= rho, S -= I0,
  * z += dt S E), latency-bound one sample at a time (~100 ns forward). With 16 columns
@@ -21,7 +29,20 @@
  * 104 -> 57 us, forward + backward 362 -> 182 us in one run, same results (the batch
  * sums of the backward to float rounding). Measured and ruled out: 64-byte vectors (one
  * vector per row of 16 columns: no gain, still latency-bound) and branch-free loops one
- * sample at a time (20 % slower). */
+ * sample at a time (20 % slower).
+ *
+ * The fused crossing (Intel Xeon, AVX-512, 2 shared cores, one run each, CPU time): the
+ * ~60 torch operations around the slot kernel cost twice the kernel itself; in C the
+ * rest adds about half of the walk. What mattered, measured: keeping every element-wise
+ * step in the walk's pass on vectors in registers (with K, q and t in arrays between
+ * separate loops, reloads of 64-byte auto-vectorized stores as 32-byte vectors waited on
+ * store forwarding: half the forward); the K_tot gradient as a product blocked in
+ * registers instead of per-sample adds into memory (a sixth of the backward); the lane
+ * sums as a tree; P summed along the walk as Z - G_k (no stored W, no reverse pass: 6 %);
+ * a NaN-free copy of the widths for the sort (6 % of the forward). -fno-trapping-math
+ * (below) lets the selects and floors vectorize. Tried and dropped: K_tot summed row by
+ * row before the walk (slower than along it), 3 or 4 samples interleaved in the backward
+ * (no gain), P added branch-free on every row (slower than the branch). */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>

@@ -1,10 +1,15 @@
-"""Optional compiled adaptive-slot kernel (``slots.c``), loaded through ctypes.
+"""Optional compiled kernels of the array model (``slots.c``), loaded through ctypes: the
+adaptive-slot walk of :class:`labkit.model.kernels.ChargeFn` (:func:`slots_forward`,
+:func:`slots_backward`) and the fused first-order crossing of
+:class:`labkit.model.kernels.Crossing` (:func:`crossing_forward`,
+:func:`crossing_backward`: one C call each way, with buffers laid out in one allocation).
 
 The C source ships with the package and is built, verified and loaded at first use by
 :mod:`labkit.model.native` (system C compiler, per-user cache). It serves CPU float32/float64 tensors;
 everything else, a missing compiler, or ``LABKIT_NATIVE=0`` falls back to the pure-torch
 path in :mod:`labkit.model.kernels` (same equations, same results to rounding). Where
-both can run, a timed race at first use picks the faster (:func:`chosen`).
+both can run, a timed race at first use picks the faster (:func:`chosen`; the race times
+the fused crossing of the default model, forward and backward).
 """
 
 from __future__ import annotations
