@@ -1,31 +1,59 @@
 """Temperature and retention: accuracy of a deployed hardware-aware network from 10 to
 60 degC and over a year of virtual time, compensation off and on, refresh off and on.
 
-Per chip seed (``--seeds``): one emulated chip per tile is
+Per chip seed (``--seeds``; the default silicon chips, ``--chip-options '&preset=model'``
+for the model-form ones): one emulated chip per tile is
 
-1. calibrated at three temperatures (labkit.calibrate.temperature: the model and the
-   cell law ``ln I = alpha + beta / T + gamma dv / T``);
+1. calibrated at four temperatures, on ``--programmed-states`` programmed states at each
+   (labkit.calibrate.temperature: the model and the cell law
+   ``ln I = alpha + beta / T + gamma dv / T``);
 2. characterized for retention (erased, current maps on the virtual clock at two
    temperatures: labkit.program.retention);
 3. the network is trained ideally, then hardware-aware on the calibrations at the
    programming temperature (27 degC), and programmed onto the chips there;
-4. measured at 10, 20, ..., 60 degC with ``--temperature-compensation off`` and
-   ``read-voltage`` (gate shift plus per-column readout scale; not reprogrammed);
-5. at 40 degC on the virtual clock after 1 h, 1 day, 1 month, 1 year: compensation off,
-   compensation on (temperature and predicted drift), and compensation on with the
-   refresh plan followed (a tile is reprogrammed when its predicted residual error
-   reaches ``--refresh-tolerance``; refreshes and their pulses are counted).
+4. measured at 10, 20, ..., 60 degC with every ``--temperature-compensation`` method
+   (``--methods``): off; read-voltage (gate shift plus the predicted per-column readout
+   correction); probed (the gate shift, then each column's gain and offset current
+   fitted on reference inputs measured as programmed); reprogram and reprogram-probed
+   (a tile programmed again 5 K from its programming temperature). Each method starts
+   from a programming at 27 degC;
+5. at 40 degC on the virtual clock after 1 h, 1 day, 1 month, 1 year (``--variants``):
+   compensation off, compensated (temperature and predicted drift), drift-aware
+   programming, drift-aware with the refresh plan followed (a tile is reprogrammed when
+   its predicted residual error reaches ``--refresh-tolerance``; refreshes and their
+   pulses are counted), and probed.
 
-Prints the two tables (means over seeds, software accuracy for reference); ``--json``
-writes every figure. ``python experiments/temperature.py --seeds 100 200 300``
+Prints the two tables (means over seeds, pp against the hw-aware software accuracy);
+``--json`` writes every figure. ``python experiments/temperature.py --seeds 100 200 300``
 
-Measured (MLP, 359 test digits, 2 passes, chips 100/200/300+, hw-aware software 0.9016,
-0.8951 on chips at 27 degC): compensation off 0.28 / 0.78 / 0.89 / 0.83 / 0.76 / 0.71 at
-10 ... 60 degC (-62 pp at 10 degC); read-voltage 0.884 / 0.887 / 0.897 / 0.890 / 0.893 /
-0.895 (worst -1.8 pp against software, at 10 degC); reprogram within 1.6 pp (48 tile
-programmings, 70k pulses per sweep). Retention at 40 degC (chips 100+, 1 pass): after a
-year off 0.872, drift-aware 0.883, with the refresh plan (tolerance 0.015) 0.905 against
-software 0.900, at 28 tile refreshes and 41.6k pulses.
+Measured on the default silicon chips (MLP, 359 test digits, 16 passes per point, chips
+100/200/300+, one run; hw-aware software 0.9016, deployed at 27 degC 0.8862, -1.54 pp:
+the hardware-aware gap on these chips, before any temperature change). Accuracy, pp
+against software:
+
+    degC   off      read-voltage  probed   reprogram  reprogram-probed
+     10   0.273 -62.9  0.877 -2.4  0.889 -1.3  0.888 -1.4  0.889 -1.2
+     20   0.775 -12.7  0.887 -1.5  0.888 -1.4  0.891 -1.1  0.889 -1.3
+     30   0.883  -1.9  0.887 -1.5  0.890 -1.1  0.888 -1.4  0.891 -1.0
+     40   0.823  -7.9  0.889 -1.3  0.889 -1.3  0.889 -1.2  0.889 -1.3
+     50   0.747 -15.4  0.888 -1.4  0.890 -1.2  0.889 -1.2  0.892 -1.0
+     60   0.686 -21.6  0.881 -2.1  0.889 -1.3  0.888 -1.4  0.889 -1.3
+
+Against the deployment at 27 degC, read-voltage loses 0.9 pp at 10 degC and 0.6 pp at
+60 degC; probed holds it at every temperature (+0.1 to +0.4 pp), at 512 probe VMMs per
+tile and temperature, without a pulse (reprogram: 48 tile programmings, 86k pulses per
+sweep). Retention at 40 degC, same chips, pp against software:
+
+    time      off          compensated  drift-aware  refresh      probed
+    1 h     0.883 -1.9   0.884 -1.8   0.889 -1.3   0.888 -1.3   0.887 -1.5
+    1 day   0.875 -2.6   0.876 -2.6   0.887 -1.4   0.888 -1.4   0.884 -1.7
+    1 month 0.869 -3.2   0.867 -3.4   0.886 -1.6   0.889 -1.2   0.885 -1.7
+    1 year  0.862 -3.9   0.861 -4.0   0.885 -1.7   0.886 -1.5   0.884 -1.8
+
+With the refresh plan (tolerance 0.015): 32.3 tile refreshes and 57.6k pulses per run
+(29 / 37 / 31 refreshes). Neither table meets the 1 pp target against software: the
+deployment at 27 degC is already 1.5 pp below it on these chips. The runs are not
+bit-reproducible (hw-aware software 0.8997-0.9053 on chips 100+ over three runs).
 """
 
 from __future__ import annotations
@@ -98,7 +126,8 @@ def run_seed(name: str, chip_seed: int, args) -> dict:
         train(hw, split.train, split.test, args.hw_epochs or h["epochs"], lr=h["lr"], batch_size=d["batch_size"],
               seed=args.seed)
         res["hw_software"] = evaluate(hw, split.test)
-        dep = deploy(hw, chips)
+        dep = deploy(hw, chips, reads=args.reads)
+        res["reads"] = args.reads
         res["deployed_27C"] = float(np.mean([dep.evaluate(split.test) for _ in range(args.passes)]))
         log(f"{name}: software {res['hw_software']:.4f}, deployed at 27 degC {res['deployed_27C']:.4f}")
         if args.in_loop:  # chip-in-the-loop fine-tuning of the digital parameters, at the programming temperature
@@ -202,12 +231,16 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--chip-options", default="",
                    help="more sim:// options of the chips, e.g. '&preset=model' (default: the default silicon chips)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, help="retention variants")
+    p.add_argument("--variants", nargs="+", default=[v for v in VARIANTS if v != "probed-refresh"], choices=VARIANTS,
+                   help="retention variants (probed-refresh is not run by default: without drift-aware programming "
+                        "the plan's tiles leave the tolerance early and are refreshed up to hourly; one seed did not "
+                        "finish its year in 8 minutes)")
     p.add_argument("--programmed-states", type=int, default=2,
                    help="calibrate on this many programmed states at each temperature (0: the shipped state)")
     p.add_argument("--in-loop", type=int, default=0,
                    help="epochs of chip-in-the-loop fine-tuning (digital parameters) at 27 degC before the sweeps")
     p.add_argument("--in-loop-reads", type=int, default=4)
+    p.add_argument("--reads", type=int, default=1, help="VMMs averaged per input at inference (default 1)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--passes", type=int, default=8, help="test-set measurements averaged per point")
     p.add_argument("--cal-iterations", type=int, default=60)

@@ -217,7 +217,8 @@ def _one_chip_per_tile(args, out, model, split, program, uris, deploy, open_chip
             "batches": batches, "warnings": warnings,
             "programmed_at": dep.programmed_at,
             "programmed_k": [None if s is None else s["temperature_k"] for s in dep.programmed],
-            "reprograms": sum(getattr(w, "reprograms", 0) for w in dep._wrapped.values())}
+            "reprograms": sum(getattr(w, "reprograms", 0) for w in dep._wrapped.values()),
+            "probe_vmms": sum(getattr(w, "probe_vmms", 0) for w in dep._wrapped.values())}
 
 
 def _span(batches: list[dict]) -> str:
