@@ -680,16 +680,16 @@ int cross_fwd_##SUF(int64_t n, int64_t B, int64_t R, int64_t C, const T *x, cons
         if (slots)                                                                          \
             slots_tile_##SUF(B, R, C, ds, is, rs, zs, idx + s * B * R);                     \
         else                                                                                \
-            for (int64_t b = 0; b < B; ++b) { /* z = d I0 */                                \
-                T *restrict zb = zs + b * C;                                                \
-                const T *restrict ic = is;                                                  \
-                for (int64_t c = 0; c < C; ++c) zb[c] = 0;                                  \
-                for (int64_t i = 0; i < R; ++i) {                                           \
-                    const T a = ds[b * R + i];                                              \
-                    if (a != 0)                                                             \
-                        for (int64_t c = 0; c < C; ++c) zb[c] += a * ic[i * C + c];         \
+            for (int64_t b = 0; b < B; ++b) /* z = d I0, a vector of columns at a time in registers */ \
+                for (int64_t c = 0; c < C; c += L_##SUF) {                                  \
+                    v_##SUF a0 = {0}, a1 = {0};                                             \
+                    const T *db = ds + b * R;                                               \
+                    for (int64_t i = 0; i < R; i += 2) { /* (R is a multiple of the lanes) */ \
+                        a0 += db[i] * *(const v_##SUF *)(is + i * C + c);                   \
+                        a1 += db[i + 1] * *(const v_##SUF *)(is + (i + 1) * C + c);         \
+                    }                                                                       \
+                    *(v_##SUF *)(zs + b * C + c) = a0 + a1;                                 \
                 }                                                                           \
-            }                                                                               \
         for (int64_t b = 0; b < B; ++b) {                                                   \
             const int64_t o = (s * B + b) * C;                                              \
             fwd_row_##SUF(R, C, ds + b * R, ks, zs + b * C, e, eta != NULL, t0 + s * C, g,  \
@@ -740,20 +740,21 @@ static inline void grad_row_##SUF(int64_t C, const T *restrict gt, const uint8_t
     }                                                                                       \
 }                                                                                           \
                                                                                             \
-/* The K_tot term of the crosstalk gradient of one tile, gk = [d > 0]^T gq (R, C): a        \
-   product blocked on 4 rows by NCB vectors of columns held in registers (accumulated       \
-   per sample into gk in memory, each add waited on the last one's store: a sixth of the    \
-   backward). */                                                                            \
+/* The K_tot term of the crosstalk gradient of one tile, gk = [d > 0]^T gq (R, C)           \
+   (``pulses``; else d^T gq, the current gradient without the slots): a product blocked     \
+   on 4 rows by NCB vectors of columns held in registers (accumulated per sample into gk    \
+   in memory, each add waited on the last one's store: a sixth of the backward). */         \
 static inline __attribute__((always_inline)) void k_block_##SUF(int64_t B, int64_t R, int64_t C, const T *d, \
                                                                 const T *gq, T *gk, int64_t i0, int64_t c0, \
-                                                                const int NCB)              \
+                                                                const int NCB, const int pulses) \
 {                                                                                           \
     typedef v_##SUF V;                                                                      \
     enum { L = L_##SUF };                                                                   \
     V a[4][2] = {{{0}}};                                                                    \
     for (int64_t b = 0; b < B; ++b) {                                                       \
         const T *db = d + b * R + i0;                                                       \
-        const T p0 = (T)(db[0] > 0), p1 = (T)(db[1] > 0), p2 = (T)(db[2] > 0), p3 = (T)(db[3] > 0); \
+        const T p0 = pulses ? (T)(db[0] > 0) : db[0], p1 = pulses ? (T)(db[1] > 0) : db[1]; \
+        const T p2 = pulses ? (T)(db[2] > 0) : db[2], p3 = pulses ? (T)(db[3] > 0) : db[3]; \
         for (int c = 0; c < NCB; ++c) {                                                     \
             const V gv = *(const V *)(gq + b * C + c0 + c * L);                             \
             a[0][c] += p0 * gv;                                                             \
@@ -766,12 +767,17 @@ static inline __attribute__((always_inline)) void k_block_##SUF(int64_t B, int64
         for (int c = 0; c < NCB; ++c) *(V *)(gk + (i0 + u) * C + c0 + c * L) = a[u][c];     \
 }                                                                                           \
                                                                                             \
-static void k_term_##SUF(int64_t B, int64_t R, int64_t C, const T *d, const T *gq, T *gk)   \
+static void k_term_##SUF(int64_t B, int64_t R, int64_t C, const T *d, const T *gq, T *gk, const int pulses) \
 {                                                                                           \
     for (int64_t i0 = 0; i0 < R; i0 += 4) {                                                 \
         int64_t c0 = 0;                                                                     \
-        for (; c0 + 2 * L_##SUF <= C; c0 += 2 * L_##SUF) k_block_##SUF(B, R, C, d, gq, gk, i0, c0, 2); \
-        for (; c0 < C; c0 += L_##SUF) k_block_##SUF(B, R, C, d, gq, gk, i0, c0, 1);         \
+        if (pulses) {                                                                       \
+            for (; c0 + 2 * L_##SUF <= C; c0 += 2 * L_##SUF) k_block_##SUF(B, R, C, d, gq, gk, i0, c0, 2, 1); \
+            for (; c0 < C; c0 += L_##SUF) k_block_##SUF(B, R, C, d, gq, gk, i0, c0, 1, 1);  \
+        } else {                                                                            \
+            for (; c0 + 2 * L_##SUF <= C; c0 += 2 * L_##SUF) k_block_##SUF(B, R, C, d, gq, gk, i0, c0, 2, 0); \
+            for (; c0 < C; c0 += L_##SUF) k_block_##SUF(B, R, C, d, gq, gk, i0, c0, 1, 0);  \
+        }                                                                                   \
     }                                                                                       \
 }                                                                                           \
                                                                                             \
@@ -886,18 +892,14 @@ int cross_bwd_##SUF(int64_t n, int64_t B, int64_t R, int64_t C, const T *x, cons
             if (slots) {                                                                    \
                 if (slots_tile_bwd_##SUF(B, R, C, ds, is, rs, idx + s * B * R, gzs, gxs, gis, Ps)) return 1; \
             } else {                                                                        \
-                for (int64_t b = 0; b < B; ++b) { /* g_d = gz I0^T, g_I0 += d^T gz */       \
-                    const T *restrict gzb = gzs + b * C, *restrict ic = is;                 \
-                    T *restrict gic = gis;                                                  \
+                for (int64_t b = 0; b < B; ++b) /* g_d = gz I0^T: vector dot products */    \
                     for (int64_t i = 0; i < R; ++i) {                                       \
-                        T a = 0;                                                            \
-                        for (int64_t c = 0; c < C; ++c) a += gzb[c] * ic[i * C + c];        \
-                        gxs[b * R + i] = a;                                                 \
-                        const T di = ds[b * R + i];                                         \
-                        if (di != 0)                                                        \
-                            for (int64_t c = 0; c < C; ++c) gic[i * C + c] += di * gzb[c];  \
+                        v_##SUF a = {0};                                                    \
+                        for (int64_t c = 0; c < C; c += L_##SUF)                            \
+                            a += *(const v_##SUF *)(gzs + b * C + c) * *(const v_##SUF *)(is + i * C + c); \
+                        gxs[b * R + i] = hsum_##SUF(a);                                     \
                     }                                                                       \
-                }                                                                           \
+                k_term_##SUF(B, R, C, ds, gzs, gis, 0); /* g_I0 = d^T gz */                 \
             }                                                                               \
             {   /* g_x, and InputQuantize's mask: zero outside [0, 1] */                    \
                 const T *restrict xr = xs;                                                  \
@@ -905,7 +907,7 @@ int cross_bwd_##SUF(int64_t n, int64_t B, int64_t R, int64_t C, const T *x, cons
                 for (int64_t j = 0; j < B * R; ++j) gr[j] = (xr[j] >= 0 && xr[j] <= 1) ? gr[j] * t_us : 0; \
             }                                                                               \
         }                                                                                   \
-        if (gks) k_term_##SUF(B, R, C, ds, gqs, gks);                                       \
+        if (gks) k_term_##SUF(B, R, C, ds, gqs, gks, 1);                                    \
         for (int64_t c = 0; c < C; ++c) ae[c] = -ae[c];                                     \
         for (int64_t i = 0; i < R; ++i)                                                     \
             for (int64_t c = 0; c < C; ++c) {                                               \
