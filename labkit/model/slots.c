@@ -436,6 +436,24 @@ static inline double curv_fix_f64(double y, double series)
    themselves). sel: the lanes of a where m is set, else of b. */
 #define SEL(V, VI, m, a, b) ((V)(((VI)(a) & (m)) | ((VI)(b) & ~(m))))
 
+/* True if every lane of a mask is set (a tree of ANDs: no lane-by-lane extraction). */
+static inline int all_set_vi32(vi_f32 m)
+{
+    for (int w = L_f32 / 2; w >= 1; w /= 2)
+        for (int l = 0; l < w; ++l) m[l] &= m[l + w];
+    return m[0] != 0;
+}
+
+static inline int all_set_vi64(vi_f64 m)
+{
+    for (int w = L_f64 / 2; w >= 1; w /= 2)
+        for (int l = 0; l < w; ++l) m[l] &= m[l + w];
+    return m[0] != 0;
+}
+
+#define ALL_SET_f32 all_set_vi32
+#define ALL_SET_f64 all_set_vi64
+
 static inline v_f32 ln1p_ratio_vf32(v_f32 y)
 {
     typedef v_f32 V;
@@ -449,9 +467,7 @@ static inline v_f32 ln1p_ratio_vf32(v_f32 y)
     p = p * y + 0.333339721f;
     const V small = 1.0f - 0.5f * y + y * y * p;
     const VI inside = (y >= -0.292893219f) & (y < 0.414213562f);
-    int all = 1;
-    for (int l = 0; l < L_f32; ++l) all &= inside[l] != 0;
-    if (all) return small; /* (a droop below 40 %: every lane on a chip) */
+    if (all_set_vi32(inside)) return small; /* (a droop below 40 %: every lane on a chip) */
     const V w = 1.0f + y;
     VI bits = (VI)w;
     VI ex = (bits >> 23) - 127;
@@ -732,9 +748,7 @@ static inline void grad_row_##SUF(int64_t C, const T *restrict gt, const uint8_t
         *(V *)(gz + c) = gqc / (1 + y);                                                     \
         V cv = CURV_SERIES_##SUF(y);                                                        \
         const VI small = (y < (T)0.1) & (y > (T)-0.1);                                      \
-        int all = 1;                                                                        \
-        for (int l = 0; l < L; ++l) all &= small[l] != 0;                                   \
-        if (sizeof(T) == 8 || !all)                                                         \
+        if (sizeof(T) == 8 || !ALL_SET_##SUF(small))                                        \
             for (int l = 0; l < L; ++l) cv[l] = CURV_FIX_##SUF(y[l], cv[l]);                \
         *(V *)(ae + c) += gqc * zc * zc * cv;                                               \
     }                                                                                       \
@@ -785,8 +799,8 @@ static void k_term_##SUF(int64_t B, int64_t R, int64_t C, const T *d, const T *g
    bwd16_group on its gz (kept in registers) in one pass: H_k = sum_{m > k} dt_m S_m E_m    \
    is taken as Z - G_k (G the running sum, Z the forward's charge; the torch path's         \
    h is the same kind of difference), so P is summed as the walk goes and no reverse pass   \
-   over a stored W is needed, and g_x (times T, zero outside [0, 1]: InputQuantize) of      \
-   the row left behind is written at each step. */                                          \
+   over a stored W is needed; g_x (times T, zero outside [0, 1]: InputQuantize) follows     \
+   from the step sums after the walk. */                                                    \
 static inline __attribute__((always_inline)) void xbwd16_group_##SUF(                       \
     const int su, int64_t R, const T *const *db, const int64_t *const *ib, const T *const *xb, const T *const *gtb, \
     const uint8_t *const *kpb, const T *const *qb, const T *const *zb, T *const *gxb, const T *it, const T *rt, \
@@ -795,7 +809,7 @@ static inline __attribute__((always_inline)) void xbwd16_group_##SUF(           
     enum { L = L_##SUF, NC = 16 / L_##SUF };                                                \
     typedef v_##SUF V;                                                                      \
     V S[4][NC], E[4][NC], F[4][NC], G[4][NC], Z[4][NC], gg[4][NC];                          \
-    T prev[4], last[4];                                                                     \
+    T prev[4], gdt[4][R_MAXC + 1];                                                          \
     for (int u = 0; u < su; ++u) {                                                          \
         V gzl[NC];                                                                          \
         grad_row_##SUF(16, gtb[u], kpb[u], qb[u], zb[u], g, e, 1, gqb[u], (T *)gzl, at0, aq, ae); \
@@ -806,7 +820,7 @@ static inline __attribute__((always_inline)) void xbwd16_group_##SUF(           
             Z[u][c] = *(const V *)(zb[u] + c * L);                                          \
         }                                                                                   \
         slot_start_##SUF(16, tot, &prev[u], S[u], E[u]);                                    \
-        last[u] = 0;                                                                        \
+        gdt[u][R] = 0;                                                                      \
     }                                                                                       \
     for (int64_t k = 0; k < R; ++k)                                                         \
         _Pragma("GCC unroll 4")                                                             \
@@ -824,19 +838,14 @@ static inline __attribute__((always_inline)) void xbwd16_group_##SUF(           
                 *(V *)(gr + c * L) += gg[u][c] * F[u][c];                                   \
                 if (pulsed) *(V *)(pr + c * L) += gg[u][c] * (Z[u][c] - G[u][c]);           \
             }                                                                               \
-            const T a = hsum_##SUF(acc);                                                    \
-            if (k > 0) {                                                                    \
-                const int64_t j = ib[u][k - 1];                                             \
-                const T xv = xb[u][j];                                                      \
-                gxb[u][j] = (xv >= 0 && xv <= 1) ? (last[u] - a) * t_us : 0;                \
-            }                                                                               \
-            last[u] = a;                                                                    \
+            gdt[u][k] = hsum_##SUF(acc);                                                    \
         }                                                                                   \
-    for (int u = 0; u < su; ++u) {                                                          \
-        const int64_t j = ib[u][R - 1];                                                     \
-        const T xv = xb[u][j];                                                              \
-        gxb[u][j] = (xv >= 0 && xv <= 1) ? last[u] * t_us : 0;                              \
-    }                                                                                       \
+    for (int u = 0; u < su; ++u) /* g_x after the walk (written in it, it waited on each step's sum) */ \
+        for (int64_t k = 0; k < R; ++k) {                                                   \
+            const int64_t j = ib[u][k];                                                     \
+            const T xv = xb[u][j];                                                          \
+            gxb[u][j] = ((xv >= 0) & (xv <= 1)) ? (gdt[u][k] - gdt[u][k + 1]) * t_us : 0;   \
+        }                                                                                   \
 }                                                                                           \
                                                                                             \
 int cross_bwd_##SUF(int64_t n, int64_t B, int64_t R, int64_t C, const T *x, const T *d, const T *i0, \
