@@ -22,7 +22,7 @@ Latest figures (Intel Xeon, AVX-512, 2 cores shared with three other jobs, load 
 one run each): one array, full physics, 0.41 to 0.55 ms against 0.08 to 0.09 ms for
 ``Linear(16,16)``: 4.1x to 6.1x in best wall time, 4.4x to 5.2x in CPU time; it was 12.9x
 (wall) before the fused crossing, in one run on the same machine. The C kernels are 6x
-to 10x faster than their torch path. Without edge timing 4.0x to 6.7x, droop only 2.3x
+to 10x faster than their torch path. Without edge timing 4.0x to 4.6x, droop only 2.3x
 to 3.3x; 32 tiles at batch 128 2.3 to 3.6 ms (1.5 ms without edge timing; 2.0 ms before).
 """
 
