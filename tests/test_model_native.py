@@ -242,6 +242,27 @@ def test_fused_crossing_equals_torch_path(dtype, tol, n_tiles, kind):
         assert (a - b).abs().max() <= tol * scale, name
 
 
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("rows, cols", [(8, 24), (32, 16)])
+@pytest.mark.parametrize("kind", ["full", "no_edge_timing", "hard_clip"])
+def test_fused_crossing_on_other_array_shapes(dtype, tol, rows, cols, kind):
+    """Other shapes than the chip's: 24 columns take the kernel's general path, 32 rows
+    the 16-column one with more slots."""
+    m = make_model(seed=7, rows=rows, cols=cols, strong=4.0, dtype=dtype, **SWITCHES[kind])
+    x = patterns(200, (rows,), seed=8).to(dtype)
+    ref = _crossing_and_grads(m, x, False)
+    got = _crossing_and_grads(m, x, True)
+    xq = torch.round(x.clamp(0.0, 1.0) * m.input_levels) / m.input_levels
+    for name, a, b in zip(["t", "x", "log_i0", "k_xt", "eta", "t0", "gain"], got, ref):
+        if name == "t":
+            off = (a - b).abs()
+            assert off.max() <= m.lsb_us * (1 + 1e-6) and (off > 1e-9).float().mean() < 0.01, name
+            continue
+        if name == "x":
+            a, b = _untied(a, b, xq, tol)
+        assert (a - b).abs().max() <= tol * b.abs().max().clamp_min(1e-30), name
+
+
 def test_fused_crossing_noise_uses_the_same_normals():
     m = make_model(seed=1, noise_std_s=2e-9)
     m.train()

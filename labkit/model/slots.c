@@ -588,7 +588,7 @@ static inline void fwd_row_##SUF(int64_t R, int64_t C, const T *restrict db, con
 {                                                                                           \
     typedef v_##SUF V;                                                                      \
     enum { L = L_##SUF };                                                                   \
-    T pf[R_MAXC];                                                                           \
+    T pf[R];                                                                                \
     for (int64_t i = 0; i < R; ++i) pf[i] = (T)(db[i] > 0);                                 \
     for (int64_t c = 0; c < C; c += L) {                                                    \
         V kc = {0};                                                                         \
@@ -809,7 +809,7 @@ static inline __attribute__((always_inline)) void xbwd16_group_##SUF(           
     enum { L = L_##SUF, NC = 16 / L_##SUF };                                                \
     typedef v_##SUF V;                                                                      \
     V S[4][NC], E[4][NC], F[4][NC], G[4][NC], Z[4][NC], gg[4][NC];                          \
-    T prev[4], gdt[4][R_MAXC + 1];                                                          \
+    T prev[4], gdt[4][R + 1];                                                               \
     for (int u = 0; u < su; ++u) {                                                          \
         V gzl[NC];                                                                          \
         grad_row_##SUF(16, gtb[u], kpb[u], qb[u], zb[u], g, e, 1, gqb[u], (T *)gzl, at0, aq, ae); \
