@@ -55,6 +55,20 @@ With the refresh plan (tolerance 0.015): 32.3 tile refreshes and 57.6k pulses pe
 deployment at 27 degC is already 1.5 pp below it on these chips. The runs are not
 bit-reproducible (hw-aware software 0.8997-0.9053 on chips 100+ over three runs).
 
+With 4 VMMs averaged per input (``--reads 4 --passes 8 --methods off read-voltage probed
+--skip-retention``, same silicon chips, another run: software 0.8997, deployed at 27 degC
+0.8937, -0.60 pp), probed is within 1 pp of software at every temperature, on every seed
+(worst mean -0.34 pp, at 40 degC; worst single seed -0.87 pp); read-voltage is not at
+10 degC (-1.03 pp):
+
+    degC   off      read-voltage  probed
+     10   0.273 -62.6  0.889 -1.0  0.901 +0.1
+     20   0.789 -11.1  0.894 -0.6  0.898 -0.1
+     30   0.889  -1.1  0.897 -0.3  0.898 -0.2
+     40   0.831  -6.9  0.900 +0.0  0.896 -0.3
+     50   0.753 -14.7  0.896 -0.4  0.899 -0.0
+     60   0.695 -20.5  0.893 -0.7  0.901 +0.2
+
 On the model-form chips (``--chip-options '&preset=model'``, same seeds and passes;
 software 0.8988, deployed at 27 degC 0.8936, -0.52 pp):
 
