@@ -1,6 +1,8 @@
-"""The compiled kernels: slots.c against the pure-torch path, and the verified kernel cache (planted, tampered, foreign-writable, missing-symbol entries)."""
+"""The compiled kernels: slots.c and crossing.c against the pure-torch path, and the verified kernel cache (planted, tampered, foreign-writable, missing-symbol entries)."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -183,7 +185,57 @@ def test_library_missing_a_symbol_is_rebuilt(tmp_path):
     assert builder.is_verified(entry, builder.build_record(native.SOURCE, False))  # and the entry mended
 
 
-# ---------------------------------------------------------------- the fused crossing (slots.c cross_fwd / cross_bwd)
+
+def test_build_record_covers_every_source_and_local_header():
+    from labkit.model import native as builder
+
+    rec = builder.build_record(native.SOURCE, False)
+    assert set(rec["sources_sha256"]) == {"slots.c", "crossing.c", "slot_walk.h", "crossing_math.h"}
+
+
+def test_changed_header_rebuilds_the_library(tmp_path, monkeypatch):
+    """Two sources sharing a local header, built into one library: a changed header gives
+    another entry and record, the old binary is not trusted for it (not even copied under
+    the new entry's name), and the library is rebuilt from the new header."""
+    import ctypes
+    import shutil
+
+    from labkit.model import native as builder
+
+    (tmp_path / "cache").mkdir(mode=0o700)
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("LABKIT_NATIVE", raising=False)
+    monkeypatch.setattr(builder, "_LOADED", {})
+    monkeypatch.setattr(builder, "_PATHS", {})
+    src = tmp_path / "src"
+    src.mkdir()
+    head = src / "walk.h"
+    head.write_text("#define K_VALUE 1\n")
+    (src / "a.c").write_text('#include "walk.h"\nint k_value(void) { return K_VALUE; }\n')
+    (src / "b.c").write_text('#include "walk.h"\n#include <math.h>\nint k_twice(void) { return 2 * K_VALUE; }\n')
+    sources = (src / "a.c", src / "b.c")
+    sig = {"k_value": ([], ctypes.c_int), "k_twice": ([], ctypes.c_int)}
+    assert builder.build_inputs(sources) == [src / "a.c", src / "b.c", head]
+    lib = builder.load(sources, signatures=sig)
+    assert lib is not None and (lib.k_value(), lib.k_twice()) == (1, 2)
+    first = builder.entry_path(sources, False)
+    assert first.name.startswith("a-") and builder.is_verified(first, builder.build_record(sources, False))
+
+    head.write_text("#define K_VALUE 5\n")  # the header alone changes
+    second = builder.entry_path(sources, False)
+    assert second != first
+    assert builder.build_record(sources, False)["sources_sha256"]["walk.h"] != \
+        json.loads(first.with_suffix(".json").read_text())["sources_sha256"]["walk.h"]
+    assert not builder.is_verified(first, builder.build_record(sources, False))
+    for suffix in (".so", ".json"):  # the stale build planted under the new name
+        shutil.copyfile(first.with_suffix(suffix), second.with_suffix(suffix))
+    builder._LOADED.clear()  # a new process
+    builder._PATHS.clear()
+    lib = builder.load(sources, signatures=sig)
+    assert lib is not None and (lib.k_value(), lib.k_twice()) == (5, 10)  # rebuilt, not the cached binary
+    assert builder.is_verified(second, builder.build_record(sources, False))
+
+# ---------------------------------------------------------------- the fused crossing (crossing.c cross_fwd / cross_bwd)
 
 SWITCHES = {
     "full": {},

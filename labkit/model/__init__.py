@@ -48,10 +48,9 @@ Getters return SI values.
 
 Modules: ``equations`` (the droop closed form and the readout: one definition for the
 array model and the tile physics), ``array`` (ArrayModel), ``kernels`` (its autograd
-kernels; ``slots_native``
-binds ``slots.c``), ``tile_physics`` (the same equations for the many tiles of a network
-layer at once, to first order in the crosstalk droop; ``tiles_native`` binds
-``analog_tiles.c``), ``native`` (the one builder and verified cache of the C kernels),
+kernels; ``slots_native`` binds ``slots.c`` and ``crossing.c``, one library),
+``tile_physics`` (the same equations for the many tiles of a network layer at once, to
+first order in the crosstalk droop; ``tiles_native`` binds ``analog_tiles.c``), ``native`` (the one builder and verified cache of the C kernels),
 ``units``, ``memory``.
 """
 

@@ -1,8 +1,8 @@
 """The droop and readout equations of docs/physics.md (section 3): one definition, used
 by the array model (:mod:`.kernels`) and the tile physics of the network layers
 (:mod:`.tile_physics`); the C kernels inline them (``slots.c``: the slot walk alone for
-:class:`.kernels.ChargeFn`, and droop and readout with it in the fused crossing of
-:class:`.kernels.Crossing`; ``analog_tiles.c`` fuses the whole readout) and
+:class:`.kernels.ChargeFn`; ``crossing.c``: droop and readout with it in the fused
+crossing of :class:`.kernels.Crossing`; ``analog_tiles.c`` fuses the whole readout) and
 tests/test_analog.py and tests/test_model_native.py hold them to these functions.
 
 Units are the caller's, consistently: charge in fC (the model's internal units,

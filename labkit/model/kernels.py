@@ -9,8 +9,8 @@ autograd nodes with hand-written backward passes. On CPU (float32/float64, rows 
 columns multiples of 8 / 4), where the measured race picks it, the adaptive-slot part of
 :class:`ChargeFn` runs in the compiled C kernel ``slots.c`` (:mod:`.slots_native`: one
 pass per sample, no (B, K, R) masks, exact same closed form), and :class:`Crossing` as
-one C call each way (``cross_fwd`` / ``cross_bwd``: the same operations as the torch
-composition, which stays the definition); elsewhere, or without a C compiler, or with
+one C call each way (``cross_fwd`` / ``cross_bwd`` in ``crossing.c``: the same operations
+as the torch composition, which stays the definition); elsewhere, or without a C compiler, or with
 ``LABKIT_NATIVE=0``, in the torch code below.
 
 The closed form over the slots (slot k ends at the k-th smallest width ``s_k``)::
@@ -281,7 +281,7 @@ class Crossing(torch.autograd.Function):
 
     Where the compiled kernels serve the tensors (:func:`slots_native.usable`, chosen by
     the measured race) the node is one C call each way (``cross_fwd`` / ``cross_bwd`` in
-    ``slots.c``: the same operations in the same order, the droop's log from a polynomial
+    ``crossing.c``: the same operations in the same order, the droop's log from a polynomial
     in float32); elsewhere it is the composition of the torch functions, which is the
     definition (tests/test_model_native.py holds the C path to it).
     """

@@ -1,15 +1,20 @@
 """Build, verify and load the C kernels that ship as sources with labkit (one mechanism
-for every kernel: ``slots.c`` of the array model, ``analog_tiles.c`` of the tile physics).
+for every kernel: ``slots.c`` and ``crossing.c`` of the array model, one library,
+``analog_tiles.c`` of the tile physics).
 
-A kernel source is compiled with the system C compiler (``cc -O3 -march=native``) at
-first use into a per-user cache (``$LABKIT_CACHE`` or ``~/.cache/labkit``, under
-``native/``), keyed by the source, the flags and the CPU's feature flags, and loaded
+A kernel library is built from one C source or several (``src``: a path, or a sequence
+of paths compiled into one library, named after the first) with the system C compiler
+(``cc -O3 -march=native``) at first use into a per-user cache (``$LABKIT_CACHE`` or
+``~/.cache/labkit``, under ``native/``), keyed by every file that goes into it (the
+sources and, followed recursively, each local header they ``#include "..."`` from next
+to them: :func:`build_inputs`), the flags and the CPU's feature flags, and loaded
 through ctypes. ``fast_math`` compiles with ``-ffast-math`` (vectorized ``logf``) but
 links without it, so the library does not switch the process to flush-to-zero.
 
 Verified builds: every cache entry ``NAME-KEY.so`` has a record ``NAME-KEY.json`` with
-the SHA-256 of the source, the flags, the CPU key and the SHA-256 of the library; an
-entry is loaded only when its record matches the shipped source and flags and the
+the SHA-256 of each of its sources and local headers, the flags, the CPU key and the
+SHA-256 of the library; an entry is loaded only when its record matches the shipped
+files (a changed header rebuilds as a changed source does) and flags and the
 library's bytes match the record, otherwise it is rebuilt. The cache directory and the
 one holding it must be owned by the user and not writable by group or others; if not,
 the cache is not used (a warning names it) and the kernel is built in a private
@@ -38,6 +43,7 @@ import importlib
 import json
 import math
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -48,11 +54,13 @@ import warnings
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-__all__ = ["load", "cache_dir", "entry_path", "trusted_dir", "build_record", "is_verified", "Signatures",
-           "choose", "choice_path", "timed_race", "forced", "RaceCtx", "Choice"]
+__all__ = ["load", "cache_dir", "entry_path", "trusted_dir", "build_record", "build_inputs", "sources",
+           "is_verified", "Signatures", "Source", "choose", "choice_path", "timed_race", "forced", "RaceCtx", "Choice"]
 
 #: ``{symbol: (argtypes, restype)}`` of a kernel library.
 Signatures = Mapping[str, tuple[Sequence, object]]
+#: the C source of a library, or its sources (compiled into one library named after the first)
+Source = str | os.PathLike | Sequence[str | os.PathLike]
 
 _LOADED: dict[tuple[str, bool], ctypes.CDLL | None] = {}
 _PATHS: dict[tuple[str, bool], Path] = {}  # the library file each loaded kernel came from
@@ -112,17 +120,55 @@ def _flags(fast_math: bool) -> list[str]:
     return ["-O3", "-march=native", "-fPIC", "-fno-math-errno"] + (["-ffast-math"] if fast_math else [])
 
 
-def build_record(src: Path, fast_math: bool) -> dict:
-    """What a cache entry of ``src`` must have been built from."""
-    return {"source_sha256": hashlib.sha256(src.read_bytes()).hexdigest(), "flags": _flags(fast_math),
-            "cpu_sha256": hashlib.sha256(_cpu_id()).hexdigest()}
+def sources(src: Source) -> tuple[Path, ...]:
+    """The C sources of a library: ``src`` itself, or each path of a sequence."""
+    if isinstance(src, (str, os.PathLike)):
+        return (Path(src),)
+    return tuple(Path(s) for s in src)
 
 
-def entry_path(src: Path, fast_math: bool = False, directory: Path | None = None) -> Path:
+def _key(src: Source) -> str:
+    return "+".join(str(p) for p in sources(src))
+
+
+_INCLUDE = re.compile(rb'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"', re.M)
+
+
+def build_inputs(src: Source) -> list[Path]:
+    """Every file that goes into the library of ``src``: its sources and each local header
+    they include, followed recursively (``#include "name"`` found next to the including
+    file, where the compiler looks first; one not there comes from the system, like
+    ``<math.h>``, and is not followed)."""
+    seen: dict[Path, None] = {}
+    todo = list(sources(src))
+    while todo:
+        f = todo.pop(0)
+        if f in seen:
+            continue
+        seen[f] = None
+        for name in _INCLUDE.findall(f.read_bytes()):
+            h = Path(os.path.normpath(f.parent / name.decode()))
+            if h.is_file():
+                todo.append(h)
+    return list(seen)
+
+
+def build_record(src: Source, fast_math: bool) -> dict:
+    """What a cache entry of ``src`` must have been built from: the SHA-256 of every file
+    that goes into it (:func:`build_inputs`, named relative to the first source's
+    directory), the flags and the CPU."""
+    files = build_inputs(src)
+    base = files[0].parent
+    return {"sources_sha256": {Path(os.path.relpath(f, base)).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
+                               for f in files},
+            "flags": _flags(fast_math), "cpu_sha256": hashlib.sha256(_cpu_id()).hexdigest()}
+
+
+def entry_path(src: Source, fast_math: bool = False, directory: Path | None = None) -> Path:
     """The cache entry (library path) of ``src`` built with these flags on this CPU."""
-    rec = build_record(Path(src), fast_math)
+    rec = build_record(src, fast_math)
     key = hashlib.sha256(json.dumps(rec, sort_keys=True).encode()).hexdigest()[:16]
-    return (directory or cache_dir()) / f"{Path(src).stem}-{key}.so"
+    return (directory or cache_dir()) / f"{sources(src)[0].stem}-{key}.so"
 
 
 def _sha256_file(path: Path) -> str:
@@ -148,18 +194,23 @@ def is_verified(out: Path, want: dict) -> bool:
         return False
 
 
-def _compile(src: Path, fast_math: bool, out: Path) -> None:
-    """Build ``src`` into ``out`` and write its record (both atomically)."""
+def _compile(src: Source, fast_math: bool, out: Path) -> None:
+    """Build ``src`` (each source to an object, linked into one library) into ``out`` and
+    write its record (both atomically). The record is taken before compiling: a file
+    changed meanwhile leaves a record that no longer matches, so the entry is rebuilt."""
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if cc is None:
         raise OSError("no C compiler")
     flags = _flags(fast_math)
+    record = build_record(src, fast_math)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        obj, so, meta = Path(tmp) / "k.o", Path(tmp) / "k.so", Path(tmp) / "k.json"
-        for cmd in ([cc, *flags, "-c", str(src), "-o", str(obj)], [cc, "-shared", str(obj), "-o", str(so), "-lm"]):
+        so, meta = Path(tmp) / "k.so", Path(tmp) / "k.json"
+        objs = [str(Path(tmp) / f"k{i}.o") for i in range(len(sources(src)))]
+        cmds = [[cc, *flags, "-c", str(s), "-o", o] for s, o in zip(sources(src), objs)]
+        for cmd in (*cmds, [cc, "-shared", *objs, "-o", str(so), "-lm"]):
             subprocess.run(cmd, check=True, capture_output=True, timeout=120)
         os.chmod(so, 0o755)
-        meta.write_text(json.dumps({**build_record(src, fast_math), "library_sha256": _sha256_file(so)}))
+        meta.write_text(json.dumps({**record, "library_sha256": _sha256_file(so)}))
         os.replace(meta, out.with_suffix(".json"))
         os.replace(so, out)  # atomic: concurrent builders (torchrun ranks) agree
 
@@ -175,7 +226,7 @@ def _declare(lib: ctypes.CDLL, signatures: Signatures) -> bool:
     return True
 
 
-def _build(src: Path, fast_math: bool, signatures: Signatures) -> ctypes.CDLL | None:
+def _build(src: Source, fast_math: bool, signatures: Signatures) -> ctypes.CDLL | None:
     if os.environ.get("LABKIT_NATIVE") == "0" or not sys.platform.startswith("linux"):
         return None
     out = entry_path(src, fast_math, _usable_cache())
@@ -183,30 +234,31 @@ def _build(src: Path, fast_math: bool, signatures: Signatures) -> ctypes.CDLL | 
         _compile(src, fast_math, out)
     lib = ctypes.CDLL(str(out))
     if _declare(lib, signatures):
-        _PATHS[(str(src), fast_math)] = out
+        _PATHS[(_key(src), fast_math)] = out
         return lib
     # a verified entry without a declared symbol: rebuild where no earlier load shadows it
     fresh = Path(tempfile.mkdtemp(dir=_private_dir())) / out.name
     _compile(src, fast_math, fresh)
     lib = ctypes.CDLL(str(fresh))
     if not _declare(lib, signatures):
-        raise OSError(f"{src.name} does not define the symbols {sorted(signatures)}")
+        raise OSError(f"{sources(src)[0].name} does not define the symbols {sorted(signatures)}")
     if out.parent != _private_dir():  # and mend the cache entry for the next process
         for suffix in (".json", ".so"):
             tmp = out.with_name(f".{out.name}.{os.getpid()}{suffix}")
             shutil.copyfile(fresh.with_suffix(suffix), tmp)
             os.replace(tmp, out.with_suffix(suffix))
-    _PATHS[(str(src), fast_math)] = fresh
+    _PATHS[(_key(src), fast_math)] = fresh
     return lib
 
 
-def load(src: Path, fast_math: bool = False, signatures: Signatures | None = None) -> ctypes.CDLL | None:
-    """The compiled library of ``src`` with ``signatures`` declared (built once per
-    process, cached on disk after verification), or None where it cannot be built."""
-    key = (str(src), fast_math)
+def load(src: Source, fast_math: bool = False, signatures: Signatures | None = None) -> ctypes.CDLL | None:
+    """The compiled library of ``src`` (a source, or the sources of one library) with
+    ``signatures`` declared (built once per process, cached on disk after verification),
+    or None where it cannot be built."""
+    key = (_key(src), fast_math)
     if key not in _LOADED:
         try:
-            _LOADED[key] = _build(Path(src), fast_math, signatures or {})
+            _LOADED[key] = _build(src, fast_math, signatures or {})
         except (OSError, subprocess.SubprocessError):
             _LOADED[key] = None
     return _LOADED[key]
@@ -247,9 +299,9 @@ class RaceCtx:
         self.saved_tensors = tensors
 
 
-def choice_path(src: Path, fast_math: bool = False) -> Path | None:
+def choice_path(src: Source, fast_math: bool = False) -> Path | None:
     """The choice record of the loaded library of ``src`` (None if none is loaded)."""
-    lib = _PATHS.get((str(src), fast_math))
+    lib = _PATHS.get((_key(src), fast_math))
     return None if lib is None else lib.with_name(lib.stem + ".choice.json")
 
 
@@ -276,11 +328,11 @@ def _read_choice(path: Path, want: dict) -> bool | None:
     return rec["native"]
 
 
-def choose(src: Path, fast_math: bool, probe: str, race: Callable[[], tuple[float, float]]) -> bool:
+def choose(src: Source, fast_math: bool, probe: str, race: Callable[[], tuple[float, float]]) -> bool:
     """True if the compiled kernel of ``src`` is to be used: forced by ``LABKIT_NATIVE``,
     else the cached verdict of ``race`` (``(native_s, torch_s)``, run once per library
     and CPU; the kernel wins ties). False if the kernel is not loaded."""
-    key = (str(src), fast_math, probe)
+    key = (_key(src), fast_math, probe)
     if key in _CHOSEN:
         return _CHOSEN[key]
     if load(src, fast_math) is None:
@@ -289,7 +341,7 @@ def choose(src: Path, fast_math: bool, probe: str, race: Callable[[], tuple[floa
     if force is not None:
         return force
     path = choice_path(src, fast_math)
-    lib = _PATHS[(str(src), fast_math)]
+    lib = _PATHS[(_key(src), fast_math)]
     want = {"probe": probe, "library_sha256": _sha256_file(lib), "cpu_sha256": hashlib.sha256(_cpu_id()).hexdigest()}
     verdict = _read_choice(path, want)
     if verdict is None:
@@ -314,7 +366,7 @@ class Choice:
     ``(native_s, torch_s)``, imported at first use (the torch path's module imports the
     kernel's binding, not the other way round)."""
 
-    def __init__(self, src: Path, fast_math: bool, probe: str, load: Callable[[], object], race: str):
+    def __init__(self, src: Source, fast_math: bool, probe: str, load: Callable[[], object], race: str):
         self.src, self.fast_math, self.probe, self.load, self.race = src, fast_math, probe, load, race
         self._force: list[bool] = []
 

@@ -1,10 +1,11 @@
-"""Optional compiled kernels of the array model (``slots.c``), loaded through ctypes: the
-adaptive-slot walk of :class:`labkit.model.kernels.ChargeFn` (:func:`slots_forward`,
-:func:`slots_backward`) and the fused first-order crossing of
-:class:`labkit.model.kernels.Crossing` (:func:`crossing_forward`,
+"""Optional compiled kernels of the array model, loaded through ctypes: the
+adaptive-slot walk of :class:`labkit.model.kernels.ChargeFn` (``slots.c``:
+:func:`slots_forward`, :func:`slots_backward`) and the fused first-order crossing of
+:class:`labkit.model.kernels.Crossing` (``crossing.c``: :func:`crossing_forward`,
 :func:`crossing_backward`: one C call each way, with buffers laid out in one allocation).
+Both sources share the slot walk of ``slot_walk.h`` and build into one library.
 
-The C source ships with the package and is built, verified and loaded at first use by
+The C sources ship with the package and are built, verified and loaded at first use by
 :mod:`labkit.model.native` (system C compiler, per-user cache). It serves CPU float32/float64 tensors;
 everything else, a missing compiler, or ``LABKIT_NATIVE=0`` falls back to the pure-torch
 path in :mod:`labkit.model.kernels` (same equations, same results to rounding). Where
@@ -21,7 +22,9 @@ import torch
 
 from labkit.model import native
 
-SOURCE = Path(__file__).with_name("slots.c")
+#: the sources of the one library (named after slots.c); native.build_record also covers
+#: the local headers they include (slot_walk.h, crossing_math.h)
+SOURCE = (Path(__file__).with_name("slots.c"), Path(__file__).with_name("crossing.c"))
 _I, _P = ctypes.c_int64, ctypes.c_void_p
 SIGNATURES = {
     **{name: ([_I] * 4 + [_P] * n_ptr, ctypes.c_int)
@@ -99,7 +102,7 @@ def slots_backward(d, i0, rho, idx, gz):
     return gd, gi0, P
 
 
-#: flags of cross_fwd / cross_bwd (slots.c)
+#: flags of cross_fwd / cross_bwd (crossing.c)
 SLOTS, FLOOR, CLIP = 1, 2, 4
 
 _FUSED: dict[torch.dtype, tuple] = {}  # dtype -> (cross_fwd, cross_bwd) of the loaded library
@@ -138,7 +141,7 @@ def _layout(n, B, R, C, es):
 
 
 def crossing_forward(x, log_i0, k, eta, t0, gain, normals, par, flags, hard, n, R, C):
-    """The fused crossing (slots.c ``cross_fwd``): x raw inputs with the memory layout
+    """The fused crossing (crossing.c ``cross_fwd``): x raw inputs with the memory layout
     (n, B, R), contiguous; log_i0 and k (n, R, C) (k None: no crosstalk), eta, t0, gain
     (n, C) (eta None: no droop), in memory, contiguous; normals (n, B, C) or None;
     ``par`` (:func:`crossing_par`); ``hard``: keep the unclipped mask. Returns t (us; the
@@ -159,7 +162,7 @@ def crossing_forward(x, log_i0, k, eta, t0, gain, normals, par, flags, hard, n, 
 
 
 def crossing_backward(x, buf, k, eta, gain, gt, par, flags, hard, n, R, C, shapes):
-    """Gradients of :func:`crossing_forward` (slots.c ``cross_bwd``) for ``gt`` (the
+    """Gradients of :func:`crossing_forward` (crossing.c ``cross_bwd``) for ``gt`` (the
     shape of t, contiguous): g_x (the shape of x), and g_log_i0, g_k (None without k),
     g_eta (None without droop), g_t0, g_gain in ``shapes``, the parameters' shapes
     ((n, R, C) and (n, C) in memory)."""
