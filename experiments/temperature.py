@@ -69,6 +69,12 @@ With 4 VMMs averaged per input (``--reads 4 --passes 8 --methods off read-voltag
      50   0.753 -14.7  0.896 -0.4  0.899 -0.0
      60   0.695 -20.5  0.893 -0.7  0.901 +0.2
 
+Retention at 40 degC with 4 reads (``--reads 4 --passes 8 --skip-temperature --variants
+off drift-aware refresh probed``, same chips, another run: software 0.9025, deployed at
+27 degC 0.8939): after a year off 0.871 (-3.2 pp), drift-aware 0.893 (-0.97), refresh
+0.894 (-0.89 pp, every seed within 1 pp: -0.97 / -0.84 / -0.87; 29 / 37 / 31 tile
+refreshes, 58.0k pulses per run), probed 0.892 (-1.02).
+
 On the model-form chips (``--chip-options '&preset=model'``, same seeds and passes;
 software 0.8988, deployed at 27 degC 0.8936, -0.52 pp):
 
