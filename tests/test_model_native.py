@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -190,7 +191,9 @@ def test_build_record_covers_every_source_and_local_header():
     from labkit.model import native as builder
 
     rec = builder.build_record(native.SOURCE, False)
-    assert set(rec["sources_sha256"]) == {"slots.c", "crossing.c", "slot_walk.h", "crossing_math.h"}
+    assert set(rec["sources_sha256"]) == {"slots.c", "crossing.c", "slot_walk.h", "crossing_math.h", "ln_poly.h"}
+    tiles = builder.build_record(Path(native.SOURCE[0]).with_name("analog_tiles.c"), True)
+    assert set(tiles["sources_sha256"]) == {"analog_tiles.c", "ln_poly.h"}
 
 
 def test_changed_header_rebuilds_the_library(tmp_path, monkeypatch):

@@ -30,6 +30,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ln_poly.h" /* ln_pos_f32: the droop's log, inline */
+
 /* Vector width and register blocking follow the compile target (-march=native): 16
    floats and two vectors of samples per register block with AVX-512 (32 vector
    registers), 8 floats and one vector with AVX/AVX2 and 4 with SSE (16 registers). A
@@ -61,31 +63,6 @@ typedef int vi __attribute__((vector_size(VL * sizeof(int))));
    1e-4 on a gradient factor; half the memory traffic of float). */
 typedef unsigned short mtype;
 #define M_ONE 32768.0f
-
-/* ln(w) for normal w > 0, relative error ~1e-7: w = 2^ex f with f in [sqrt(1/2), sqrt(2)),
-   ln(1 + t) = t - t^2/2 + t^3 P(t), P fitted (least squares, relative, Chebyshev nodes)
-   on that interval. Inline so the readout loop vectorizes without a library call. */
-static inline float log_pos(float w)
-{
-    int bits;
-    memcpy(&bits, &w, sizeof bits);
-    int ex = (bits >> 23) - 127;
-    bits = (bits & 0x007fffff) | 0x3f800000;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    int big = f > 1.41421356f;
-    f = big ? 0.5f * f : f;
-    ex += big;
-    float t = f - 1.0f, t2 = t * t;
-    float p = 0.0850695372f;
-    p = p * t - 0.141974717f;
-    p = p * t + 0.149509788f;
-    p = p * t - 0.165879488f;
-    p = p * t + 0.199605972f;
-    p = p * t - 0.250009686f;
-    p = p * t + 0.333339721f;
-    return t2 * t * p - 0.5f * t2 + t + (float)ex * 0.693147181f;
-}
 
 static float hsum(vf v)
 {
@@ -140,7 +117,7 @@ static void NAME(long n, const float *restrict z, const float *restrict kt, cons
             float m1 = 1.0f - ae * k - be * sx[j];                                                  \
             float w = 1.0f + e * z[j] * m1;                                                         \
             m[j] = (mtype)(fminf(fmaxf(m1 / w, 0.0f), 65535.0f / M_ONE) * M_ONE + 0.5f);              \
-            q = log_pos(w) * inv_e + k;                                                             \
+            q = ln_pos_f32(w) * inv_e + k;                                                             \
         } else {                                                                                    \
             q = z[j] + k;                                                                           \
         }                                                                                           \

@@ -8,34 +8,7 @@
 #define LABKIT_CROSSING_MATH_H
 
 #include "slot_walk.h" /* the vector types */
-
-/* ln(w) for normal w > 0, relative error ~1e-7 (the fit of log_pos in analog_tiles.c):
-   w = 2^ex (1 + t), t in [sqrt(1/2) - 1, sqrt(2) - 1), ln(1 + t) = t - t^2/2 + t^3 P(t). */
-static inline float ln_poly_f32(float t) /* P(t) */
-{
-    float p = 0.0850695372f;
-    p = p * t - 0.141974717f;
-    p = p * t + 0.149509788f;
-    p = p * t - 0.165879488f;
-    p = p * t + 0.199605972f;
-    p = p * t - 0.250009686f;
-    return p * t + 0.333339721f;
-}
-
-static inline float ln_pos_f32(float w)
-{
-    int bits;
-    memcpy(&bits, &w, sizeof bits);
-    int ex = (bits >> 23) - 127;
-    bits = (bits & 0x007fffff) | 0x3f800000;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    int big = f > 1.41421356f;
-    f = big ? 0.5f * f : f;
-    ex += big;
-    float t = f - 1.0f, t2 = t * t;
-    return t2 * t * ln_poly_f32(t) - 0.5f * t2 + t + (float)ex * 0.693147181f;
-}
+#include "ln_poly.h"   /* ln_poly_f32, ln_pos_f32 */
 
 /* ln(1 + y) / y (1 at y = 0), the droop compression of equations.droop_charge. float:
    inside [sqrt(1/2) - 1, sqrt(2) - 1) the series on y itself, 1 - y/2 + y^2 P(y) (no
