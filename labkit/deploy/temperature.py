@@ -45,9 +45,7 @@ import torch
 
 from labkit.calibrate.temperature import TemperatureCalibration
 from labkit.errors import UsageError
-from labkit.measure import measure_baseline
 from labkit.measure.currents import cell_current_map
-from labkit.model import second_order as so
 
 __all__ = ["METHODS", "BatchRecord", "CompensatedTile", "check_method"]
 
@@ -176,7 +174,7 @@ class CompensatedTile:
     def _probe_charges(self, x: np.ndarray) -> np.ndarray:
         """Charges (C, probes x cols) the tile reads for ``x`` at the present operating
         point, before any gain: baseline minus the mean crossing time of ``probe_reads`` VMMs."""
-        t = np.mean([self.chip._times(x) for _ in range(self.probe_reads)], axis=0)
+        t = np.mean([self.chip.times(x) for _ in range(self.probe_reads)], axis=0)
         self.probe_vmms += len(x) * self.probe_reads
         return self.chip.baseline_s[None, :] - t
 
@@ -269,7 +267,7 @@ class CompensatedTile:
                                weights=plan.weights, window=plan.window.to_dict())
         chip.summary = result.summary()
         chip.summary.pop("failed", None)
-        chip.baseline_s = measure_baseline(b, chip.baseline_repeats).t0_s
+        chip.measure_baseline()
         return chip.summary, offset
 
     def operating_point(self, kelvin: float, age_s: float = 0.0) -> tuple[float, np.ndarray]:
@@ -330,9 +328,7 @@ class CompensatedTile:
                         b.configure(read_voltage_v=v)
                     self.chip.gain_s_per_c = gain
                     if last is None or abs(kelvin - last) > self.rebaseline_k or self.probed:
-                        self.chip.baseline_s = so.tdc_linearize(
-                            measure_baseline(b, self.chip.baseline_repeats).t0_s, getattr(self.chip, "tdc_bow_lsb", 0.0),
-                            b.settings.tdc_lsb_s, 2**b.settings.tdc_bits)
+                        self.chip.measure_baseline()
                     if self.probed:
                         if self._probe is None:
                             self._probe = self._measure_probe_reference()

@@ -344,12 +344,11 @@ def race_paths(batch: int = 1024, rows: int = 16, cols: int = 16) -> tuple[float
     the torch path, timed alternately: the default :class:`labkit.model.ArrayModel` (full
     physics: input and TDC quantization, droop, crosstalk at the edges, clip; float32)
     with chip-sized crosstalk, on ReLU-like inputs (many zeros)."""
+    from labkit.backend import Geometry
     from labkit.model.array import ArrayModel  # (array imports this module)
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(batch, rows, generator=g) * (torch.rand(batch, rows, generator=g) > 0.4)
-    from labkit.backend import Geometry
-
     m = ArrayModel(geometry=Geometry(rows=rows, cols=cols, pairs=tuple((2 * k, 2 * k + 1) for k in range(cols // 2))),
                    crosstalk_c=1e-15 * torch.rand(rows, cols, generator=g).numpy())
     log_i0, kxt, eta, t0, gain = (p.detach() for p in (m.log_i0, m.k_xt, m.eta, m.t0, m.gain))

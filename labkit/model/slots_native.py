@@ -60,7 +60,7 @@ def usable(d: torch.Tensor, i0: torch.Tensor, *others: torch.Tensor) -> bool:
     return library() is not None and chosen()
 
 
-PROBE = "slots-v2"  # v2: the race times the fused crossing (kernels.Crossing)  # names the race: a new probe discards the cached verdicts
+PROBE = "slots-v2"  # names the race (v2: the fused crossing); a new probe discards the cached verdicts
 #: True if the kernels are to run: forced (``LABKIT_NATIVE``), or faster than the torch path
 #: in the race at first use (``kernels.race_paths``: the fused crossing of one array,
 #: forward and backward); ``chosen.forcing(on)`` while racing.

@@ -188,15 +188,22 @@ class ChipTile:
                                        config=self.program or ProgramConfig(), state_path=self.state_path)
         self.summary = result.summary()
         self.summary.pop("failed", None)
-        st = b.settings
-        self.baseline_s = so.tdc_linearize(measure_baseline(b, self.baseline_repeats).t0_s, self.tdc_bow_lsb,
-                                           st.tdc_lsb_s, 2**st.tdc_bits)
+        self.measure_baseline()
         return self.summary
 
-    def _times(self, x: np.ndarray) -> np.ndarray:
-        """Measured crossing times (s) of ``x``, the TDC bow taken out."""
+    def measure_baseline(self) -> np.ndarray:
+        """Measure the zero-input crossing times again (``baseline_repeats`` VMMs, the TDC
+        bow taken out) and read charges against them from now; returns them (s, per column)."""
+        self.baseline_s = self._linear(measure_baseline(self.backend, self.baseline_repeats).t0_s)
+        return self.baseline_s
+
+    def times(self, x: np.ndarray) -> np.ndarray:
+        """Measured crossing times (s) of ``x`` (samples, rows), the TDC bow taken out."""
+        return self._linear(self.backend.vmm_x(x))
+
+    def _linear(self, t: np.ndarray) -> np.ndarray:
         st = self.backend.settings
-        return so.tdc_linearize(self.backend.vmm_x(x), self.tdc_bow_lsb, st.tdc_lsb_s, 2**st.tdc_bits)
+        return so.tdc_linearize(t, self.tdc_bow_lsb, st.tdc_lsb_s, 2**st.tdc_bits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         op = self.config.operating
@@ -208,7 +215,7 @@ class ChipTile:
         times = np.repeat(self.baseline_s[None, :], N, axis=0)
         for a in range(0, len(active), self.batch):
             idx = active[a:a + self.batch]
-            times[idx] = np.mean([self._times(xr[idx]) for _ in range(self.reads)], axis=0)
+            times[idx] = np.mean([self.times(xr[idx]) for _ in range(self.reads)], axis=0)
             self.vmm_count += len(idx) * self.reads
         q = (self.baseline_s[None, :] - times) / self.gain_s_per_c[None, :]  # C
         pairs = np.asarray(op.pairs)
