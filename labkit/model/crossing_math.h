@@ -70,18 +70,23 @@ static inline int all_set_vi64(vi_f64 m)
 #define ALL_SET_f32 all_set_vi32
 #define ALL_SET_f64 all_set_vi64
 
+/* ln_poly_f32 (ln_poly.h) on a vector: the same coefficients, the same order */
+static inline v_f32 ln_poly_vf32(v_f32 t)
+{
+    v_f32 p = 0.0850695372f + t * 0;
+    p = p * t - 0.141974717f;
+    p = p * t + 0.149509788f;
+    p = p * t - 0.165879488f;
+    p = p * t + 0.199605972f;
+    p = p * t - 0.250009686f;
+    return p * t + 0.333339721f;
+}
+
 static inline v_f32 ln1p_ratio_vf32(v_f32 y)
 {
     typedef v_f32 V;
     typedef vi_f32 VI;
-    V p = 0.0850695372f + y * 0;
-    p = p * y - 0.141974717f;
-    p = p * y + 0.149509788f;
-    p = p * y - 0.165879488f;
-    p = p * y + 0.199605972f;
-    p = p * y - 0.250009686f;
-    p = p * y + 0.333339721f;
-    const V small = 1.0f - 0.5f * y + y * y * p;
+    const V small = 1.0f - 0.5f * y + y * y * ln_poly_vf32(y);
     const VI inside = (y >= -0.292893219f) & (y < 0.414213562f);
     if (all_set_vi32(inside)) return small; /* (a droop below 40 %: every lane on a chip) */
     const V w = 1.0f + y;
@@ -93,14 +98,7 @@ static inline v_f32 ln1p_ratio_vf32(v_f32 y)
     f = SEL(V, VI, big, 0.5f * f, f);
     ex -= big; /* big lanes are -1 */
     const V t = f - 1.0f, t2 = t * t;
-    V q = 0.0850695372f + t * 0;
-    q = q * t - 0.141974717f;
-    q = q * t + 0.149509788f;
-    q = q * t - 0.165879488f;
-    q = q * t + 0.199605972f;
-    q = q * t - 0.250009686f;
-    q = q * t + 0.333339721f;
-    const V ln = t2 * t * q - 0.5f * t2 + t + __builtin_convertvector(ex, V) * 0.693147181f;
+    const V ln = t2 * t * ln_poly_vf32(t) - 0.5f * t2 + t + __builtin_convertvector(ex, V) * 0.693147181f;
     return SEL(V, VI, inside, small, ln / y);
 }
 
