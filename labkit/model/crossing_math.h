@@ -70,17 +70,7 @@ static inline int all_set_vi64(vi_f64 m)
 #define ALL_SET_f32 all_set_vi32
 #define ALL_SET_f64 all_set_vi64
 
-/* ln_poly_f32 (ln_poly.h) on a vector: the same coefficients, the same order */
-static inline v_f32 ln_poly_vf32(v_f32 t)
-{
-    v_f32 p = 0.0850695372f + t * 0;
-    p = p * t - 0.141974717f;
-    p = p * t + 0.149509788f;
-    p = p * t - 0.165879488f;
-    p = p * t + 0.199605972f;
-    p = p * t - 0.250009686f;
-    return p * t + 0.333339721f;
-}
+static inline v_f32 ln_poly_vf32(v_f32 t) { return LN_POLY(t); } /* ln_poly.h, per lane */
 
 static inline v_f32 ln1p_ratio_vf32(v_f32 y)
 {

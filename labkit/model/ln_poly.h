@@ -8,16 +8,12 @@
 
 #include <string.h>
 
-static inline float ln_poly_f32(float t) /* P(t) */
-{
-    float p = 0.0850695372f;
-    p = p * t - 0.141974717f;
-    p = p * t + 0.149509788f;
-    p = p * t - 0.165879488f;
-    p = p * t + 0.199605972f;
-    p = p * t - 0.250009686f;
-    return p * t + 0.333339721f;
-}
+/* P(t) by Horner, for a float or a vector of floats (GCC vector extensions) */
+#define LN_POLY(t)                                                                          \
+    ((((((0.0850695372f * (t) - 0.141974717f) * (t) + 0.149509788f) * (t) - 0.165879488f) * \
+        (t) + 0.199605972f) * (t) - 0.250009686f) * (t) + 0.333339721f)
+
+static inline float ln_poly_f32(float t) { return LN_POLY(t); }
 
 static inline float ln_pos_f32(float w)
 {
