@@ -140,7 +140,9 @@ def log(*parts) -> None:
     print(*parts, file=sys.stderr, flush=True)
 
 
-def run_seed(name: str, chip_seed: int, args) -> dict:
+def run_seed(name: str, chip_seed: int, args, save=lambda res: None) -> dict:
+    """One chip seed's figures; ``save(res)`` is called with the figures so far after each
+    sweep (``--json`` then keeps what was measured if a long run is stopped)."""
     import warnings
 
     warnings.simplefilter("ignore", OutOfRangeWarning)
@@ -202,9 +204,11 @@ def run_seed(name: str, chip_seed: int, args) -> dict:
             res[f"reprogram_pulses_{method}"] = sum(w.reprogram_pulses for w in dep._wrapped.values())
             res[f"probe_vmms_{method}"] = sum(w.probe_vmms for w in dep._wrapped.values())
             log(f"{name} {method}: " + " ".join(f"{k}C {v:.4f}" for k, v in accs.items()))
+            save(res)
         res["read_voltages_v"] = {f"{r.temperature_k - 273.15:.0f}C": r.read_voltage_v for r in dep.temperature_log[-1::-n]}
         if not args.skip_retention:
-            res["retention"] = run_retention(dep, chips, tcals, models, split, args)
+            res["retention"] = {}
+            run_retention(dep, chips, tcals, models, split, args, res["retention"], lambda: save(res))
         if args.aware_epochs:  # temperature-aware fine-tuning, then read-voltage compensation alone
             aware = copy.deepcopy(hw)
             with temperature_augmentation(aware, (283.15, 333.15), T0_K, seed=args.seed):
@@ -225,14 +229,14 @@ def run_seed(name: str, chip_seed: int, args) -> dict:
     return res
 
 
-def run_retention(dep, chips, tcals, models, split, args) -> dict:
+def run_retention(dep, chips, tcals, models, split, args, out=None, save=lambda: None) -> dict:
     """Each variant programs the tiles again at 40 degC (age 0) and walks the virtual
     clock: ``off`` (no compensation), ``compensated`` (temperature and predicted mean
     drift by gate shift and readout scale), ``drift-aware`` (also each cell's predicted
     drift at the design age programmed in) and ``refresh`` (drift-aware, the refresh
     plan followed: a tile is programmed again when it leaves --refresh-tolerance)."""
     hot = 313.15
-    out = {}
+    out = {} if out is None else out
     for variant in args.variants:
         dep.set_temperature_k(hot)
         design = args.design_age if variant in ("drift-aware", "refresh") else None
@@ -267,6 +271,7 @@ def run_retention(dep, chips, tcals, models, split, args) -> dict:
         out[variant] = {"accuracy": accs, "refreshes": refreshes, "refresh_pulses": pulses}
         log(f"retention {variant}: " + " ".join(f"{k} {v:.4f}" for k, v in accs.items())
             + (f"; {refreshes} refreshes, {pulses} pulses" if variant.endswith("refresh") else ""))
+        save()
     return out
 
 
@@ -312,7 +317,8 @@ def main(argv=None) -> list[dict]:
     results = []
     for name in args.models:
         for s in args.seeds:
-            results.append(run_seed(name, s, args))
+            results.append(run_seed(name, s, args, save=lambda res: args.json and Path(args.json).write_text(
+                json.dumps(results + [res], indent=1))))
             if args.json:
                 Path(args.json).write_text(json.dumps(results, indent=1))
     for name in args.models:
