@@ -71,14 +71,112 @@ static float hsum(vf v)
     return s;
 }
 
-/* Rows [0, R) of x (RT, R, S), tile r, samples [s0, s0 + n) into a zero-padded block. */
-static void load_block(vf xb[][NV], const float *x, long r, long R, long S, long s0, long n)
+/* Where the tile inputs come from: rows of x (RT, R, S) (geo NULL), or convolution
+   patches read in place from the input map x (B, C, H, W), row k = (channel, ki, kj) as
+   F.unfold orders them, sample s = (b, ho, wo), with geo = {kh, kw, sh, sw, ph, pw, dh,
+   dw, Ho, Wo, B, C, H, W}: the patches are never written out. Rows from K on are zero
+   (the padding of the last row tile). For patches, prow holds each row's channel,
+   kernel row ki, column offset off = kj dw - pw and the output columns [lo, hi) inside
+   the map; runs, the current block's samples cut along output rows (samples [j, j +
+   len) are columns [wo, wo + len) of output row ho of image b). Both are set up once
+   (inputs_open, block_runs), so no division is left in the copies. */
+typedef struct {
+    long ch, ki, off, lo, hi;
+} prow_t;
+
+typedef struct {
+    long b, ho, wo, len, j;
+} run_t;
+
+typedef struct {
+    const float *x;
+    const long *geo;
+    long R, S, K, nruns;
+    prow_t *prow;
+    run_t runs[BS];
+} inputs_t;
+
+static long patch_row(const long *geo, long W, long k, long *ch, long *off, long *lo, long *hi);
+
+/* Returns 0, or 2 if out of memory; inputs_close frees. */
+static int inputs_open(inputs_t *in, const float *x, const long *geo, long R, long S, long K)
 {
-    for (long i = 0; i < R; i++) {
+    in->x = x, in->geo = geo, in->R = R, in->S = S, in->K = K, in->nruns = 0, in->prow = NULL;
+    if (!geo) return 0;
+    in->prow = malloc(sizeof(prow_t) * (K > 0 ? K : 1));
+    if (!in->prow) return 2;
+    for (long k = 0; k < K; k++) {
+        prow_t *p = in->prow + k;
+        p->ki = patch_row(geo, geo[13], k, &p->ch, &p->off, &p->lo, &p->hi);
+    }
+    return 0;
+}
+
+static void inputs_close(inputs_t *in) { free(in->prow); }
+
+/* The runs of the block of samples [s0, s0 + n) (patches only). */
+static void block_runs(inputs_t *in, long s0, long n)
+{
+    if (!in->geo) return;
+    long Ho = in->geo[8], Wo = in->geo[9], b = s0 / (Ho * Wo), ho = s0 / Wo % Ho, wo = s0 % Wo, t = 0;
+    for (long j = 0; j < n; t++) {
+        long len = Wo - wo < n - j ? Wo - wo : n - j;
+        in->runs[t] = (run_t){b, ho, wo, len, j};
+        j += len;
+        wo = 0;
+        if (++ho == Ho) ho = 0, b++;
+    }
+    in->nruns = t;
+}
+
+/* Patch row k over the current block: into blk (gmap NULL), or blk added into the map
+   gmap (the adjoint: the input gradient). Zero outside the map. */
+static void patch_io(const inputs_t *in, long k, float *blk, float *gmap)
+{
+    const long *geo = in->geo;
+    const long sh = geo[2], sw = geo[3], ph = geo[4], dh = geo[6], C = geo[11], H = geo[12], W = geo[13];
+    const prow_t p = in->prow[k];
+    const float *map = in->x;
+    for (long t = 0; t < in->nruns; t++) {
+        const run_t u = in->runs[t];
+        long end = u.wo + u.len, h = u.ho * sh - ph + p.ki * dh;
+        long a = p.lo > u.wo ? p.lo : u.wo, z = p.hi < end ? p.hi : end;
+        if (h < 0 || h >= H) a = z = u.wo;
+        a = a < end ? a : end;
+        z = z > a ? z : a;
+        const long base = ((u.b * C + p.ch) * H + h) * W + p.off;
+        float *o = blk + u.j - u.wo;  /* o[w]: output column w of this run */
+        if (gmap) {
+            if (sw == 1) for (long w = a; w < z; w++) gmap[base + w] += o[w];
+            else for (long w = a; w < z; w++) gmap[base + w * sw] += o[w];
+        } else {
+            for (long w = u.wo; w < a; w++) o[w] = 0.0f;
+            if (sw == 1) memcpy(o + a, map + base + a, sizeof(float) * (z - a));
+            else for (long w = a; w < z; w++) o[w] = map[base + w * sw];
+            for (long w = z; w < end; w++) o[w] = 0.0f;
+        }
+    }
+}
+
+/* Rows [0, R) of tile r over the current block (n samples, block_runs set) into a
+   zero-padded block. */
+static void load_block(vf xb[][NV], const inputs_t *in, long r, long s0, long n)
+{
+    for (long i = 0; i < in->R; i++) {
         float *dst = (float *)xb[i];
-        memcpy(dst, x + (r * R + i) * S + s0, sizeof(float) * n);
+        long k = r * in->R + i;
+        if (k >= in->K) memset(dst, 0, sizeof(float) * n);
+        else if (in->geo) patch_io(in, k, dst, NULL);
+        else memcpy(dst, in->x + k * in->S + s0, sizeof(float) * n);
         memset(dst + n, 0, sizeof(float) * (BS - n));
     }
+}
+
+/* Rows of tile r that hold inputs (the rest are zero). */
+static long used_rows(const inputs_t *in, long r)
+{
+    long left = in->K - r * in->R;
+    return left < in->R ? (left > 0 ? left : 0) : in->R;
 }
 
 /* Columns [c0, c0 + nc) of a (RT, R, N2) coefficient array, tile r, zero-padded to CB. */
@@ -93,7 +191,8 @@ static void load_coef(float out[][CB], const float *a, long r, long R, long N2, 
 static void products(long R, vf xb[][NV], float ac[][CB], vf zb[CB][NV])
 {
     for (long v = 0; v < NV; v += UNROLL) {
-        vf acc[UNROLL][CB] = {{0}};
+        vf acc[UNROLL][CB];
+        memset(acc, 0, sizeof acc);
         for (long i = 0; i < R; i++)
             for (int u = 0; u < UNROLL; u++) {
                 vf xv = xb[i][v + u];
@@ -104,34 +203,76 @@ static void products(long R, vf xb[][NV], float ac[][CB], vf zb[CB][NV])
     }
 }
 
-/* The readout of one column over n samples (see the top): adds to y, stores dq/dz in m. */
-#define READOUT(NAME, DROOP, QUANT)                                                                 \
-static void NAME(long n, const float *restrict z, const float *restrict kt, const float *restrict sx, \
-                 const float *restrict noise, float nc2, float nr2, float e, float g, float t0, float ae, \
-                 float be, float cmax, float sg, float *restrict y, mtype *restrict m)            \
-{                                                                                                   \
-    float inv_e = 1.0f / e, inv_g = 1.0f / g;                                                       \
-    for (long j = 0; j < n; j++) {                                                                  \
-        float k = kt[j], q;                                                                         \
-        if (DROOP) {                                                                                \
-            float m1 = 1.0f - ae * k - be * sx[j];                                                  \
-            float w = 1.0f + e * z[j] * m1;                                                         \
-            m[j] = (mtype)(fminf(fmaxf(m1 / w, 0.0f), 65535.0f / M_ONE) * M_ONE + 0.5f);              \
-            q = ln_pos_f32(w) * inv_e + k;                                                             \
-        } else {                                                                                    \
-            q = z[j] + k;                                                                           \
-        }                                                                                           \
-        float gq = g * q;                                                                           \
-        float cnt = t0 - gq + sqrtf(nc2 + nr2 * gq * gq) * noise[j];                                \
-        if (QUANT) cnt = floorf(cnt);                                                               \
-        cnt = fminf(fmaxf(cnt, 0.0f), cmax);                                                        \
-        y[j] += sg * (t0 - cnt) * inv_g;                                                            \
-    }                                                                                               \
+/* One column's readout constants (see the top): e' (1/fC), g (counts/fC), t0 (counts),
+   the edge-order factors ae = A e', be = B e' kbar, the noise rms floor sig and its
+   squares nc2, nr2 (counts), the TDC top cmax, and ys = +-1/g (plus or minus column). */
+typedef struct {
+    float e, inv_e, g, t0, ae, be, cmax, sig, nc2, nr2, ys;
+} column_t;
+
+/* The droop's log, ln(1 + u) for u = e' z m1 (n values): the series u - u^2/2 +
+   u^3 P(u) of ln_poly.h on u itself (no range reduction, no rounding of 1 + u) when
+   every u is in [sqrt(1/2) - 1, sqrt(2) - 1) (a droop below 40 %: always, on a chip),
+   else ln_pos_f32(1 + u). */
+static inline __attribute__((always_inline)) void ln1p_block(long n, const float *restrict u, float *restrict out)
+{
+    float lo = 0.0f, hi = 0.0f;
+    for (long j = 0; j < n; j++) {
+        lo = fminf(lo, u[j]);
+        hi = fmaxf(hi, u[j]);
+    }
+    if (lo >= -0.292893219f && hi < 0.414213562f)
+        for (long j = 0; j < n; j++) out[j] = u[j] - 0.5f * u[j] * u[j] + u[j] * u[j] * u[j] * LN_POLY(u[j]);
+    else
+        for (long j = 0; j < n; j++) out[j] = ln_pos_f32(1.0f + u[j]);
 }
-READOUT(read_dq, 1, 1)
-READOUT(read_d, 1, 0)
-READOUT(read_q, 0, 1)
-READOUT(read_, 0, 0)
+
+/* The readout of one column over n samples of a block (see the top): adds its signed
+   charge to y, stores dq/dz in m. The TDC: clip to [0, cmax], then truncate (floor and
+   clip in either order give the same count for an integer cmax). Inlined with constant
+   switches (read_column). */
+static inline __attribute__((always_inline)) void readout(long n, const float *restrict z, const float *restrict kt,
+                                                          const float *restrict sx, const float *restrict nz,
+                                                          const column_t *p, float *restrict y,
+                                                          mtype *restrict m, const int droop, const int quant,
+                                                          const int rel)
+{
+    float ub[BS], lnw[BS];
+    const float e = p->e, ae = p->ae, be = p->be, inv_e = p->inv_e, g = p->g, t0 = p->t0, cmax = p->cmax;
+    const float nc2 = p->nc2, nr2 = p->nr2, sig = p->sig, ys = p->ys, yt = p->ys * p->t0;
+    if (droop) {
+        for (long j = 0; j < n; j++) {
+            float m1 = 1.0f - ae * kt[j] - be * sx[j], u = e * z[j] * m1;
+            m[j] = (mtype)(fminf(fmaxf(m1 / (1.0f + u), 0.0f), 65535.0f / M_ONE) * M_ONE + 0.5f);
+            ub[j] = u;
+        }
+        ln1p_block(n, ub, lnw);
+    }
+    for (long j = 0; j < n; j++) {
+        float q = droop ? lnw[j] * inv_e + kt[j] : z[j] + kt[j];
+        float gq = g * q;
+        float cnt = t0 - gq + (rel ? sqrtf(nc2 + nr2 * gq * gq) : sig) * nz[j];
+        cnt = fminf(fmaxf(cnt, 0.0f), cmax);
+        if (quant) cnt = (float)(int)cnt;
+        y[j] += yt - ys * cnt;
+    }
+}
+
+/* readout with its switches as constants: flags 1 droop, 2 quantize, 4 noise relative */
+static void read_column(int flags, long n, const float *z, const float *kt, const float *sx, const float *nz,
+                        const column_t *p, float *y, mtype *m)
+{
+    switch (flags) {
+    case 0: readout(n, z, kt, sx, nz, p, y, m, 0, 0, 0); break;
+    case 1: readout(n, z, kt, sx, nz, p, y, m, 1, 0, 0); break;
+    case 2: readout(n, z, kt, sx, nz, p, y, m, 0, 1, 0); break;
+    case 3: readout(n, z, kt, sx, nz, p, y, m, 1, 1, 0); break;
+    case 4: readout(n, z, kt, sx, nz, p, y, m, 0, 0, 1); break;
+    case 5: readout(n, z, kt, sx, nz, p, y, m, 1, 0, 1); break;
+    case 6: readout(n, z, kt, sx, nz, p, y, m, 0, 1, 1); break;
+    default: readout(n, z, kt, sx, nz, p, y, m, 1, 1, 1); break;
+    }
+}
 
 /* A window offset in [0, nbank - BS] from the seed and a position (splitmix64). */
 static long bank_offset(unsigned long long seed, long r, long c, long s0, long nbank)
@@ -146,9 +287,11 @@ static long bank_offset(unsigned long long seed, long r, long c, long s0, long n
 
 /* Samples [sb, se) of S. flags: 1 droop, 2 quantize, 4 crosstalk, 8 edge order. Noise
    from bank (NULL: none), rms sqrt(noise_c^2 + (noise_r g q)^2) counts: a floor and a
-   part proportional to the column's output. Returns 0, or 1 if R > R_MAX or the bank
-   is shorter than a block. */
-int tiles_fwd(long RT, long R, long N2, long S, long sb, long se, const float *x, const float *a, const float *k,
+   part proportional to the column's output. Inputs: x and geo as inputs_t says, K
+   rows of the RT R holding inputs. Returns 0, or 1 if R > R_MAX or the bank is shorter
+   than a block. */
+int tiles_fwd(long RT, long R, long N2, long S, long K, const long *geo, long sb, long se, const float *x,
+              const float *a, const float *k,
               const float *e, const float *t0, const float *g, const float *kbar, const float *bank, long nbank,
               unsigned long long seed, float noise_c, float noise_r, float edge_a, float edge_b, float cmax, int flags, float *y, mtype *m)
 {
@@ -161,15 +304,19 @@ int tiles_fwd(long RT, long R, long N2, long S, long sb, long se, const float *x
     float ac[R_MAX][CB], kc[R_MAX][CB];
     mtype scratch[BS];
     const vf one = (vf){0} + 1.0f, zero = {0};
+    inputs_t in;
+    if (inputs_open(&in, x, geo, R, S, K)) return 2;
     for (long c = 0; c < half; c++) memset(y + c * S + sb, 0, sizeof(float) * (se - sb));
     memset(kb, 0, sizeof kb);
     for (long s0 = sb; s0 < se; s0 += BS) {
         long n = se - s0 < BS ? se - s0 : BS, nv = (n + VL - 1) / VL;
+        block_runs(&in, s0, n);
         for (long r = 0; r < RT; r++) {
-            load_block(xb, x, r, R, S, s0, n);
+            long Rt = used_rows(&in, r);
+            load_block(xb, &in, r, s0, n);
             for (long v = 0; v < nv; v++) {
                 vf s = zero;
-                for (long i = 0; i < R; i++) {
+                for (long i = 0; i < Rt; i++) {
                     s += xb[i][v];
                     pb[i][v] = (vf)((vi)one & (xb[i][v] > zero));
                 }
@@ -179,24 +326,24 @@ int tiles_fwd(long RT, long R, long N2, long S, long sb, long se, const float *x
                 long nc = N2 - c0 < CB ? N2 - c0 : CB;
                 load_coef(ac, a, r, R, N2, c0, nc);
                 if (xtalk) load_coef(kc, k, r, R, N2, c0, nc);
-                products(R, xb, ac, zb);
-                if (xtalk) products(R, pb, kc, kb);
+                products(Rt, xb, ac, zb);
+                if (xtalk) products(Rt, pb, kc, kb);
                 for (long cc = 0; cc < nc; cc++) {
                     long c = c0 + cc, pc = r * N2 + c;
-                    float ec = e[pc], ae = edge ? edge_a * ec : 0.0f, be = edge ? edge_b * ec * kbar[pc] : 0.0f;
+                    float ec = e[pc];
+                    column_t col = {ec, 1.0f / ec, g[pc], t0[pc], edge ? edge_a * ec : 0.0f,
+                                    edge ? edge_b * ec * kbar[pc] : 0.0f, cmax, noise_c, nc2, nr2,
+                                    (c < half ? 1.0f : -1.0f) / g[pc]};
                     const float *nz = bank ? bank + bank_offset(seed, r, c, s0, nbank) : zeros;
                     float *yp = y + (c < half ? c : c - half) * S + s0;
                     mtype *mp = m ? m + pc * S + s0 : scratch;
-                    float sg = c < half ? 1.0f : -1.0f;
-                    const float *zp = (const float *)zb[cc], *kp = (const float *)kb[cc], *sp = (const float *)sxb;
-                    if (droop && quant) read_dq(n, zp, kp, sp, nz, nc2, nr2, ec, g[pc], t0[pc], ae, be, cmax, sg, yp, mp);
-                    else if (droop) read_d(n, zp, kp, sp, nz, nc2, nr2, ec, g[pc], t0[pc], ae, be, cmax, sg, yp, mp);
-                    else if (quant) read_q(n, zp, kp, sp, nz, nc2, nr2, ec, g[pc], t0[pc], ae, be, cmax, sg, yp, mp);
-                    else read_(n, zp, kp, sp, nz, nc2, nr2, ec, g[pc], t0[pc], ae, be, cmax, sg, yp, mp);
+                    read_column(droop | quant | (bank && noise_r != 0.0f ? 4 : 0), n, (const float *)zb[cc],
+                                (const float *)kb[cc], (const float *)sxb, nz, &col, yp, mp);
                 }
             }
         }
     }
+    inputs_close(&in);
     return 0;
 }
 
@@ -397,38 +544,49 @@ static void grad_a(long R, long N2, vf *gav, vf xb[][NV], vf gz[CB][NV], long c0
         }
 }
 
-/* Samples [sb, se) of S. m: dq/dz (RT, N2, S) or NULL (no droop: 1). gx (RT, R, S)
-   (samples [sb, se)) and ga (RT, R, N2) (the sum over those samples) are written when
-   not NULL. Returns 0, 1 if R > R_MAX, 2 if out of memory. */
-int tiles_bwd(long RT, long R, long N2, long S, long sb, long se, const float *x, const float *a, const mtype *m,
-              const float *gy, float *gx, float *ga)
+/* Samples [sb, se) of S. m: dq/dz (RT, N2, S) or NULL (no droop: 1). Inputs x, geo and
+   K as for tiles_fwd. gx (samples [sb, se); with geo: added into the input map's
+   gradient (B, C, H, W), which the caller zeroes, so threads take whole images) and ga
+   (RT, R, N2) (the sum over those samples) are written when not NULL. Returns 0, 1 if
+   R > R_MAX, 2 if out of memory. */
+int tiles_bwd(long RT, long R, long N2, long S, long K, const long *geo, long sb, long se, const float *x,
+              const float *a, const mtype *m, const float *gy, float *gx, float *ga)
 {
     if (R > R_MAX) return 1;
+    inputs_t in;
+    if (inputs_open(&in, x, geo, R, S, K)) return 2;
     long R4 = (R + 3) / 4 * 4;
     vf xb[R_MAX][NV], gxb[R_MAX][NV], gz[CB][NV];
     float ac[R_MAX][CB];
     vf *gav = NULL;  /* (R4, N2 + CB) lane-wise sums of gz x over the samples of a tile */
     if (ga) {
         gav = aligned_alloc(64, sizeof(vf) * R4 * (N2 + CB));
-        if (!gav) return 2;
+        if (!gav) {
+            inputs_close(&in);
+            return 2;
+        }
     }
     memset(xb, 0, sizeof xb);
     for (long r = 0; r < RT; r++) {
         if (ga) memset(gav, 0, sizeof(vf) * R4 * (N2 + CB));
+        long Rt = used_rows(&in, r), Rt4 = (Rt + 3) / 4 * 4;
         for (long s0 = sb; s0 < se; s0 += BS) {
             long n = se - s0 < BS ? se - s0 : BS;
-            if (ga) load_block(xb, x, r, R, S, s0, n);
+            block_runs(&in, s0, n);
+            if (ga) load_block(xb, &in, r, s0, n);
             memset(gxb, 0, sizeof(vf) * R * NV);
             for (long c0 = 0; c0 < N2; c0 += CB) {
                 long nc = N2 - c0 < CB ? N2 - c0 : CB;
                 grad_block(gz, m, gy, r, N2, S, s0, n, c0, nc);
                 if (gx) {
                     load_coef(ac, a, r, R, N2, c0, nc);
-                    grad_x(R, gxb, ac, gz);
+                    grad_x(Rt, gxb, ac, gz);
                 }
-                if (ga) grad_a(R4, N2, gav, xb, gz, c0);
+                if (ga) grad_a(Rt4, N2, gav, xb, gz, c0);
             }
-            if (gx)
+            if (gx && geo)
+                for (long i = 0; i < Rt; i++) patch_io(&in, r * R + i, (float *)gxb[i], gx);
+            else if (gx)
                 for (long i = 0; i < R; i++) memcpy(gx + (r * R + i) * S + s0, gxb[i], sizeof(float) * n);
         }
         if (ga)
@@ -436,7 +594,44 @@ int tiles_bwd(long RT, long R, long N2, long S, long sb, long se, const float *x
                 for (long c = 0; c < N2; c++) ga[(r * R + i) * N2 + c] = hsum(gav[i * (N2 + CB) + c]);
     }
     free(gav);
+    inputs_close(&in);
     return 0;
+}
+
+/* A layer's outputs from the row-tile sums y (n, S), S = B HW: out = y scale + bias per
+   output (bias NULL: none), then the ReLU when relu, laid out (B, n, HW) (a
+   convolution's map; HW = 1: (B, n)). */
+void tiles_epilogue(long n, long B, long HW, const float *y, const float *scale, const float *bias, int relu,
+                    float *out)
+{
+    long S = B * HW;
+    for (long b = 0; b < B; b++)
+        for (long c = 0; c < n; c++) {
+            const float *src = y + c * S + b * HW;
+            float *dst = out + (b * n + c) * HW, sc = scale[c], bc = bias ? bias[c] : 0.0f;
+            if (relu) for (long j = 0; j < HW; j++) dst[j] = fmaxf(src[j] * sc + bc, 0.0f);
+            else for (long j = 0; j < HW; j++) dst[j] = src[j] * sc + bc;
+        }
+}
+
+/* Its adjoint: gy (n, S) = g scale and gb (n) = the sum of g over the samples (gb NULL:
+   not wanted), both where out > 0 when relu; g and out (B, n, HW). */
+void tiles_epilogue_bwd(long n, long B, long HW, const float *g, const float *out, const float *scale, int relu,
+                        float *gy, float *gb)
+{
+    long S = B * HW;
+    if (gb) memset(gb, 0, sizeof(float) * n);
+    for (long b = 0; b < B; b++)
+        for (long c = 0; c < n; c++) {
+            const float *gp = g + (b * n + c) * HW, *op = out + (b * n + c) * HW;
+            float *dst = gy + c * S + b * HW, sc = scale[c], sum = 0.0f;
+            for (long j = 0; j < HW; j++) {
+                float v = relu && !(op[j] > 0.0f) ? 0.0f : gp[j];
+                dst[j] = v * sc;
+                sum += v;
+            }
+            if (gb) gb[c] += sum;
+        }
 }
 
 /* Convolution patches, transposed: out (rows, B*Ho*Wo), row k = (channel, ki, kj) as

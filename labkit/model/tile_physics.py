@@ -53,7 +53,7 @@ import torch
 from labkit.model import native, tiles_native
 from labkit.model.equations import droop_charge, read_times
 
-__all__ = ["TileBmm", "tile_readout", "gaussian", "NATIVE", "EDGE_A", "EDGE_B", "race_paths"]
+__all__ = ["TileBmm", "FusedLayer", "tile_readout", "gaussian", "NATIVE", "EDGE_A", "EDGE_B", "race_paths"]
 
 EDGE_A, EDGE_B = 0.9, -0.9  # relu(u - v) p_v ~ u (A p_v + B v): exact for equal pulses
 
@@ -127,7 +127,9 @@ def tile_readout(z, kt, ku, e, t0c, gc, opts):
     return s.narrow(col - 1, 0, half) - s.narrow(col - 1, half, half), m
 
 
-NATIVE = {"on": True}  # the fused C kernels (labkit.model.tiles_native) where they apply
+#: the C kernels (labkit.model.tiles_native) where they apply; "fused": whole layers in them
+#: (FusedLayer) where the layers can (off: the same kernels for the tiles alone)
+NATIVE = {"on": True, "fused": True}
 _NOISE_BANK = 1 << 16  # normal values the C kernel's noise windows come from (256 kB: stays in L2)
 
 
@@ -184,6 +186,40 @@ class TileBmm(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             gi = torch.bmm(gz, xt.transpose(1, 2)).transpose(1, 2)  # (rt, R, 2n)
         return gx, gi, None, None, None, None, None
+
+
+class FusedLayer(torch.autograd.Function):
+    """A whole layer's tile physics and digital epilogue in the C kernels, for the layers
+    where those apply: ``[relu](y scale + bias)`` laid out (B, n, hw), with y (n, B hw)
+    the row-tile sums of :class:`TileBmm` (same inputs and parameters), ``scale`` (n,)
+    the digital gain per output (no gradient), ``bias`` (n,) or None. ``x``: rows (rt,
+    R, N) of which the first ``rows`` hold inputs, or with ``patches``
+    (:class:`~labkit.model.tiles_native.Patches`) a convolution's input map, read in
+    place. TileBmm followed by the torch epilogue is the definition
+    (tests/test_analog_fused.py holds the two together)."""
+
+    @staticmethod
+    def forward(ctx, x, i0t, kx, e, t0c, gc, bias, opts, scale, relu, hw, rows, patches):
+        crosstalk, edge = opts[-2:]
+        droop, quantize, noise, cmax, _ = opts[:-2]
+        bank = gaussian(_NOISE_BANK, x.dtype, x.device) if max(noise) > 0 else None
+        y, m = tiles_native.forward(x, i0t, kx, e, t0c, gc, kx.mean(1), bank, noise, cmax, droop, quantize,
+                                     crosstalk, edge, EDGE_A, EDGE_B, any(ctx.needs_input_grad[:2]), rows, patches)
+        out = tiles_native.epilogue(y, scale, bias, relu, hw)
+        ctx.save_for_backward(x, i0t, m, out, scale)
+        ctx.relu, ctx.rows, ctx.patches = relu, rows, patches
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        x, i0t, m, out, scale = ctx.saved_tensors
+        need_x, need_i, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[6]
+        gy, gb = tiles_native.epilogue_backward(g, out, scale, ctx.relu, need_b)
+        gx = gi = None
+        if need_x or need_i:
+            gx, gi = tiles_native.backward(x, i0t, m, gy, need_x, need_i, ctx.rows, ctx.patches)
+        return gx, gi, None, None, None, None, gb, None, None, None, None, None, None
 
 
 def race_paths(rt: int = 4, rows: int = 16, n2: int = 16, samples: int = 4096) -> tuple[float, float]:

@@ -57,6 +57,7 @@ code; LeNet-5 training step, batch 128, 1 thread, one run):
 from __future__ import annotations
 
 import ctypes
+import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -64,14 +65,17 @@ import torch
 
 from labkit.model import native
 
-__all__ = ["available", "applies", "chosen", "forcing", "forward", "backward", "widths", "widths_apply", "patches",
-           "patches_backward"]
+__all__ = ["available", "applies", "chosen", "forcing", "forward", "backward", "Patches", "epilogue",
+           "epilogue_backward", "widths", "widths_apply", "patches", "patches_backward"]
 
 SOURCE = Path(__file__).with_name("analog_tiles.c")
 _p, _i64, _f32, _i32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_int
 SIGNATURES = {
-    "tiles_fwd": ([_i64] * 6 + [_p] * 8 + [_i64, ctypes.c_ulonglong] + [_f32] * 5 + [_i32, _p, _p], ctypes.c_int),
-    "tiles_bwd": ([_i64] * 6 + [_p] * 6, ctypes.c_int),
+    "tiles_fwd": ([_i64] * 5 + [_p] + [_i64] * 2 + [_p] * 8 + [_i64, ctypes.c_ulonglong] + [_f32] * 5 + [_i32, _p, _p],
+                  ctypes.c_int),
+    "tiles_bwd": ([_i64] * 5 + [_p] + [_i64] * 2 + [_p] * 6, ctypes.c_int),
+    "tiles_epilogue": ([_i64] * 3 + [_p] * 3 + [_i32, _p], None),
+    "tiles_epilogue_bwd": ([_i64] * 3 + [_p] * 3 + [_i32, _p, _p], None),
     "tiles_widths": ([_i64] * 5 + [_p] * 5, ctypes.c_int),
     "patches_fwd": ([_i64] * 4 + [_p, _i64, _p, _p], None),
     "patches_bwd": ([_i64] * 4 + [_p, _i64, _p, _p], None),
@@ -117,14 +121,42 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def _chunks(S: int) -> list[tuple[int, int]]:
-    """Sample ranges, one per CPU thread (torch.get_num_threads()), multiples of 128."""
-    k = max(1, min(torch.get_num_threads(), S // _MIN_SPLIT))
+def _chunks(S: int, unit: int = 128) -> list[tuple[int, int]]:
+    """Sample ranges, one per CPU thread (torch.get_num_threads()), starting at multiples
+    of ``unit`` (a multiple of the kernels' 128-sample blocks, so the noise does not
+    depend on the split)."""
+    k = max(1, min(torch.get_num_threads(), S // max(_MIN_SPLIT, unit)))
     if k == 1:
         return [(0, S)]
     per = -(-S // k)
-    step = -(-per // 128) * 128
+    step = -(-per // unit) * unit
     return [(s, min(S, s + step)) for s in range(0, S, step)]
+
+
+class Patches:
+    """Convolution patches read in place from an input map (B, C, H, W) by the kernels
+    (never written out): row k = (channel, ki, kj) as ``F.unfold``, sample (b, ho, wo).
+    ``geo`` = (kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo)."""
+
+    def __init__(self, shape: tuple, geo: tuple):
+        self.shape, self.geo = tuple(shape), tuple(geo)
+        B, C, H, W = self.shape
+        self.samples = B * geo[8] * geo[9]
+        self.rows = C * geo[0] * geo[1]
+        self._geo = torch.tensor(self.geo + self.shape, dtype=torch.int64)
+        self.unit = math.lcm(128, geo[8] * geo[9])  # threads take whole images (the adjoint adds into them)
+
+    def pointer(self) -> int:
+        return self._geo.data_ptr()
+
+
+def _layout(xt: torch.Tensor, RT: int, R: int, patches: Patches | None) -> tuple[int, int, int]:
+    """(S, K, geo pointer) of tile inputs: rows (RT, R, S) or ``patches`` of the map xt."""
+    if patches is None:
+        return xt.shape[-1], RT * R, None
+    if tuple(xt.shape) != patches.shape:
+        raise ValueError(f"input map has shape {tuple(xt.shape)}; the patches expect {patches.shape}")
+    return patches.samples, patches.rows, patches.pointer()
 
 
 def _run(calls) -> None:
@@ -140,16 +172,18 @@ def _run(calls) -> None:
 
 
 def forward(xt, i0t, kx, e, t0c, gc, kbar, bank, noise, cmax, droop, quantize, crosstalk, edge, edge_a, edge_b,
-            keep_m: bool = True):
+            keep_m: bool = True, rows: int | None = None, patches: Patches | None = None):
     """``(y, m)``: y (n, S) the row-tile sums of the signed read-back charge (fC), m
     (RT, 2n, S) dq/dz for :func:`backward` (16-bit fixed point; None without droop or
-    ``keep_m``). xt (RT, R, S); i0t, kx (RT, R, 2n); e, t0c,
-    gc, kbar (RT, 2n); bank: standard normal values (at least 128) the readout noise is
-    drawn from (windows at random offsets; a new seed per call), or None; noise: (floor in
-    TDC counts, part relative to the output)."""
+    ``keep_m``). xt (RT, R, S), or with ``patches`` the map they are read from; i0t, kx
+    (RT, R, 2n); e, t0c, gc, kbar (RT, 2n); bank: standard normal values (at least 128)
+    the readout noise is drawn from (windows at random offsets; a new seed per call), or
+    None; noise: (floor in TDC counts, part relative to the output). ``rows``: how many
+    of the RT R rows hold inputs (the rest are zero padding and are skipped)."""
     xt, i0t, kx = xt.contiguous(), i0t.contiguous(), kx.contiguous()
-    RT, R, S = xt.shape
-    N2 = i0t.shape[-1]
+    RT, R, N2 = i0t.shape
+    S, K, geo = _layout(xt, RT, R, patches)
+    K = K if rows is None else min(K, int(rows))
     e, t0c, gc, kbar = (v.reshape(RT, N2).contiguous() for v in (e, t0c, gc, kbar))
     bank = None if bank is None else bank.contiguous()
     seed = int(torch.randint(0, 2**62, ())) if bank is not None else 0
@@ -159,27 +193,58 @@ def forward(xt, i0t, kx, e, t0c, gc, kbar, bank, noise, cmax, droop, quantize, c
     flags = int(bool(droop)) | 2 * bool(quantize) | 4 * bool(crosstalk) | 8 * bool(edge)
     args = (_ptr(xt), _ptr(i0t), _ptr(kx), _ptr(e), _ptr(t0c), _ptr(gc), _ptr(kbar), _ptr(bank),
             0 if bank is None else bank.numel(), seed, float(noise[0]), float(noise[1]), float(edge_a), float(edge_b), float(cmax), flags, _ptr(y), _ptr(m))
-    _run([lambda sb=sb, se=se: lib.tiles_fwd(RT, R, N2, S, sb, se, *args) for sb, se in _chunks(S)])
+    unit = 128 if patches is None else patches.unit
+    _run([lambda sb=sb, se=se: lib.tiles_fwd(RT, R, N2, S, K, geo, sb, se, *args) for sb, se in _chunks(S, unit)])
     return y, m
 
 
-def backward(xt, i0t, m, gy, need_x: bool, need_i: bool):
-    """``(gx, gi)``: gradients for xt (RT, R, S) and i0t (RT, R, 2n) (None where not
-    needed) from gy (n, S), the gradient of the forward's y, and its m."""
-    RT, R, S = xt.shape
-    N2 = i0t.shape[-1]
+def backward(xt, i0t, m, gy, need_x: bool, need_i: bool, rows: int | None = None, patches: Patches | None = None):
+    """``(gx, gi)``: gradients for xt (RT, R, S) (with ``patches``: for the map) and i0t
+    (RT, R, 2n) (None where not needed) from gy (n, S), the gradient of the forward's y,
+    and its m; ``rows`` and ``patches`` as the forward had them."""
     xt, i0t, gy = xt.contiguous(), i0t.contiguous(), gy.contiguous()
-    gx = torch.empty(RT, R, S, dtype=torch.float32) if need_x else None
-    chunks = _chunks(S)
+    RT, R, N2 = i0t.shape
+    S, K, geo = _layout(xt, RT, R, patches)
+    K = K if rows is None else min(K, int(rows))
+    if not need_x:
+        gx = None
+    elif patches is None:
+        gx = torch.empty(RT, R, S, dtype=torch.float32)
+    else:
+        gx = torch.zeros(patches.shape, dtype=torch.float32)
+    chunks = _chunks(S, 128 if patches is None else patches.unit)
     gis = [torch.empty(RT, R, N2, dtype=torch.float32) if need_i else None for _ in chunks]
     lib = _lib()
-    _run([lambda sb=sb, se=se, gi=gi: lib.tiles_bwd(RT, R, N2, S, sb, se, _ptr(xt), _ptr(i0t), _ptr(m), _ptr(gy),
-                                                    _ptr(gx), _ptr(gi))
+    _run([lambda sb=sb, se=se, gi=gi: lib.tiles_bwd(RT, R, N2, S, K, geo, sb, se, _ptr(xt), _ptr(i0t), _ptr(m),
+                                                    _ptr(gy), _ptr(gx), _ptr(gi))
           for (sb, se), gi in zip(chunks, gis)])
     gi = gis[0]
     for part in gis[1:]:
         gi += part
     return gx, gi
+
+
+def epilogue(y: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, relu: bool, hw: int) -> torch.Tensor:
+    """A layer's outputs (B, n, hw) from the row-tile sums y (n, B hw): ``y scale + bias``
+    per output, then the ReLU when ``relu``."""
+    n, S = y.shape
+    out = torch.empty(S // hw, n, hw, dtype=torch.float32)
+    y, scale = y.contiguous(), scale.to(torch.float32).contiguous()  # (held: the kernel reads them)
+    bias = None if bias is None else bias.detach().to(torch.float32).contiguous()
+    _lib().tiles_epilogue(n, S // hw, hw, _ptr(y), _ptr(scale), _ptr(bias), int(relu), _ptr(out))
+    return out
+
+
+def epilogue_backward(g: torch.Tensor, out: torch.Tensor, scale: torch.Tensor, relu: bool,
+                      need_bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(gy, gb)``: the gradients of :func:`epilogue`'s y (n, S) and bias (n,) (None
+    unless ``need_bias``) from g, the gradient of its output ``out`` (B, n, hw)."""
+    B, n, hw = out.shape
+    gy = torch.empty(n, B * hw, dtype=torch.float32)
+    gb = torch.empty(n, dtype=torch.float32) if need_bias else None
+    g, scale = g.reshape(out.shape).contiguous(), scale.to(torch.float32).contiguous()  # (held while it runs)
+    _lib().tiles_epilogue_bwd(n, B, hw, _ptr(g), _ptr(out), _ptr(scale), int(relu), _ptr(gy), _ptr(gb))
+    return gy, gb
 
 
 def widths(xt: torch.Tensor, loss: torch.Tensor, beta: torch.Tensor | None, cur: torch.Tensor) -> torch.Tensor:

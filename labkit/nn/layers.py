@@ -317,6 +317,26 @@ class AnalogLayer(nn.Module):
             return y * (scale / (self._i_scale_na * self._T_us))
         return y / (self._i_scale_na * self._T_us)
 
+    def _fused(self, x: torch.Tensor, neg: bool) -> bool:
+        """True where the whole layer (tiles, digital gains, bias, ReLU) runs in the fused
+        C kernels (:class:`~labkit.model.tile_physics.FusedLayer`): model tiles, no split
+        inputs, no second-order terms, and the kernels apply (float32 on the CPU, chosen
+        on this machine)."""
+        return (type(self.tiles) is ModelTiles and not neg and tile_physics.NATIVE["on"]
+                and tile_physics.NATIVE["fused"] and tiles_native.applies(x, self.tile_kxt)
+                and self._second_wide() is None)
+
+    def _fused_outputs(self, x: torch.Tensor, hw: int, patches=None) -> torch.Tensor:
+        """The layer's outputs (B, n, hw) from pulse inputs x (rows (rt*rows, N), or the
+        map ``patches`` are read from) through :class:`~labkit.model.tile_physics.FusedLayer`."""
+        cfg, R = self.config, self.config.operating.rows
+        kx, e, t0c, gc = self._jittered(self._wide())
+        opts = self._opts(2) + (cfg.crosstalk, cfg.edge_order)
+        scale = self.output_scales() * (self.input_scale / (self._i_scale_na * self._T_us))
+        x = x if patches is not None else x.view(self.row_tiles, R, -1)
+        return tile_physics.FusedLayer.apply(x, self._jitter_currents(self._currents_t()), kx, e, t0c, gc, self.bias,
+                                             opts, scale, self.relu, hw, self.in_rows, patches)
+
     def _inputs(self, a: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """Activations (any shape) -> pulse inputs; negative ones split (stacked on dim 0)."""
         neg = a.numel() > 0 and float(a.detach().amin()) < 0  # (a reduction: cheaper than a bool mask on a CPU)
@@ -360,6 +380,8 @@ class AnalogLinear(AnalogLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         xq, neg = self._inputs(x.reshape(-1, self.in_features))
+        if self._fused(xq, neg):
+            return self._fused_outputs(self._transposed(xq), 1).reshape(*lead, self.out_features)
         return self._finish(self._outputs(xq, neg)).reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
@@ -390,13 +412,18 @@ class AnalogConv2d(AnalogLayer):
     groups = 1
     transposed = False
 
+    def _geometry(self, x: torch.Tensor) -> tuple:
+        """((kh, kw), (sh, sw), (ph, pw), (dh, dw), (Ho, Wo)) for an input map x."""
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        H, W = x.shape[-2:]
+        Ho, Wo = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        return (kh, kw), (sh, sw), (ph, pw), (dh, dw), (Ho, Wo)
+
     def unfold(self, x: torch.Tensor, rows: int | None = None) -> tuple[torch.Tensor, tuple[int, int, int]]:
         """(B, C, H, W) -> patches (B*Ho*Wo, C*kh*kw) (channel-major like ``F.unfold``), or
         with ``rows`` transposed and zero-padded: (rows, B*Ho*Wo); and (B, Ho, Wo)."""
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
-        B, C, H, W = x.shape
-        Ho, Wo = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-        args = ((kh, kw), (sh, sw), (ph, pw), (dh, dw), (Ho, Wo))
+        args = self._geometry(x)
+        B, (Ho, Wo) = x.shape[0], args[-1]
         if rows is None:  # (N, K), as F.unfold's columns
             return _UnfoldT.apply(x, *args, self.in_rows).t(), (B, Ho, Wo)
         return _UnfoldT.apply(x, *args, rows), (B, Ho, Wo)
@@ -405,6 +432,11 @@ class AnalogConv2d(AnalogLayer):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"input has shape {tuple(x.shape)}; expected (B, {self.in_channels}, H, W)")
         xq, neg = self._inputs(x)  # quantize the map, not the (larger) patches
+        if self._fused(xq, neg):  # the kernels read the patches from the map
+            geo = self._geometry(xq)
+            (Ho, Wo) = geo[-1]
+            patches = tiles_native.Patches(xq.shape, sum(geo, ()))
+            return self._fused_outputs(xq, Ho * Wo, patches).view(-1, self.out_channels, Ho, Wo)
         patches_t, (B, Ho, Wo) = self.unfold(xq, self.row_tiles * self.config.operating.rows)  # (rt*rows, N)
         y = self._finish(self._outputs(patches_t, neg, transposed=True))
         return y.reshape(-1, Ho, Wo, self.out_channels).permute(0, 3, 1, 2)
