@@ -155,8 +155,10 @@ def main(argv=None) -> list[dict]:
     print(f"LeNet-5, batch {args.batch}, forward+backward, {args.threads} CPU thread(s), median of {args.steps}, "
           f"{'freed memory kept' if retained else 'default allocator'}")
     print(f"machine: {machine.describe()}")
+    env = __import__("os").environ
     print(f"labkit row: {'fused C kernels' if tiles_native.chosen() else 'torch path'} "
-          f"(LABKIT_NATIVE={__import__('os').environ.get('LABKIT_NATIVE', 'unset: measured choice')})")
+          f"(LABKIT_NATIVE={env.get('LABKIT_NATIVE', 'unset: measured choice')}, "
+          f"built with -march={env.get('LABKIT_MARCH', 'native')})")
     print(f"{'network':22} {'ms/step':>9} {'ratio':>7} {'cpu ms':>8} {'ratio':>7}")
     meds = {name: statistics.median(ts) for name, ts in times.items()}
     cmeds = {name: statistics.median(ts) for name, ts in cpu.items()}

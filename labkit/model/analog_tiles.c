@@ -285,22 +285,27 @@ static long bank_offset(unsigned long long seed, long r, long c, long s0, long n
     return (long)(h % (unsigned long long)(nbank - BS + 1));
 }
 
+static void widths_tile(long R, long n, vf xb[][NV], const float *lr, float b, const float *cr, vf ov[][NV]);
+
 /* Samples [sb, se) of S. flags: 1 droop, 2 quantize, 4 crosstalk, 8 edge order. Noise
    from bank (NULL: none), rms sqrt(noise_c^2 + (noise_r g q)^2) counts: a floor and a
    part proportional to the column's output. Inputs: x and geo as inputs_t says, K
-   rows of the RT R holding inputs. Returns 0, or 1 if R > R_MAX or the bank is shorter
-   than a block. */
+   rows of the RT R holding inputs; with wloss (RT, R) the second-order effective widths
+   of tiles_widths (wbeta (RT) or NULL, wcur (RT, R)) replace them, written to xe (RT,
+   R, S) when not NULL (for the backward's weight gradient). Returns 0, 1 if R > R_MAX
+   or the bank is shorter than a block, 2 if out of memory. */
 int tiles_fwd(long RT, long R, long N2, long S, long K, const long *geo, long sb, long se, const float *x,
               const float *a, const float *k,
               const float *e, const float *t0, const float *g, const float *kbar, const float *bank, long nbank,
-              unsigned long long seed, float noise_c, float noise_r, float edge_a, float edge_b, float cmax, int flags, float *y, mtype *m)
+              unsigned long long seed, float noise_c, float noise_r, float edge_a, float edge_b, float cmax, int flags,
+              const float *wloss, const float *wbeta, const float *wcur, float *xe, float *y, mtype *m)
 {
     if (R > R_MAX || (bank && nbank < BS)) return 1;
     int droop = flags & 1, quant = flags & 2, xtalk = flags & 4, edge = (flags & 8) && xtalk && droop;
     float nc2 = noise_c * noise_c, nr2 = noise_r * noise_r;
     long half = N2 / 2;
     static const float zeros[BS];
-    vf xb[R_MAX][NV], pb[R_MAX][NV], zb[CB][NV], kb[CB][NV], sxb[NV];
+    vf xb[R_MAX][NV], ov[R_MAX][NV], pb[R_MAX][NV], zb[CB][NV], kb[CB][NV], sxb[NV];
     float ac[R_MAX][CB], kc[R_MAX][CB];
     mtype scratch[BS];
     const vf one = (vf){0} + 1.0f, zero = {0};
@@ -313,12 +318,19 @@ int tiles_fwd(long RT, long R, long N2, long S, long K, const long *geo, long sb
         block_runs(&in, s0, n);
         for (long r = 0; r < RT; r++) {
             long Rt = used_rows(&in, r);
+            vf (*xin)[NV] = xb;
             load_block(xb, &in, r, s0, n);
+            if (wloss) {
+                widths_tile(R, n, xb, wloss + r * R, wbeta ? wbeta[r] : 0.0f, wcur + r * R, ov);
+                if (xe)
+                    for (long i = 0; i < R; i++) memcpy(xe + (r * R + i) * S + s0, ov[i], sizeof(float) * n);
+                xin = ov;
+            }
             for (long v = 0; v < nv; v++) {
                 vf s = zero;
                 for (long i = 0; i < Rt; i++) {
-                    s += xb[i][v];
-                    pb[i][v] = (vf)((vi)one & (xb[i][v] > zero));
+                    s += xin[i][v];
+                    pb[i][v] = (vf)((vi)one & (xin[i][v] > zero));
                 }
                 sxb[v] = s;
             }
@@ -326,7 +338,7 @@ int tiles_fwd(long RT, long R, long N2, long S, long K, const long *geo, long sb
                 long nc = N2 - c0 < CB ? N2 - c0 : CB;
                 load_coef(ac, a, r, R, N2, c0, nc);
                 if (xtalk) load_coef(kc, k, r, R, N2, c0, nc);
-                products(Rt, xb, ac, zb);
+                products(Rt, xin, ac, zb);
                 if (xtalk) products(Rt, pb, kc, kb);
                 for (long cc = 0; cc < nc; cc++) {
                     long c = c0 + cc, pc = r * N2 + c;
@@ -438,49 +450,61 @@ static void widths_block(long R, vf gv[][NV], const float *cur, float b, int ser
     }
 }
 
+/* The effective widths of one tile over a block: xb (R rows of a block, n samples,
+   zero-padded) to ov (the same layout), width loss lr (R) in units of T, source-line
+   factor b (1/nA, 0: none), row currents cr (R) nA; the edge rule included. */
+static void widths_tile(long R, long n, vf xb[][NV], const float *lr, float b, const float *cr, vf ov[][NV])
+{
+    vf gv[R_MAX][NV];
+    float total = 0.0f, cl[R_MAX];
+    long live[R_MAX], nl = 0;
+    for (long i = 0; i < R; i++) {
+        const float *xp = (const float *)xb[i];
+        float li = lr[i], *gp = (float *)gv[i], top = 0.0f;
+        for (long j = 0; j < BS; j++) gp[j] = xp[j] > 0.0f ? fmaxf(xp[j] - li, 0.0f) : 0.0f;
+        for (long j = 0; j < BS; j++) top = fmaxf(top, gp[j]);
+        if (top > 0.0f) live[nl++] = i;
+    }
+    if (b == 0.0f) {
+        memcpy(ov, gv, sizeof(vf) * NV * R);
+    } else {
+        /* Rows with no pulse left in this block (zero padding of the last row tile,
+           silent inputs) come before every other row and carry nothing: the pairs
+           run over the rows that remain, moved to the front and back. */
+        for (long k = 0; k < nl; k++) {
+            if (live[k] != k) memcpy(gv[k], gv[live[k]], sizeof(vf) * NV);
+            cl[k] = cr[live[k]];
+            total += fabsf(cl[k]);
+        }
+        if (nl) widths_block(nl, gv, cl, b, fabsf(b) * total <= ROOT_SERIES_MAX, ov);
+        for (long k = nl - 1; k >= 0; k--)
+            if (live[k] != k) memcpy(ov[live[k]], ov[k], sizeof(vf) * NV);
+        for (long i = 0, k = 0; i < R; i++) {
+            if (k < nl && live[k] == i) k++;
+            else memset(ov[i], 0, sizeof(vf) * NV);
+        }
+    }
+    for (long i = 0; i < R; i++) {
+        const float *xp = (const float *)xb[i];
+        float *op = (float *)ov[i], li = lr[i], half = 0.5f * fmaxf(li, 1e-9f);
+        for (long j = 0; j < n; j++) op[j] = op[j] <= 0.0f && li > 0.0f && xp[j] >= half ? 1e-6f : op[j];
+        for (long j = n; j < BS; j++) op[j] = 0.0f;
+    }
+}
+
 int tiles_widths(long RT, long R, long S, long sb, long se, const float *x, const float *loss, const float *beta,
                  const float *cur, float *xe)
 {
     if (R > R_MAX) return 1;
-    vf gv[R_MAX][NV], ov[R_MAX][NV];
+    vf xb[R_MAX][NV], ov[R_MAX][NV];
+    inputs_t in;
+    inputs_open(&in, x, NULL, R, S, RT * R);
     for (long s0 = sb; s0 < se; s0 += BS) {
         long n = se - s0 < BS ? se - s0 : BS;
         for (long r = 0; r < RT; r++) {
-            const float *lr = loss + r * R, *cr = cur + r * R;
-            float b = beta ? beta[r] : 0.0f, total = 0.0f, cl[R_MAX];
-            long live[R_MAX], nl = 0;
-            for (long i = 0; i < R; i++) {
-                const float *xp = x + (r * R + i) * S + s0;
-                float li = lr[i], *gp = (float *)gv[i], top = 0.0f;
-                for (long j = 0; j < n; j++) gp[j] = xp[j] > 0.0f ? fmaxf(xp[j] - li, 0.0f) : 0.0f;
-                for (long j = n; j < BS; j++) gp[j] = 0.0f;
-                for (long j = 0; j < BS; j++) top = fmaxf(top, gp[j]);
-                if (top > 0.0f) live[nl++] = i;
-            }
-            if (b == 0.0f) {
-                memcpy(ov, gv, sizeof(vf) * NV * R);
-            } else {
-                /* Rows with no pulse left in this block (zero padding of the last row tile,
-                   silent inputs) come before every other row and carry nothing: the pairs
-                   run over the rows that remain, moved to the front and back. */
-                for (long k = 0; k < nl; k++) {
-                    if (live[k] != k) memcpy(gv[k], gv[live[k]], sizeof(vf) * NV);
-                    cl[k] = cr[live[k]];
-                    total += fabsf(cl[k]);
-                }
-                if (nl) widths_block(nl, gv, cl, b, fabsf(b) * total <= ROOT_SERIES_MAX, ov);
-                for (long k = nl - 1; k >= 0; k--)
-                    if (live[k] != k) memcpy(ov[live[k]], ov[k], sizeof(vf) * NV);
-                for (long i = 0, k = 0; i < R; i++) {
-                    if (k < nl && live[k] == i) k++;
-                    else memset(ov[i], 0, sizeof(vf) * NV);
-                }
-            }
-            for (long i = 0; i < R; i++) {
-                const float *xp = x + (r * R + i) * S + s0, *op = (const float *)ov[i];
-                float *dst = xe + (r * R + i) * S + s0, li = lr[i], half = 0.5f * fmaxf(li, 1e-9f);
-                for (long j = 0; j < n; j++) dst[j] = op[j] <= 0.0f && li > 0.0f && xp[j] >= half ? 1e-6f : op[j];
-            }
+            load_block(xb, &in, r, s0, n);
+            widths_tile(R, n, xb, loss + r * R, beta ? beta[r] : 0.0f, cur + r * R, ov);
+            for (long i = 0; i < R; i++) memcpy(xe + (r * R + i) * S + s0, ov[i], sizeof(float) * n);
         }
     }
     return 0;
@@ -547,14 +571,17 @@ static void grad_a(long R, long N2, vf *gav, vf xb[][NV], vf gz[CB][NV], long c0
 /* Samples [sb, se) of S. m: dq/dz (RT, N2, S) or NULL (no droop: 1). Inputs x, geo and
    K as for tiles_fwd. gx (samples [sb, se); with geo: added into the input map's
    gradient (B, C, H, W), which the caller zeroes, so threads take whole images) and ga
-   (RT, R, N2) (the sum over those samples) are written when not NULL. Returns 0, 1 if
-   R > R_MAX, 2 if out of memory. */
+   (RT, R, N2) (the sum over those samples) are written when not NULL. xe: the effective
+   widths (RT, R, S) the forward wrote, or NULL; the weight gradient reads them instead
+   of the inputs (gx is the same: they pass straight through). Returns 0, 1 if R >
+   R_MAX, 2 if out of memory. */
 int tiles_bwd(long RT, long R, long N2, long S, long K, const long *geo, long sb, long se, const float *x,
-              const float *a, const mtype *m, const float *gy, float *gx, float *ga)
+              const float *xe, const float *a, const mtype *m, const float *gy, float *gx, float *ga)
 {
     if (R > R_MAX) return 1;
-    inputs_t in;
+    inputs_t in, rows;
     if (inputs_open(&in, x, geo, R, S, K)) return 2;
+    inputs_open(&rows, xe, NULL, R, S, K);
     long R4 = (R + 3) / 4 * 4;
     vf xb[R_MAX][NV], gxb[R_MAX][NV], gz[CB][NV];
     float ac[R_MAX][CB];
@@ -573,7 +600,7 @@ int tiles_bwd(long RT, long R, long N2, long S, long K, const long *geo, long sb
         for (long s0 = sb; s0 < se; s0 += BS) {
             long n = se - s0 < BS ? se - s0 : BS;
             block_runs(&in, s0, n);
-            if (ga) load_block(xb, &in, r, s0, n);
+            if (ga) load_block(xb, xe ? &rows : &in, r, s0, n);
             memset(gxb, 0, sizeof(vf) * R * NV);
             for (long c0 = 0; c0 < N2; c0 += CB) {
                 long nc = N2 - c0 < CB ? N2 - c0 : CB;

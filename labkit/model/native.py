@@ -32,6 +32,10 @@ at first use (about 0.1 s) and caches the verdict next to the library as
 name, with a digest over the record; a record that does not match, or that is not owned
 by the user, is not trusted and the race runs again. ``LABKIT_NATIVE=1`` forces the
 kernels, ``LABKIT_NATIVE=0`` the torch path; unset, the measurement decides.
+
+``LABKIT_MARCH`` (default ``native``) sets the ``-march`` target, e.g. ``x86-64-v3`` to
+build and measure the AVX2 code of the kernels on an AVX-512 machine (a separate cache
+entry: the flags are part of the key).
 """
 
 from __future__ import annotations
@@ -117,7 +121,10 @@ def _cpu_id() -> bytes:
 
 
 def _flags(fast_math: bool) -> list[str]:
-    return ["-O3", "-march=native", "-fPIC", "-fno-math-errno"] + (["-ffast-math"] if fast_math else [])
+    march = os.environ.get("LABKIT_MARCH", "native")
+    if not march.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"LABKIT_MARCH={march!r}; expected a -march target such as native or x86-64-v3")
+    return ["-O3", f"-march={march}", "-fPIC", "-fno-math-errno"] + (["-ffast-math"] if fast_math else [])
 
 
 def sources(src: Source) -> tuple[Path, ...]:

@@ -195,17 +195,21 @@ class FusedLayer(torch.autograd.Function):
     the digital gain per output (no gradient), ``bias`` (n,) or None. ``x``: rows (rt,
     R, N) of which the first ``rows`` hold inputs, or with ``patches``
     (:class:`~labkit.model.tiles_native.Patches`) a convolution's input map, read in
-    place. TileBmm followed by the torch epilogue is the definition
+    place. ``widths``: (loss, beta, row currents) of the second-order effective widths
+    (:class:`labkit.model.second_order.Widths`, straight-through), or None. TileBmm
+    (after Widths) followed by the torch epilogue is the definition
     (tests/test_analog_fused.py holds the two together)."""
 
     @staticmethod
-    def forward(ctx, x, i0t, kx, e, t0c, gc, bias, opts, scale, relu, hw, rows, patches):
+    def forward(ctx, x, i0t, kx, e, t0c, gc, bias, opts, scale, relu, hw, rows, patches, widths=None):
         crosstalk, edge = opts[-2:]
         droop, quantize, noise, cmax, _ = opts[:-2]
         bank = gaussian(_NOISE_BANK, x.dtype, x.device) if max(noise) > 0 else None
-        y, m = tiles_native.forward(x, i0t, kx, e, t0c, gc, kx.mean(1), bank, noise, cmax, droop, quantize,
-                                     crosstalk, edge, EDGE_A, EDGE_B, any(ctx.needs_input_grad[:2]), rows, patches)
+        keep = any(ctx.needs_input_grad[:2])
+        y, m, *xe = tiles_native.forward(x, i0t, kx, e, t0c, gc, kx.mean(1), bank, noise, cmax, droop, quantize,
+                                         crosstalk, edge, EDGE_A, EDGE_B, keep, rows, patches, widths)
         out = tiles_native.epilogue(y, scale, bias, relu, hw)
+        ctx.xe = xe[0] if xe else None
         ctx.save_for_backward(x, i0t, m, out, scale)
         ctx.relu, ctx.rows, ctx.patches = relu, rows, patches
         return out
@@ -218,8 +222,8 @@ class FusedLayer(torch.autograd.Function):
         gy, gb = tiles_native.epilogue_backward(g, out, scale, ctx.relu, need_b)
         gx = gi = None
         if need_x or need_i:
-            gx, gi = tiles_native.backward(x, i0t, m, gy, need_x, need_i, ctx.rows, ctx.patches)
-        return gx, gi, None, None, None, None, gb, None, None, None, None, None, None
+            gx, gi = tiles_native.backward(x, i0t, m, gy, need_x, need_i, ctx.rows, ctx.patches, ctx.xe)
+        return gx, gi, None, None, None, None, gb, None, None, None, None, None, None, None
 
 
 def race_paths(rt: int = 4, rows: int = 16, n2: int = 16, samples: int = 4096) -> tuple[float, float]:

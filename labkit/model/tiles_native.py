@@ -71,9 +71,9 @@ __all__ = ["available", "applies", "chosen", "forcing", "forward", "backward", "
 SOURCE = Path(__file__).with_name("analog_tiles.c")
 _p, _i64, _f32, _i32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_int
 SIGNATURES = {
-    "tiles_fwd": ([_i64] * 5 + [_p] + [_i64] * 2 + [_p] * 8 + [_i64, ctypes.c_ulonglong] + [_f32] * 5 + [_i32, _p, _p],
-                  ctypes.c_int),
-    "tiles_bwd": ([_i64] * 5 + [_p] + [_i64] * 2 + [_p] * 6, ctypes.c_int),
+    "tiles_fwd": ([_i64] * 5 + [_p] + [_i64] * 2 + [_p] * 8 + [_i64, ctypes.c_ulonglong] + [_f32] * 5 + [_i32]
+                  + [_p] * 6, ctypes.c_int),
+    "tiles_bwd": ([_i64] * 5 + [_p] + [_i64] * 2 + [_p] * 7, ctypes.c_int),
     "tiles_epilogue": ([_i64] * 3 + [_p] * 3 + [_i32, _p], None),
     "tiles_epilogue_bwd": ([_i64] * 3 + [_p] * 3 + [_i32, _p, _p], None),
     "tiles_widths": ([_i64] * 5 + [_p] * 5, ctypes.c_int),
@@ -172,14 +172,17 @@ def _run(calls) -> None:
 
 
 def forward(xt, i0t, kx, e, t0c, gc, kbar, bank, noise, cmax, droop, quantize, crosstalk, edge, edge_a, edge_b,
-            keep_m: bool = True, rows: int | None = None, patches: Patches | None = None):
+            keep_m: bool = True, rows: int | None = None, patches: Patches | None = None, widths_of=None):
     """``(y, m)``: y (n, S) the row-tile sums of the signed read-back charge (fC), m
     (RT, 2n, S) dq/dz for :func:`backward` (16-bit fixed point; None without droop or
     ``keep_m``). xt (RT, R, S), or with ``patches`` the map they are read from; i0t, kx
     (RT, R, 2n); e, t0c, gc, kbar (RT, 2n); bank: standard normal values (at least 128)
     the readout noise is drawn from (windows at random offsets; a new seed per call), or
     None; noise: (floor in TDC counts, part relative to the output). ``rows``: how many
-    of the RT R rows hold inputs (the rest are zero padding and are skipped)."""
+    of the RT R rows hold inputs (the rest are zero padding and are skipped).
+    ``widths_of``: (loss, beta, cur) as :func:`widths` takes them: the kernel runs on the
+    effective widths of the inputs (computed per block), and returns them as a third
+    value (RT, R, S) for :func:`backward` when ``keep_m`` (else None)."""
     xt, i0t, kx = xt.contiguous(), i0t.contiguous(), kx.contiguous()
     RT, R, N2 = i0t.shape
     S, K, geo = _layout(xt, RT, R, patches)
@@ -191,17 +194,32 @@ def forward(xt, i0t, kx, e, t0c, gc, kbar, bank, noise, cmax, droop, quantize, c
     lib = _lib()
     m = torch.empty(RT, N2, S, dtype=torch.int16) if droop and keep_m else None  # 16-bit fixed point, for backward
     flags = int(bool(droop)) | 2 * bool(quantize) | 4 * bool(crosstalk) | 8 * bool(edge)
+    wl = wb = wc = xe = None
+    if widths_of is not None:
+        wl, wb, wc = _widths_args(RT, *widths_of)
+        xe = torch.empty(RT, R, S, dtype=torch.float32) if keep_m else None
     args = (_ptr(xt), _ptr(i0t), _ptr(kx), _ptr(e), _ptr(t0c), _ptr(gc), _ptr(kbar), _ptr(bank),
-            0 if bank is None else bank.numel(), seed, float(noise[0]), float(noise[1]), float(edge_a), float(edge_b), float(cmax), flags, _ptr(y), _ptr(m))
+            0 if bank is None else bank.numel(), seed, float(noise[0]), float(noise[1]), float(edge_a),
+            float(edge_b), float(cmax), flags, _ptr(wl), _ptr(wb), _ptr(wc), _ptr(xe), _ptr(y), _ptr(m))
     unit = 128 if patches is None else patches.unit
     _run([lambda sb=sb, se=se: lib.tiles_fwd(RT, R, N2, S, K, geo, sb, se, *args) for sb, se in _chunks(S, unit)])
-    return y, m
+    return (y, m) if widths_of is None else (y, m, xe)
 
 
-def backward(xt, i0t, m, gy, need_x: bool, need_i: bool, rows: int | None = None, patches: Patches | None = None):
+def _widths_args(RT: int, loss: torch.Tensor, beta: torch.Tensor | None, cur: torch.Tensor | None) -> tuple:
+    """loss (RT, R), beta (RT) or None, cur (RT, R) (None: no source line, not read):
+    float32, contiguous."""
+    f32 = lambda v: v.reshape(RT, -1).to(torch.float32).contiguous()  # noqa: E731
+    loss = f32(loss)
+    return loss, None if beta is None else f32(beta), torch.zeros_like(loss) if cur is None else f32(cur)
+
+
+def backward(xt, i0t, m, gy, need_x: bool, need_i: bool, rows: int | None = None, patches: Patches | None = None,
+             xe: torch.Tensor | None = None):
     """``(gx, gi)``: gradients for xt (RT, R, S) (with ``patches``: for the map) and i0t
     (RT, R, 2n) (None where not needed) from gy (n, S), the gradient of the forward's y,
-    and its m; ``rows`` and ``patches`` as the forward had them."""
+    and its m; ``rows``, ``patches`` and the effective widths ``xe`` as the forward had
+    and returned them (the widths pass the gradient straight through)."""
     xt, i0t, gy = xt.contiguous(), i0t.contiguous(), gy.contiguous()
     RT, R, N2 = i0t.shape
     S, K, geo = _layout(xt, RT, R, patches)
@@ -215,8 +233,8 @@ def backward(xt, i0t, m, gy, need_x: bool, need_i: bool, rows: int | None = None
     chunks = _chunks(S, 128 if patches is None else patches.unit)
     gis = [torch.empty(RT, R, N2, dtype=torch.float32) if need_i else None for _ in chunks]
     lib = _lib()
-    _run([lambda sb=sb, se=se, gi=gi: lib.tiles_bwd(RT, R, N2, S, K, geo, sb, se, _ptr(xt), _ptr(i0t), _ptr(m),
-                                                    _ptr(gy), _ptr(gx), _ptr(gi))
+    _run([lambda sb=sb, se=se, gi=gi: lib.tiles_bwd(RT, R, N2, S, K, geo, sb, se, _ptr(xt), _ptr(xe), _ptr(i0t),
+                                                    _ptr(m), _ptr(gy), _ptr(gx), _ptr(gi))
           for (sb, se), gi in zip(chunks, gis)])
     gi = gis[0]
     for part in gis[1:]:
@@ -254,9 +272,7 @@ def widths(xt: torch.Tensor, loss: torch.Tensor, beta: torch.Tensor | None, cur:
     (``second_order.effective_inputs`` without its sort)."""
     xt = xt.contiguous()
     RT, R, S = xt.shape
-    f32 = lambda v: v.reshape(RT, -1).to(torch.float32).contiguous()  # noqa: E731
-    loss, cur = f32(loss), f32(cur)
-    beta = None if beta is None else f32(beta)
+    loss, beta, cur = _widths_args(RT, loss, beta, cur)
     out = torch.empty_like(xt)
     lib = _lib()
     _run([lambda sb=sb, se=se: lib.tiles_widths(RT, R, S, sb, se, _ptr(xt), _ptr(loss), _ptr(beta), _ptr(cur),

@@ -252,19 +252,28 @@ class AnalogLayer(nn.Module):
         self._so_cache = (key, out)
         return out
 
-    def _second_order(self, xt: torch.Tensor, i0t: torch.Tensor, kx: torch.Tensor):
-        """Inputs, currents and crosstalk through the second-order terms
-        (:func:`labkit.model.second_order.tile_terms`). The source line sees each row's
-        current averaged over the layer's column tiles (chips) plus its unused columns."""
+    def _second_terms(self, i0t: torch.Tensor):
+        """The second-order terms for currents ``i0t``: (coupling, (width loss, beta, row
+        currents nA)), or None without any. The source line sees each row's current
+        averaged over the layer's column tiles (chips) plus its unused columns."""
         terms = self._second_wide()
         if terms is None:
-            return xt, i0t, kx
+            return None
         coupling, loss, beta, unused = terms
         row_na = None
         if beta is not None:
             with torch.no_grad():
                 row_na = (i0t.sum(-1, keepdim=True) / self.col_tiles + unused * self._i_min_na * self._T_us) / self._T_us
-        return so.tile_terms(xt, i0t, kx, coupling, loss, beta, row_na)
+        return coupling, (loss, beta, row_na)
+
+    def _second_order(self, xt: torch.Tensor, i0t: torch.Tensor, kx: torch.Tensor):
+        """Inputs, currents and crosstalk through the second-order terms
+        (:func:`labkit.model.second_order.tile_terms`)."""
+        terms = self._second_terms(i0t)
+        if terms is None:
+            return xt, i0t, kx
+        coupling, widths = terms
+        return so.tile_terms(xt, i0t, kx, coupling, *widths)
 
     def _jittered(self, wide):
         """The wide parameters, perturbed in training when ``config.noise.jitter`` > 0."""
@@ -318,13 +327,12 @@ class AnalogLayer(nn.Module):
         return y / (self._i_scale_na * self._T_us)
 
     def _fused(self, x: torch.Tensor, neg: bool) -> bool:
-        """True where the whole layer (tiles, digital gains, bias, ReLU) runs in the fused
-        C kernels (:class:`~labkit.model.tile_physics.FusedLayer`): model tiles, no split
-        inputs, no second-order terms, and the kernels apply (float32 on the CPU, chosen
-        on this machine)."""
+        """True where the whole layer (tiles, second-order terms, digital gains, bias,
+        ReLU) runs in the fused C kernels (:class:`~labkit.model.tile_physics.FusedLayer`):
+        model tiles, no split inputs, and the kernels apply (float32 on the CPU, chosen on
+        this machine)."""
         return (type(self.tiles) is ModelTiles and not neg and tile_physics.NATIVE["on"]
-                and tile_physics.NATIVE["fused"] and tiles_native.applies(x, self.tile_kxt)
-                and self._second_wide() is None)
+                and tile_physics.NATIVE["fused"] and tiles_native.applies(x, self.tile_kxt))
 
     def _fused_outputs(self, x: torch.Tensor, hw: int, patches=None) -> torch.Tensor:
         """The layer's outputs (B, n, hw) from pulse inputs x (rows (rt*rows, N), or the
@@ -334,8 +342,13 @@ class AnalogLayer(nn.Module):
         opts = self._opts(2) + (cfg.crosstalk, cfg.edge_order)
         scale = self.output_scales() * (self.input_scale / (self._i_scale_na * self._T_us))
         x = x if patches is not None else x.view(self.row_tiles, R, -1)
-        return tile_physics.FusedLayer.apply(x, self._jitter_currents(self._currents_t()), kx, e, t0c, gc, self.bias,
-                                             opts, scale, self.relu, hw, self.in_rows, patches)
+        i0t = self._jitter_currents(self._currents_t())
+        terms, widths = self._second_terms(i0t), None
+        if terms is not None:  # the coupling on the currents here, the widths in the kernel's blocks
+            coupling, widths = terms
+            i0t, kx = so.mix_columns(i0t, *coupling), so.mix_columns(kx, *coupling)
+        return tile_physics.FusedLayer.apply(x, i0t, kx, e, t0c, gc, self.bias, opts, scale, self.relu, hw,
+                                             self.in_rows, patches, widths)
 
     def _inputs(self, a: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """Activations (any shape) -> pulse inputs; negative ones split (stacked on dim 0)."""
