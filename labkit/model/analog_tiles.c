@@ -26,6 +26,9 @@
    Layouts (all float32, contiguous): x (RT, R, S); I0, k (RT, R, N2); e, t0, g, kbar
    (RT, N2); dq/dz (RT, N2, S); y and gy (N2/2, S); bank (nbank >= BS). */
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h> /* (the non-temporal stores) */
+#endif
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -210,6 +213,37 @@ typedef struct {
     float e, inv_e, g, t0, ae, be, cmax, sig, nc2, nr2, ys;
 } column_t;
 
+/* A copy out to memory of what only the backward pass reads again (dq/dz, the effective
+   widths): where the destination is aligned, the stores bypass the cache (non-temporal:
+   no read of each line before it is written; measured 13 % of LeNet-5's second layer's
+   forward on AVX-512). */
+static inline void copy_out(void *restrict dst, const void *restrict src, size_t bytes)
+{
+#if defined(__AVX512F__)
+    if (((unsigned long)dst & 63) == 0 && bytes % 64 == 0) {
+        for (size_t b = 0; b < bytes; b += 64)
+            _mm512_stream_si512((void *)((char *)dst + b), _mm512_load_si512((const void *)((const char *)src + b)));
+        return;
+    }
+#elif defined(__AVX__)
+    if (((unsigned long)dst & 31) == 0 && bytes % 32 == 0) {
+        for (size_t b = 0; b < bytes; b += 32)
+            _mm256_stream_si256((__m256i *)((char *)dst + b), _mm256_load_si256((const __m256i *)((const char *)src + b)));
+        return;
+    }
+#endif
+    memcpy(dst, src, bytes);
+}
+
+/* The non-temporal stores of copy_out done before anyone else reads them (they are weakly
+   ordered): once at the end of a kernel call. */
+static inline void copy_out_done(void)
+{
+#if defined(__AVX__)
+    _mm_sfence();
+#endif
+}
+
 /* The droop's log, ln(1 + u) for u = e' z m1 (n values): the series u - u^2/2 +
    u^3 P(u) of ln_poly.h on u itself (no range reduction, no rounding of 1 + u) when
    every u is in [sqrt(1/2) - 1, sqrt(2) - 1) (a droop below 40 %: always, on a chip),
@@ -241,11 +275,13 @@ static inline __attribute__((always_inline)) void readout(long n, const float *r
     const float e = p->e, ae = p->ae, be = p->be, inv_e = p->inv_e, g = p->g, t0 = p->t0, cmax = p->cmax;
     const float nc2 = p->nc2, nr2 = p->nr2, sig = p->sig, ys = p->ys, yt = p->ys * p->t0;
     if (droop) {
+        mtype mb[BS] __attribute__((aligned(64)));
         for (long j = 0; j < n; j++) {
             float m1 = 1.0f - ae * kt[j] - be * sx[j], u = e * z[j] * m1;
-            m[j] = (mtype)(fminf(fmaxf(m1 / (1.0f + u), 0.0f), 65535.0f / M_ONE) * M_ONE + 0.5f);
+            mb[j] = (mtype)(fminf(fmaxf(m1 / (1.0f + u), 0.0f), 65535.0f / M_ONE) * M_ONE + 0.5f);
             ub[j] = u;
         }
+        copy_out(m, mb, sizeof(mtype) * n);
         ln1p_block(n, ub, lnw);
     }
     for (long j = 0; j < n; j++) {
@@ -323,7 +359,7 @@ int tiles_fwd(long RT, long R, long N2, long S, long K, const long *geo, long sb
             if (wloss) {
                 widths_tile(R, n, xb, wloss + r * R, wbeta ? wbeta[r] : 0.0f, wcur + r * R, ov);
                 if (xe)
-                    for (long i = 0; i < R; i++) memcpy(xe + (r * R + i) * S + s0, ov[i], sizeof(float) * n);
+                    for (long i = 0; i < R; i++) copy_out(xe + (r * R + i) * S + s0, ov[i], sizeof(float) * n);
                 xin = ov;
             }
             for (long v = 0; v < nv; v++) {
@@ -355,6 +391,7 @@ int tiles_fwd(long RT, long R, long N2, long S, long K, const long *geo, long sb
             }
         }
     }
+    copy_out_done();
     inputs_close(&in);
     return 0;
 }
