@@ -109,3 +109,17 @@ def test_a_slow_tile_kernel_loses_the_race_and_the_layer_runs_the_torch_path(fre
             torch.full((1, 1, 8), 900.0), torch.ones(1, 1, 8), (True, True, (0.0, 0.0), 1023.0, 2, True, True))
     tile_physics.TileBmm.forward(ctx, xt, *args)
     assert ctx.native is False and not calls
+
+
+def test_labkit_march_builds_another_target_in_its_own_entry_and_refuses_junk(fresh, monkeypatch):
+    src = _kernel(fresh)
+    native_entry = native.entry_path(src)
+    monkeypatch.setenv("LABKIT_MARCH", "x86-64-v3")
+    v3 = native.entry_path(src)
+    assert v3 != native_entry and "-march=x86-64-v3" in native.build_record(src, False)["flags"]
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):  # an x86-64 machine that runs v3 code
+        native._LOADED.clear()
+        assert native.load(src).tiny() == 7 and v3.exists()
+    monkeypatch.setenv("LABKIT_MARCH", "native; rm -rf /")
+    with pytest.raises(ValueError, match="LABKIT_MARCH"):
+        native.build_record(src, False)

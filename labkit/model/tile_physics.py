@@ -41,7 +41,10 @@ readout and row-tile sums on blocks of samples held in the cache, the backward p
 likewise, convolution patches copied by runs, where a timed race at first use
 (:func:`race_paths`) found it faster than the torch code here; that is the fallback
 (other devices and dtypes, no compiler, ``LABKIT_NATIVE=0``) and the reference the
-tests hold the kernels to.
+tests hold the kernels to. A layer on its model tiles runs whole in C
+(:class:`FusedLayer`: patches read in place from the input map, the second-order widths
+per block, digital gains, bias and ReLU), the composition of :class:`TileBmm` and the
+torch epilogue being its definition.
 """
 
 from __future__ import annotations

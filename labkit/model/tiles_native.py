@@ -9,6 +9,16 @@ those tensors is written to memory (same equations, float32; tests/test_analog.p
 checks them against the torch path). Long batches are split across torch's CPU threads
 (ctypes releases the GIL).
 
+Whole layers (:class:`labkit.model.tile_physics.FusedLayer`, where a layer runs on its
+model tiles with non-negative inputs): the same kernels also read a convolution's
+patches in place from its input map (:class:`Patches`; no patch matrix is written, and
+the input gradient is added back into the map, threads taking whole images), skip the
+zero-padded rows of a last row tile, run the second-order effective widths per block
+(:func:`widths` without its output array, the widths kept only for the weight
+gradient), and apply the digital gains, bias and ReLU in the output's own layout
+(:func:`epilogue`; its adjoint :func:`epilogue_backward`). tests/test_analog_fused.py
+holds this path to the composed one.
+
 Built, verified and loaded at first use by :mod:`labkit.model.native`; without a compiler, or with
 ``LABKIT_NATIVE=0``, the torch path runs. Where both can run, a timed race at first use
 (:func:`chosen`, ``tile_physics.race_paths``: 4 row tiles x 16 x 16, 4096 samples, full
@@ -52,6 +62,36 @@ code; LeNet-5 training step, batch 128, 1 thread, one run):
 * Division and square root of the readout (``-mrecip=all``, no noise-floor sqrt): no
   gain. On AVX-512 the forward splits about evenly between the products and the
   readout, at roughly 1.5 cycles per column and sample each.
+
+What made the LeNet-5 step slow on an Intel Xeon (AVX-512, 48 kB L1d, 2 MB L2 per core,
+a shared 2-core VM; ``perf record -e cpu-clock``, sampled instructions; timings from
+alternating builds in one process, min of 15-40 calls):
+
+* Memory traffic, not arithmetic (the cause). A single core of this machine streams
+  about 6-10 GB/s. The patch matrices (12.8 MB for the first convolution, 8 MB for the
+  second) were written by ``patches_fwd``, read by the forward, read again by the
+  backward, and the patch gradient written and folded back: a third of the backward's
+  samples sat on the ``rep movsq`` of those copies. Reading the patches in place from
+  the map (L2-resident: 0.4 and 0.6 MB) removed 1.4-2 ms of unfolding per convolution
+  and the backward's copies. The first version of the in-place loader held 10.5 % of
+  the step's samples, mostly integer divisions (the sample and row coordinates, per row
+  and block); with the row table and the block's runs set up once per call and block,
+  3 %.
+* The glue around the kernels: the ReLU's backward on a (samples, outputs) tensor whose
+  gradient arrived in NCHW strides took 2.1 ms (0.37 ms in plain torch on the same
+  size), plus the copies, scales and bias: about 5 ms per step, now one C pass each way.
+* The readout's op count: about 80 vector instructions per 16 values, with spills. The
+  droop's log as its series on ``u = e' z m1`` (no exponent split; ``u`` < 0.08 on these
+  chips, the full log where any ``u`` of a column reaches 0.414), the noise rms a constant
+  when there is no relative part (the default), and clip-then-truncate for the TDC
+  floor: 11-25 % of the forward of each layer.
+* Writing dq/dz (16 bit, 8 MB for the second convolution): non-temporal stores where the
+  destination is aligned (only the backward reads it again): 13 % of that layer's
+  forward.
+* Not a cost here: the noise bank (the second convolution's forward 7.17 ms with
+  noise, 7.09 ms without), ``-mrecip=all`` (no change), denormals (none arise). The
+  AVX2 build (``LABKIT_MARCH=x86-64-v3``) is about 1.3x slower than the AVX-512 one
+  overall on this CPU.
 """
 
 from __future__ import annotations
