@@ -41,6 +41,7 @@ entry: the flags are part of the key).
 from __future__ import annotations
 
 import contextlib
+import functools
 import ctypes
 import hashlib
 import importlib
@@ -135,6 +136,15 @@ def sources(src: Source) -> tuple[Path, ...]:
 
 
 def _key(src: Source) -> str:
+    """The name of a library's sources (memoized: it is looked up on every kernel call)."""
+    try:
+        return _keys(src)
+    except TypeError:  # (an unhashable sequence of paths)
+        return "+".join(str(p) for p in sources(src))
+
+
+@functools.lru_cache(maxsize=256)
+def _keys(src: Source) -> str:
     return "+".join(str(p) for p in sources(src))
 
 
