@@ -44,25 +44,9 @@
 enum { P_LEVELS, P_POW2, P_TUS, P_CFF, P_IREF, P_LSB, P_TFS, P_NOISE };
 #include "crossing_math.h" /* (inside the options above, as the kernels) */
 
-#define DEFINE_CROSSING(T, SUF)                                                             \
-/* InputQuantize.forward times T: clamp to [0, 1] (NaN passes), round to `levels` steps. */ \
-static void quant_in_##SUF(int64_t N, const T *restrict x, T *restrict d, T levels, int pow2, T t_us) \
-{                                                                                           \
-    if (levels <= 0)                                                                        \
-        for (int64_t j = 0; j < N; ++j) { T y = x[j] < 0 ? 0 : (x[j] > 1 ? 1 : x[j]); d[j] = y * t_us; } \
-    else if (pow2) {                                                                        \
-        const T inv = 1 / levels;                                                           \
-        for (int64_t j = 0; j < N; ++j) {                                                   \
-            T y = x[j] < 0 ? 0 : (x[j] > 1 ? 1 : x[j]);                                     \
-            d[j] = (RINT_##SUF(y * levels) * inv) * t_us;                                   \
-        }                                                                                   \
-    } else                                                                                  \
-        for (int64_t j = 0; j < N; ++j) {                                                   \
-            T y = x[j] < 0 ? 0 : (x[j] > 1 ? 1 : x[j]);                                     \
-            d[j] = (RINT_##SUF(y * levels) / levels) * t_us;                                \
-        }                                                                                   \
-}                                                                                           \
-                                                                                            \
+/* The forward's vector steps and the walk of 16 columns, per vector type (f32w: 64-byte
+   floats on AVX-512, slot_walk.h) */
+#define DEFINE_CROSSING_WALK16(T, SUF)                                                      \
 /* floor on the lanes of a vector (one vector instruction with SSE4.1 and later). */        \
 static inline v_##SUF vfloor_##SUF(v_##SUF v)                                               \
 {                                                                                           \
@@ -101,36 +85,6 @@ static inline __attribute__((always_inline)) void fwd_vec_##SUF(                
         tc = SEL(V, VI, lo, tc * 0, SEL(V, VI, hi, tfs + tc * 0, tc));                      \
     }                                                                                       \
     *(V *)t = tc;                                                                           \
-}                                                                                           \
-                                                                                            \
-/* The rest of the forward of one sample, on vectors of L columns held in registers:        \
-   K_tot (the crosstalk of the pulsed rows, d > 0; branch-free, times 0 or 1, in four       \
-   chains), q = ln(1 + e z) / e + K (equations.droop_charge) or z + K, and the readout      \
-   (equations.read_times): t = t0 - g q (+ noise), floor to the LSB, clip to [0, t_fs]      \
-   (keep: the unclipped mask). (With K, q and t in arrays between separate loops, the       \
-   reloads waited on the stores: half the forward.) */                                      \
-static inline void fwd_row_##SUF(int64_t R, int64_t C, const T *restrict db, const T *restrict k, \
-                                 const T *restrict z, const T *restrict e, int droop, const T *restrict t0, \
-                                 const T *restrict g, const T *restrict nrm, T noise, T lsb, T tfs, int64_t flags, \
-                                 T *restrict q, T *restrict t, uint8_t *restrict keep)      \
-{                                                                                           \
-    typedef v_##SUF V;                                                                      \
-    enum { L = L_##SUF };                                                                   \
-    T pf[R];                                                                                \
-    for (int64_t i = 0; i < R; ++i) pf[i] = (T)(db[i] > 0);                                 \
-    for (int64_t c = 0; c < C; c += L) {                                                    \
-        V kc = {0};                                                                         \
-        if (k) {                                                                            \
-            V a[4] = {{0}, {0}, {0}, {0}};                                                  \
-            int64_t i = 0;                                                                  \
-            for (; i + 3 < R; i += 4)                                                       \
-                for (int u = 0; u < 4; ++u) a[u] += pf[i + u] * *(const V *)(k + (i + u) * C + c); \
-            for (; i < R; ++i) a[0] += pf[i] * *(const V *)(k + i * C + c);                 \
-            kc = (a[0] + a[1]) + (a[2] + a[3]);                                             \
-        }                                                                                   \
-        fwd_vec_##SUF(*(const V *)(z + c), kc, e + c, droop, t0 + c, g + c, nrm ? nrm + c : NULL, noise, lsb, tfs, \
-                      flags, q + c, t + c, keep ? keep + c : NULL);                         \
-    }                                                                                       \
 }                                                                                           \
                                                                                             \
 static const T zeros16_##SUF[16] __attribute__((aligned(64))) = {0};                        \
@@ -173,6 +127,55 @@ static inline __attribute__((always_inline)) void xfwd16_group_##SUF(           
         }                                                                                   \
     }                                                                                       \
 }                                                                                           \
+
+#define DEFINE_CROSSING(T, SUF)                                                             \
+/* InputQuantize.forward times T: clamp to [0, 1] (NaN passes), round to `levels` steps. */ \
+static void quant_in_##SUF(int64_t N, const T *restrict x, T *restrict d, T levels, int pow2, T t_us) \
+{                                                                                           \
+    if (levels <= 0)                                                                        \
+        for (int64_t j = 0; j < N; ++j) { T y = x[j] < 0 ? 0 : (x[j] > 1 ? 1 : x[j]); d[j] = y * t_us; } \
+    else if (pow2) {                                                                        \
+        const T inv = 1 / levels;                                                           \
+        for (int64_t j = 0; j < N; ++j) {                                                   \
+            T y = x[j] < 0 ? 0 : (x[j] > 1 ? 1 : x[j]);                                     \
+            d[j] = (RINT_##SUF(y * levels) * inv) * t_us;                                   \
+        }                                                                                   \
+    } else                                                                                  \
+        for (int64_t j = 0; j < N; ++j) {                                                   \
+            T y = x[j] < 0 ? 0 : (x[j] > 1 ? 1 : x[j]);                                     \
+            d[j] = (RINT_##SUF(y * levels) / levels) * t_us;                                \
+        }                                                                                   \
+}                                                                                           \
+                                                                                            \
+/* The rest of the forward of one sample, on vectors of L columns held in registers:        \
+   K_tot (the crosstalk of the pulsed rows, d > 0; branch-free, times 0 or 1, in four       \
+   chains), q = ln(1 + e z) / e + K (equations.droop_charge) or z + K, and the readout      \
+   (equations.read_times): t = t0 - g q (+ noise), floor to the LSB, clip to [0, t_fs]      \
+   (keep: the unclipped mask). (With K, q and t in arrays between separate loops, the       \
+   reloads waited on the stores: half the forward.) */                                      \
+static inline void fwd_row_##SUF(int64_t R, int64_t C, const T *restrict db, const T *restrict k, \
+                                 const T *restrict z, const T *restrict e, int droop, const T *restrict t0, \
+                                 const T *restrict g, const T *restrict nrm, T noise, T lsb, T tfs, int64_t flags, \
+                                 T *restrict q, T *restrict t, uint8_t *restrict keep)      \
+{                                                                                           \
+    typedef v_##SUF V;                                                                      \
+    enum { L = L_##SUF };                                                                   \
+    T pf[R];                                                                                \
+    for (int64_t i = 0; i < R; ++i) pf[i] = (T)(db[i] > 0);                                 \
+    for (int64_t c = 0; c < C; c += L) {                                                    \
+        V kc = {0};                                                                         \
+        if (k) {                                                                            \
+            V a[4] = {{0}, {0}, {0}, {0}};                                                  \
+            int64_t i = 0;                                                                  \
+            for (; i + 3 < R; i += 4)                                                       \
+                for (int u = 0; u < 4; ++u) a[u] += pf[i + u] * *(const V *)(k + (i + u) * C + c); \
+            for (; i < R; ++i) a[0] += pf[i] * *(const V *)(k + i * C + c);                 \
+            kc = (a[0] + a[1]) + (a[2] + a[3]);                                             \
+        }                                                                                   \
+        fwd_vec_##SUF(*(const V *)(z + c), kc, e + c, droop, t0 + c, g + c, nrm ? nrm + c : NULL, noise, lsb, tfs, \
+                      flags, q + c, t + c, keep ? keep + c : NULL);                         \
+    }                                                                                       \
+}                                                                                           \
                                                                                             \
 int cross_fwd_##SUF(int64_t n, int64_t B, int64_t R, int64_t C, const T *x, const T *log_i0, const T *k, \
                     const T *eta, const T *t0, const T *gain, const T *normals, const double *par, int64_t flags, \
@@ -198,8 +201,8 @@ int cross_fwd_##SUF(int64_t n, int64_t B, int64_t R, int64_t C, const T *x, cons
         quant_in_##SUF(B * R, xs, ds, levels, pow2, t_us);                                  \
         if (slots && C == 16) { /* the walk and the rest in one pass, 4 samples at a time */ \
             enum { SU = 4 };                                                                \
-            v_##SUF tot[16 / L_##SUF];                                                      \
-            slot_totals_##SUF(R, 16, is, tot);                                              \
+            CAT(v_, WIDE_##SUF) tot[16 / CAT(L_, WIDE_##SUF)]; /* (64-byte lanes on AVX-512) */ \
+            CAT(slot_totals_, WIDE_##SUF)(R, 16, is, tot);                                  \
             for (int64_t b = 0; b < B; b += SU) {                                           \
                 const int su = B - b < SU ? (int)(B - b) : SU;                              \
                 const T *db[SU], *nb[SU];                                                   \
@@ -212,11 +215,13 @@ int cross_fwd_##SUF(int64_t n, int64_t B, int64_t R, int64_t C, const T *x, cons
                     qb[u] = q + o; tb[u] = t + o; nb[u] = normals ? normals + o : NULL; kb[u] = keep ? keep + o : NULL; \
                 }                                                                           \
                 if (su == SU)                                                               \
-                    xfwd16_group_##SUF(SU, R, db, ib, is, rs, ks, tot, e, t0 + s * C, g, noise, lsb, tfs, flags, nb, zb, \
+                    CAT(xfwd16_group_, WIDE_##SUF)(SU, R, db, ib, is, rs, ks, tot, e, t0 + s * C, g, noise, lsb, tfs, \
+                                                  flags, nb, zb,                                            \
                                        qb, tb, kb);                                         \
                 else                                                                        \
                     for (int u = 0; u < su; ++u)                                            \
-                        xfwd16_group_##SUF(1, R, db + u, ib + u, is, rs, ks, tot, e, t0 + s * C, g, noise, lsb, tfs, \
+                        CAT(xfwd16_group_, WIDE_##SUF)(1, R, db + u, ib + u, is, rs, ks, tot, e, t0 + s * C, g, noise, \
+                                                      lsb, tfs,                                             \
                                            flags, nb + u, zb + u, qb + u, tb + u, kb + u);  \
             }                                                                               \
             continue;                                                                       \
@@ -463,6 +468,13 @@ int cross_bwd_##SUF(int64_t n, int64_t B, int64_t R, int64_t C, const T *x, cons
     return 0;                                                                               \
 }
 
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b) /* (pastes after expanding WIDE_SUF) */
+DEFINE_CROSSING_WALK16(float, f32)
+DEFINE_CROSSING_WALK16(double, f64)
+#if defined(__AVX512F__)
+DEFINE_CROSSING_WALK16(float, f32w)
+#endif
 DEFINE_CROSSING(float, f32)
 DEFINE_CROSSING(double, f64)
 

@@ -53,44 +53,49 @@ static inline double curv_fix_f64(double y, double series)
 #define SEL(V, VI, m, a, b) ((V)(((VI)(a) & (m)) | ((VI)(b) & ~(m))))
 
 /* True if every lane of a mask is set (a tree of ANDs: no lane-by-lane extraction). */
-static inline int all_set_vi32(vi_f32 m)
-{
-    for (int w = L_f32 / 2; w >= 1; w /= 2)
-        for (int l = 0; l < w; ++l) m[l] &= m[l + w];
-    return m[0] != 0;
+#define DEFINE_ALL_SET(SUF)                                                                 \
+static inline int all_set_##SUF(vi_##SUF m)                                                 \
+{                                                                                           \
+    for (int w = L_##SUF / 2; w >= 1; w /= 2)                                               \
+        for (int l = 0; l < w; ++l) m[l] &= m[l + w];                                       \
+    return m[0] != 0;                                                                       \
 }
 
-static inline int all_set_vi64(vi_f64 m)
-{
-    for (int w = L_f64 / 2; w >= 1; w /= 2)
-        for (int l = 0; l < w; ++l) m[l] &= m[l + w];
-    return m[0] != 0;
+/* ln(1 + y) / y on float vectors of type SUF (the scalar ln1p_ratio_f32 per lane). */
+#define DEFINE_LN1P_RATIO_V(SUF)                                                            \
+static inline v_##SUF ln_poly_v##SUF(v_##SUF t) { return LN_POLY(t); } /* ln_poly.h */      \
+                                                                                            \
+static inline v_##SUF ln1p_ratio_v##SUF(v_##SUF y)                                          \
+{                                                                                           \
+    typedef v_##SUF V;                                                                      \
+    typedef vi_##SUF VI;                                                                    \
+    const V small = 1.0f - 0.5f * y + y * y * ln_poly_v##SUF(y);                            \
+    const VI inside = (y >= -0.292893219f) & (y < 0.414213562f);                            \
+    if (all_set_##SUF(inside)) return small; /* (a droop below 40 %: every lane on a chip) */ \
+    const V w = 1.0f + y;                                                                   \
+    VI bits = (VI)w;                                                                        \
+    VI ex = (bits >> 23) - 127;                                                             \
+    bits = (bits & 0x007fffff) | 0x3f800000;                                                \
+    V f = (V)bits;                                                                          \
+    const VI big = f > 1.41421356f;                                                         \
+    f = SEL(V, VI, big, 0.5f * f, f);                                                       \
+    ex -= big; /* big lanes are -1 */                                                       \
+    const V t = f - 1.0f, t2 = t * t;                                                       \
+    const V ln = t2 * t * ln_poly_v##SUF(t) - 0.5f * t2 + t + __builtin_convertvector(ex, V) * 0.693147181f; \
+    return SEL(V, VI, inside, small, ln / y);                                               \
 }
 
-#define ALL_SET_f32 all_set_vi32
-#define ALL_SET_f64 all_set_vi64
-
-static inline v_f32 ln_poly_vf32(v_f32 t) { return LN_POLY(t); } /* ln_poly.h, per lane */
-
-static inline v_f32 ln1p_ratio_vf32(v_f32 y)
-{
-    typedef v_f32 V;
-    typedef vi_f32 VI;
-    const V small = 1.0f - 0.5f * y + y * y * ln_poly_vf32(y);
-    const VI inside = (y >= -0.292893219f) & (y < 0.414213562f);
-    if (all_set_vi32(inside)) return small; /* (a droop below 40 %: every lane on a chip) */
-    const V w = 1.0f + y;
-    VI bits = (VI)w;
-    VI ex = (bits >> 23) - 127;
-    bits = (bits & 0x007fffff) | 0x3f800000;
-    V f = (V)bits;
-    const VI big = f > 1.41421356f;
-    f = SEL(V, VI, big, 0.5f * f, f);
-    ex -= big; /* big lanes are -1 */
-    const V t = f - 1.0f, t2 = t * t;
-    const V ln = t2 * t * ln_poly_vf32(t) - 0.5f * t2 + t + __builtin_convertvector(ex, V) * 0.693147181f;
-    return SEL(V, VI, inside, small, ln / y);
-}
+DEFINE_ALL_SET(f32)
+DEFINE_ALL_SET(f64)
+DEFINE_LN1P_RATIO_V(f32)
+#define ALL_SET_f32 all_set_f32
+#define ALL_SET_f64 all_set_f64
+#if defined(__AVX512F__)
+DEFINE_ALL_SET(f32w)
+DEFINE_LN1P_RATIO_V(f32w)
+#define LN1P_RATIO_f32w ln1p_ratio_vf32w
+#define FLOOR_f32w floorf
+#endif
 
 static inline v_f64 ln1p_ratio_vf64(v_f64 y)
 {
