@@ -174,3 +174,19 @@ def test_second_order_terms_run_fused_and_match_the_composed_layer(kind, beta, m
     assert layer._second_wide() is not None
     getattr(layer, mode)()
     _assert_same(_run(layer, x, True), _run(layer, x, False))
+
+
+@pytest.mark.parametrize("levels", [256, 16, 0])
+def test_pulse_inputs_in_one_pass_equal_input_quantize(levels):
+    from labkit.model.kernels import InputQuantize
+
+    v = (torch.randn(3, 5, 17, 19) * 1.5).requires_grad_(True)
+    x, least = tile_physics.PulseInputs.apply(v, levels)
+    ref = InputQuantize.apply(v, levels)
+    assert torch.equal(x, ref) and float(least) == float(v.detach().min())  # the same rounding, half to even
+    g = torch.randn(v.shape)
+    gv, = torch.autograd.grad((x * g).sum(), v)
+    rv, = torch.autograd.grad((ref * g).sum(), v)
+    assert torch.equal(gv, rv) and (gv == 0).any() and (gv != 0).any()
+    with pytest.raises(ValueError, match="power of two"):
+        tiles_native.quantize(v.detach(), 100)

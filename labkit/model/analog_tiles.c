@@ -662,6 +662,27 @@ int tiles_bwd(long RT, long R, long N2, long S, long K, const long *geo, long sb
     return 0;
 }
 
+/* A layer's pulse inputs from scaled activations v (n values, a / input_scale): clipped
+   to [0, 1] and rounded to levels steps (half to even, as torch.round; levels a power of
+   two, times its exact inverse as InputQuantize does, or 0: not rounded). Returns the
+   least v (negative: the caller splits the inputs instead). */
+float tiles_quantize(long n, const float *v, long levels, float *x)
+{
+    float lo = INFINITY, fl = (float)levels, inv = 1.0f / fl;
+    for (long j = 0; j < n; j++) {
+        float c = fminf(fmaxf(v[j], 0.0f), 1.0f);
+        lo = fminf(lo, v[j]);
+        x[j] = levels > 0 ? rintf(c * fl) * inv : c;
+    }
+    return lo;
+}
+
+/* Its gradient, straight through inside [0, 1] (InputQuantize): gv = g where 0 <= v <= 1. */
+void tiles_quantize_bwd(long n, const float *g, const float *v, float *gv)
+{
+    for (long j = 0; j < n; j++) gv[j] = v[j] >= 0.0f && v[j] <= 1.0f ? g[j] : 0.0f;
+}
+
 /* A layer's outputs from the row-tile sums y (n, S), S = B HW: out = y scale + bias per
    output (bias NULL: none), then the ReLU when relu, laid out (B, n, HW) (a
    convolution's map; HW = 1: (B, n)). */

@@ -56,7 +56,7 @@ import torch
 from labkit.model import native, tiles_native
 from labkit.model.equations import droop_charge, read_times
 
-__all__ = ["TileBmm", "FusedLayer", "tile_readout", "gaussian", "NATIVE", "EDGE_A", "EDGE_B", "race_paths"]
+__all__ = ["TileBmm", "FusedLayer", "PulseInputs", "tile_readout", "gaussian", "NATIVE", "EDGE_A", "EDGE_B", "race_paths"]
 
 EDGE_A, EDGE_B = 0.9, -0.9  # relu(u - v) p_v ~ u (A p_v + B v): exact for equal pulses
 
@@ -189,6 +189,26 @@ class TileBmm(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             gi = torch.bmm(gz, xt.transpose(1, 2)).transpose(1, 2)  # (rt, R, 2n)
         return gx, gi, None, None, None, None, None
+
+
+class PulseInputs(torch.autograd.Function):
+    """:class:`labkit.model.kernels.InputQuantize` of scaled activations ``v`` in one C
+    pass each way (``levels`` a power of two or 0), and the least ``v`` (a 0-dim tensor
+    without gradient: negative means the layer splits its inputs instead)."""
+
+    @staticmethod
+    def forward(ctx, v, levels):
+        x, least = tiles_native.quantize(v, levels)
+        ctx.save_for_backward(v)
+        least = torch.tensor(least)
+        ctx.mark_non_differentiable(least)
+        return x, least
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g, _):
+        (v,) = ctx.saved_tensors
+        return tiles_native.quantize_backward(g, v), None
 
 
 class FusedLayer(torch.autograd.Function):

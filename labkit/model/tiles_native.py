@@ -105,7 +105,8 @@ import torch
 
 from labkit.model import native
 
-__all__ = ["available", "applies", "chosen", "forcing", "forward", "backward", "Patches", "epilogue",
+__all__ = ["available", "applies", "chosen", "forcing", "forward", "backward", "Patches", "quantize",
+           "quantize_backward", "epilogue",
            "epilogue_backward", "widths", "widths_apply", "patches", "patches_backward"]
 
 SOURCE = Path(__file__).with_name("analog_tiles.c")
@@ -115,6 +116,8 @@ SIGNATURES = {
                   + [_p] * 6, ctypes.c_int),
     "tiles_bwd": ([_i64] * 5 + [_p] + [_i64] * 2 + [_p] * 7, ctypes.c_int),
     "tiles_epilogue": ([_i64] * 3 + [_p] * 3 + [_i32, _p], None),
+    "tiles_quantize": ([_i64, _p, _i64, _p], _f32),
+    "tiles_quantize_bwd": ([_i64, _p, _p, _p], None),
     "tiles_epilogue_bwd": ([_i64] * 3 + [_p] * 3 + [_i32, _p, _p], None),
     "tiles_widths": ([_i64] * 5 + [_p] * 5, ctypes.c_int),
     "patches_fwd": ([_i64] * 4 + [_p, _i64, _p, _p], None),
@@ -280,6 +283,26 @@ def backward(xt, i0t, m, gy, need_x: bool, need_i: bool, rows: int | None = None
     for part in gis[1:]:
         gi += part
     return gx, gi
+
+
+def quantize(v: torch.Tensor, levels: int) -> tuple[torch.Tensor, float]:
+    """``(x, least)``: pulse inputs ``x`` = scaled activations ``v`` clipped to [0, 1] and
+    rounded to ``levels`` steps (a power of two, or 0: not rounded), as
+    :class:`labkit.model.kernels.InputQuantize`; and the least of ``v``."""
+    if levels & (levels - 1):
+        raise ValueError(f"levels={levels}; expected a power of two or 0 (others: InputQuantize)")
+    v = v.contiguous()
+    x = torch.empty_like(v)
+    least = _lib().tiles_quantize(v.numel(), _ptr(v), int(levels), _ptr(x))
+    return x, float(least) if v.numel() else 0.0
+
+
+def quantize_backward(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The gradient of :func:`quantize` for scaled activations ``v``: ``g`` inside [0, 1]."""
+    g = g.reshape(v.shape).contiguous()
+    gv = torch.empty_like(v)
+    _lib().tiles_quantize_bwd(v.numel(), _ptr(g), _ptr(v), _ptr(gv))
+    return gv
 
 
 def epilogue(y: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, relu: bool, hw: int) -> torch.Tensor:

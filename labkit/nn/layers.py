@@ -351,7 +351,14 @@ class AnalogLayer(nn.Module):
                                              self.in_rows, patches, widths)
 
     def _inputs(self, a: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        """Activations (any shape) -> pulse inputs; negative ones split (stacked on dim 0)."""
+        """Activations (any shape) -> pulse inputs; negative ones split (stacked on dim 0).
+        One C pass each way where the kernels apply (:class:`~labkit.model.tile_physics.PulseInputs`)."""
+        levels = self._levels if self.config.quantize else 0
+        if (tile_physics.NATIVE["on"] and tile_physics.NATIVE["fused"] and not levels & (levels - 1)
+                and tiles_native.applies(a)):
+            x, least = tile_physics.PulseInputs.apply(a / self.input_scale, levels)
+            if not float(least) < 0:
+                return x, False
         neg = a.numel() > 0 and float(a.detach().amin()) < 0  # (a reduction: cheaper than a bool mask on a CPU)
         if neg:
             if self.config.mapping.signed_inputs == "error":
