@@ -22,4 +22,5 @@ test: setup
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q
 
 bench: setup
+	$(PY) -m pip install --quiet --no-deps aihwkit-lightning tqdm  # the peer (no deps: it must not move torch)
 	$(PY) benchmarks/run_all.py
