@@ -18,12 +18,12 @@ after ``labkit.model.keep_freed_memory()`` (which the tables below then use); th
 headline is also given in CPU time (``time.thread_time``, medians of alternating rounds),
 which waiting on a shared machine does not inflate.
 
-Latest figures (Intel Xeon, AVX-512, 2 cores shared with three other jobs, load 4 to 5;
-one run each): one array, full physics, 0.41 to 0.55 ms against 0.08 to 0.09 ms for
-``Linear(16,16)``: 4.1x to 6.1x in best wall time, 4.4x to 5.2x in CPU time; it was 12.9x
-(wall) before the fused crossing, in one run on the same machine. The C kernels are 6x
-to 10x faster than their torch path. Without edge timing 4.0x to 4.6x, droop only 2.3x
-to 3.3x; 32 tiles at batch 128 2.3 to 3.6 ms (1.5 ms without edge timing; 2.0 ms before).
+Latest figures (Intel Xeon, AVX-512, 2 cores, host loaded: Linear at 0.127 ms against
+0.075 ms quiet; one run, session 6): one array, full physics, 0.626 ms against 0.127 ms
+for ``Linear(16,16)``: 4.92x in best wall time, 4.95x in CPU time (4.66x with the
+default allocator). It was 5.46x (quiet) before the forward walk moved to 64-byte
+vectors on AVX-512, and 12.9x before the fused crossing. The C kernels are 7.3x faster
+than their torch path. Without edge timing 3.7x; 32 tiles at batch 128 1.39 ms.
 """
 
 from __future__ import annotations
