@@ -313,13 +313,18 @@ class AnalogLayer(nn.Module):
         pad = self.row_tiles * self.config.operating.rows - x.shape[1]
         return F.pad(x.t(), (0, 0, 0, pad)) if pad else x.t().contiguous()
 
+    def _tile_parameters(self) -> tuple:
+        """The model tiles' crosstalk, eta/C, offsets and gains as the tile physics takes
+        them (jittered in training when configured), and its switches."""
+        cfg = self.config
+        return (*self._jittered(self._wide()), self._opts(2) + (cfg.crosstalk, cfg.edge_order))
+
     def model_outputs(self, xt: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`tile_outputs` of the model tiles from transposed inputs (rt*rows, N),
         zero-padded: every tile of the layer in one batched computation; times ``scale``
         (n,) when given (one pass over the outputs for both factors)."""
-        cfg, R = self.config, self.config.operating.rows
-        kx, e, t0c, gc = self._jittered(self._wide())
-        opts = self._opts(2) + (cfg.crosstalk, cfg.edge_order)
+        R = self.config.operating.rows
+        kx, e, t0c, gc, opts = self._tile_parameters()
         xt, i0t, kx = self._second_order(xt.view(self.row_tiles, R, -1), self._jitter_currents(self._currents_t()), kx)
         y = tile_physics.TileBmm.apply(xt, i0t, kx, e, t0c, gc, opts)
         if scale is not None:
@@ -337,9 +342,8 @@ class AnalogLayer(nn.Module):
     def _fused_outputs(self, x: torch.Tensor, hw: int, patches=None) -> torch.Tensor:
         """The layer's outputs (B, n, hw) from pulse inputs x (rows (rt*rows, N), or the
         map ``patches`` are read from) through :class:`~labkit.model.tile_physics.FusedLayer`."""
-        cfg, R = self.config, self.config.operating.rows
-        kx, e, t0c, gc = self._jittered(self._wide())
-        opts = self._opts(2) + (cfg.crosstalk, cfg.edge_order)
+        R = self.config.operating.rows
+        kx, e, t0c, gc, opts = self._tile_parameters()
         scale = self.output_scales() * (self.input_scale / (self._i_scale_na * self._T_us))
         x = x if patches is not None else x.view(self.row_tiles, R, -1)
         i0t = self._jitter_currents(self._currents_t())
